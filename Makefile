@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Both create .venv when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+CORES ?= 2
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test venv lint format dag clean-demo
+
+venv:
+	@VENV=$(VENV) scripts/setup_venv.sh
+
+## Runs the whole demo: builds its checkpoints (a small GPT-2 and 3 DPO rounds), then every stage and the report.
+demo: venv
+	snakemake --configfile config/demo.yaml --cores $(CORES) --printshellcmds --show-failed-logs
+	snakemake --configfile config/demo.yaml --report results/report/snakemake_report.html
+	@echo "demo: open results/report/index.html"
+
+## Runs the test suite (unit, workflow, local-SLURM integration).
+test: venv
+	pytest
+
+lint: venv
+	ruff check .
+	ruff format --check .
+	snakefmt --check .
+	snakemake --lint
+
+format: venv
+	ruff check --fix .
+	ruff format .
+	snakefmt .
+
+dag: venv
+	snakemake --configfile config/demo.yaml --rulegraph | dot -Tpng > results/rulegraph.png
+
+clean-demo:
+	rm -rf results/ logs/ benchmarks/

@@ -1,0 +1,1 @@
+# Stage: activations (rules added by its issue).

@@ -1,0 +1,24 @@
+# Checkpoint intake: every downstream rule depends on the record, so a changed checkpoint
+# (new fingerprint) reruns exactly its dependants.
+
+
+rule check_checkpoint:
+    input:
+        checkpoint_inputs,
+    output:
+        "results/checkpoints/{model}.json",
+    log:
+        "logs/check_checkpoint/{model}.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(20),
+    params:
+        checkpoint=lambda wildcards: STUDY.checkpoint(wildcards.model),
+        prompt=config["prompt"],
+        allow_pickle=config["allow_pickle"],
+    message:
+        "Checking checkpoint of model {wildcards.model}"
+    script:
+        "../workflow_scripts/check_checkpoint.py"

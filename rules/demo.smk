@@ -1,0 +1,1 @@
+# Stage: demo (rules added by its issue).

@@ -1,0 +1,1 @@
+# Stage: diff (rules added by its issue).

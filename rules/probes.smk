@@ -1,0 +1,1 @@
+# Stage: probes (rules added by its issue).

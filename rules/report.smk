@@ -1,0 +1,1 @@
+# Stage: report (rules added by its issue).

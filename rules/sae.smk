@@ -1,0 +1,1 @@
+# Stage: sae (rules added by its issue).

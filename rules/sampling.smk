@@ -1,0 +1,1 @@
+# Stage: sampling (rules added by its issue).

@@ -1,0 +1,14 @@
+"""Rule check_checkpoint: verify a checkpoint and record its fingerprint."""
+
+from plmdiff.checkpoints import inspect_checkpoint
+from plmdiff.runtime import setup_logging, write_json
+from plmdiff.text import PromptFormat
+
+setup_logging(snakemake.log[0])
+record = inspect_checkpoint(
+    snakemake.params.checkpoint,
+    snakemake.wildcards.model,
+    PromptFormat.from_config(snakemake.params.prompt),
+    allow_pickle=snakemake.params.allow_pickle,
+)
+write_json(snakemake.output[0], record.to_json())
