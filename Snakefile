@@ -1,5 +1,7 @@
 # plmdiff: how a protein language model changes over rounds of DPO alignment.
 # Stages live in rules/*.smk, helpers in rules/common.smk, logic in src/plmdiff/.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -7,9 +9,10 @@ min_version("9.0")
 
 # The demo's config is the default. A study's --configfile replaces it rather than being merged
 # into it (Snakemake's default), so no demo key leaks into a real study.
+# It is found next to this Snakefile, whatever --directory is.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/demo.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "demo.yaml")
 
 
 report: "report/workflow.rst"

@@ -3,6 +3,7 @@
 
 import os
 import sys
+from itertools import product
 from pathlib import Path
 
 WORKFLOW_ROOT = Path(workflow.basedir)
@@ -86,6 +87,37 @@ def embedder_model(embedder, model):
     return model if embedder == "self" else embedder
 
 
+# ----------------------------------------------------------------------------- demo
+
+DEMO_ROUNDS = list(range(1, config["demo"]["dpo"]["rounds"] + 1))
+
+
+def demo_checkpoint(iteration):
+    """output_iteration{i}/ of the demo (0: base); the same string as STUDY.demo_dirs."""
+    return str(Path(config["demo"]["checkpoint_dir"]) / f"output_iteration{iteration}")
+
+
+def demo_file(name):
+    return f"results/demo/{name}"
+
+
+def demo_base_report():
+    return demo_file("base_model.json")
+
+
+def demo_round_file(iteration, name):
+    return demo_file(f"round_{iteration}.{name}")
+
+
+def demo_family_fasta():
+    """demo.family_fasta, looked up in the working directory, then the workflow's directory."""
+    from plmdiff.demo.settings import resolve_family_fasta
+
+    return resolve_family_fasta(
+        config["demo"]["family_fasta"], Path.cwd(), WORKFLOW_ROOT
+    )
+
+
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -99,6 +131,17 @@ def fasta(model):
 
 def fasta_stats(model):
     return f"results/fasta/{model}.stats.json"
+
+
+def sample_shards(model):
+    return [sample_shard(model, s) for s in SAMPLE_SHARDS]
+
+
+def base_sample_shards(wildcards):
+    """The base model's shards when the length window is taken from its samples, else none."""
+    if config["filter"]["relative_to_base"] is None:
+        return []
+    return sample_shards(BASE)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -135,11 +178,74 @@ def sanity_dir(embedder):
     return f"results/sanity/{embedder}"
 
 
+def clusters_table():
+    """Sequence-identity clusters of every model's FASTA (groups of the probe folds)."""
+    return "results/clusters/clusters.tsv"
+
+
+def sanity_tsne(embedder):
+    """The t-SNE grid, named after the pooling it shows."""
+    name = {"last": "tsne_last_token_grid.png", "mean": "tsne_mean_pooled_grid.png"}
+    return f"{sanity_dir(embedder)}/{name[config['sanity']['pooling']]}"
+
+
 # ----------------------------------------------------------------------------- SAEs, diffs
 
 
 def sae_dir(embedder, layer, scheme, fold):
     return f"results/saes/{embedder}/layer_{layer}/{scheme}/fold_{fold}"
+
+
+def sae_metrics(embedder, layer, scheme, fold):
+    return f"{sae_dir(embedder, layer, scheme, fold)}.metrics.json"
+
+
+def sae_curves(embedder, layer, scheme, fold, ext):
+    """Training curves of one SAE: ext 'tsv' (table) or 'png' (figure)."""
+    return f"{sae_dir(embedder, layer, scheme, fold)}.curves.{ext}"
+
+
+def sae_token_parts(wildcards):
+    """Token part files of this layer of every model that trains the scheme."""
+    return [
+        part
+        for m in STUDY.scheme_models(wildcards.scheme)
+        for part in token_parts(wildcards.embedder, m, wildcards.layer)
+    ]
+
+
+def sae_checkpoint_records(wildcards):
+    """model -> record of the checkpoint that embedded it (spliced LM loss)."""
+    return {
+        m: checkpoint_record(embedder_model(wildcards.embedder, m))
+        for m in STUDY.scheme_models(wildcards.scheme)
+    }
+
+
+def sae_base_input(wildcards):
+    """The base SAE of the same fold, which every non-base scheme fine-tunes."""
+    if wildcards.scheme == "base":
+        return []
+    return [sae_dir(wildcards.embedder, wildcards.layer, "base", wildcards.fold)]
+
+
+def sae_import_path(wildcards):
+    """sae.base.import for this layer, or None (only the base scheme imports)."""
+    template = config["sae"]["base"]["import"]
+    if wildcards.scheme != "base" or not template:
+        return None
+    from plmdiff.sae_import import resolve_import_path
+
+    return str(resolve_import_path(template, int(wildcards.layer)))
+
+
+def sae_import_inputs(wildcards):
+    path = sae_import_path(wildcards)
+    if path is None:
+        return []
+    from plmdiff.sae_import import import_source_files
+
+    return [str(p) for p in import_source_files(path)]
 
 
 def feature_stats(embedder, layer, scheme, fold):
@@ -152,6 +258,123 @@ def diff_dir(embedder, layer, family):
 
 def kl_table(model):
     return f"results/kl/{model}.parquet"
+
+
+def feature_stats_files(embedder, layer, scheme, fold):
+    """The four files of one feature_stats job (see plmdiff.feature_stats.FeatureStatsPaths)."""
+    stem = feature_stats(embedder, layer, scheme, fold)[: -len(".parquet")]
+    return {
+        "stats": f"{stem}.parquet",
+        "sequences": f"{stem}.seqs.parquet",
+        "fires": f"{stem}.fires.parquet",
+        "top": f"{stem}.top.parquet",
+    }
+
+
+def token_layer_dir(embedder, model, layer):
+    return os.path.dirname(token_part(embedder, model, layer, EXTRACT_SHARDS[0]))
+
+
+def diff_file(embedder, layer, family, name):
+    return f"{diff_dir(embedder, layer, family)}/{name}"
+
+
+def diff_keys(wildcards):
+    """(scheme, fold) pairs a diff family reads, in the order of its inputs."""
+    return [(s, f) for s in STUDY.family_schemes(wildcards.family) for f in FOLDS]
+
+
+def diff_union_keys(wildcards):
+    """(ft scheme, fold) pairs whose union the pooled SAE is compared with (pooled family):
+    the reference fold only, since the union of all rounds' dictionaries is large."""
+    if wildcards.family != "pooled":
+        return []
+    return [(s, FOLDS[0]) for s in SAE_SCHEMES if s.startswith("ft_")]
+
+
+# ----------------------------------------------------------------------------- report
+
+# (report section, rule, wildcard values): the rules whose outputs the report shows. A rule that
+# does not exist in this workflow (stage not built, demo disabled) is simply left out.
+REPORT_RULES = [
+    ("overview", "check_checkpoint", {"model": MODELS}),
+    ("sampling", "sampling_summary", {}),
+    ("demo", "demo_summary", {}),
+    ("probes", "probes", {"embedder": EMBEDDERS, "pooling": POOLINGS}),
+    ("sanity", "sanity", {"embedder": EMBEDDERS}),
+    (
+        "sae",
+        "train_sae",
+        {
+            "embedder": EMBEDDERS,
+            "layer": SAE_LAYERS,
+            "scheme": SAE_SCHEMES,
+            "fold": FOLDS,
+        },
+    ),
+    (
+        "diff",
+        "diff",
+        {"embedder": EMBEDDERS, "layer": SAE_LAYERS, "family": SAE_FAMILIES},
+    ),
+    ("kl", "kl_summary", {}),
+    ("kl", "kl", {"model": MODELS}),
+]
+REPORT_SUFFIXES = (".tsv", ".png", ".json")
+# Outputs a report() category sends to another section than their rule's.
+REPORT_CATEGORY_SECTIONS = {"Stability": "stability"}
+
+
+def _report_caption(flags):
+    obj = flags.get("report")
+    if obj is None or obj.caption is None:
+        return None, None
+    caption = obj.caption
+    path = (
+        caption.get_path_or_uri(True)
+        if hasattr(caption, "get_path_or_uri")
+        else caption
+    )
+    return str(path), obj.category
+
+
+def report_items():
+    """Every file the standalone report shows: section, path, caption template, wildcards."""
+    items = []
+    for section, name, values in REPORT_RULES:
+        if not has_rule(name) or (
+            name == "demo_summary" and not config["demo"]["enabled"]
+        ):
+            continue
+        smk_rule = workflow.get_rule(name)
+        names = sorted(smk_rule.wildcard_names)
+        if any(not values.get(w) for w in names):
+            continue
+        combos = product(*[[str(v) for v in values[w]] for w in names])
+        patterns = list(getattr(rules, name).output)
+        for combo in combos:
+            wc = dict(zip(names, combo))
+            for pattern, spec in zip(patterns, smk_rule.output):
+                if spec.flags.get("directory"):
+                    continue
+                # str(): a rule's output patterns are Snakemake file objects, which params
+                # must not carry (they are pickled into the job's script).
+                path = str(pattern).format(**wc)
+                if (
+                    not path.endswith(REPORT_SUFFIXES)
+                    and Path(path).name != "examples.parquet"
+                ):
+                    continue
+                caption, category = _report_caption(spec.flags)
+                items.append(
+                    {
+                        "stage": REPORT_CATEGORY_SECTIONS.get(category, section),
+                        "path": path,
+                        "caption": caption,
+                        "wildcards": wc,
+                    }
+                )
+    return items
 
 
 # ----------------------------------------------------------------------------- targets

@@ -1,1 +1,204 @@
-# Stage: diff (rules added by its issue).
+# Stage: diff. feature_stats encodes every model's held-out token activations with one SAE replica
+# (one GPU job per embedder, layer, scheme and fold); diff compares a family's SAEs across rounds,
+# folds and schemes (a cheap CPU job); kl scores every model against the base on the same
+# sequences (one GPU job per model) and kl_summary gathers them.
+
+
+rule feature_stats:
+    input:
+        sae=sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}"),
+        base_sae=lambda wildcards: (
+            []
+            if wildcards.scheme == "base"
+            else [sae_dir(wildcards.embedder, wildcards.layer, "base", wildcards.fold)]
+        ),
+        tokens=lambda wildcards: [
+            part
+            for m in STUDY.embedded_models(wildcards.embedder)
+            for part in token_parts(wildcards.embedder, m, wildcards.layer)
+        ],
+    output:
+        **feature_stats_files("{embedder}", "{layer}", "{scheme}", "{fold}"),
+    log:
+        "logs/feature_stats/{embedder}/layer_{layer}/{scheme}/fold_{fold}.log",
+    benchmark:
+        "benchmarks/feature_stats/{embedder}/layer_{layer}/{scheme}/fold_{fold}.tsv"
+    conda:
+        "../envs/sae.yaml"
+    threads: 4
+    resources:
+        mem_mb=mem_mb(16000),
+        runtime=runtime_min(60),
+        gpu=1,
+    params:
+        token_dirs=lambda wildcards: {
+            m: token_layer_dir(wildcards.embedder, m, wildcards.layer)
+            for m in STUDY.embedded_models(wildcards.embedder)
+        },
+        diff=config["diff"],
+        kfold=config["sae"]["kfold"],
+        fold_seed=config["sae"]["seed"],
+        device=config["device"],
+    message:
+        "Feature statistics of SAE {wildcards.scheme} fold {wildcards.fold} "
+        "({wildcards.embedder} layer {wildcards.layer}) on every model"
+    script:
+        "../workflow_scripts/feature_stats.py"
+
+
+rule diff:
+    input:
+        stats=lambda wildcards: [
+            feature_stats(wildcards.embedder, wildcards.layer, s, f)
+            for s, f in diff_keys(wildcards)
+        ],
+        stats_parts=lambda wildcards: [
+            path
+            for s, f in diff_keys(wildcards)
+            for path in feature_stats_files(
+                wildcards.embedder, wildcards.layer, s, f
+            ).values()
+        ],
+        saes=lambda wildcards: [
+            sae_dir(wildcards.embedder, wildcards.layer, s, f)
+            for s, f in diff_keys(wildcards)
+        ],
+        union=lambda wildcards: [
+            sae_dir(wildcards.embedder, wildcards.layer, s, f)
+            for s, f in diff_union_keys(wildcards)
+        ],
+    output:
+        features=report(
+            diff_file("{embedder}", "{layer}", "{family}", "features.tsv"),
+            caption="../report/diff_features.rst",
+            category="Feature diffs",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "table": "top features"},
+        ),
+        parquet=diff_file("{embedder}", "{layer}", "{family}", "features.parquet"),
+        examples=diff_file("{embedder}", "{layer}", "{family}", "examples.parquet"),
+        examples_tsv=report(
+            diff_file("{embedder}", "{layer}", "{family}", "examples.tsv"),
+            caption="../report/diff_examples.rst",
+            category="Feature diffs",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "table": "top examples"},
+        ),
+        stability=report(
+            diff_file("{embedder}", "{layer}", "{family}", "stability.tsv"),
+            caption="../report/diff_stability_table.rst",
+            category="Stability",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "table": "alignments"},
+        ),
+        volcano=report(
+            diff_file("{embedder}", "{layer}", "{family}", "volcano.png"),
+            caption="../report/diff_volcano.rst",
+            category="Feature diffs",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "figure": "volcano"},
+        ),
+        volcano_svg=diff_file("{embedder}", "{layer}", "{family}", "volcano.svg"),
+        trajectories=report(
+            diff_file("{embedder}", "{layer}", "{family}", "trajectories.png"),
+            caption="../report/diff_trajectories.rst",
+            category="Feature diffs",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "figure": "trajectories"},
+        ),
+        stability_png=report(
+            diff_file("{embedder}", "{layer}", "{family}", "stability.png"),
+            caption="../report/diff_stability.rst",
+            category="Stability",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "figure": "stability"},
+        ),
+    log:
+        "logs/diff/{embedder}/layer_{layer}/{family}.log",
+    benchmark:
+        "benchmarks/diff/{embedder}/layer_{layer}/{family}.tsv"
+    conda:
+        "../envs/sae.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(16000),
+        runtime=runtime_min(60),
+    params:
+        models=MODELS,
+        schemes=lambda wildcards: STUDY.family_schemes(wildcards.family),
+        folds=FOLDS,
+        stats_keys=diff_keys,
+        union_keys=diff_union_keys,
+        diff=config["diff"],
+    message:
+        "Diffing SAE features of family {wildcards.family} "
+        "({wildcards.embedder} layer {wildcards.layer}) across rounds"
+    script:
+        "../workflow_scripts/diff.py"
+
+
+rule kl:
+    input:
+        record=lambda wildcards: checkpoint_record(wildcards.model),
+        base_record=checkpoint_record(BASE),
+        own=lambda wildcards: fasta(wildcards.model),
+        base=fasta(BASE),
+    output:
+        table=kl_table("{model}"),
+        top="results/kl/{model}.top.tsv",
+    log:
+        "logs/kl/{model}.log",
+    benchmark:
+        "benchmarks/kl/{model}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        mem_mb=mem_mb(16000),
+        runtime=runtime_min(60),
+        gpu=1,
+    params:
+        checkpoint=lambda wildcards: STUDY.checkpoint(wildcards.model),
+        base=BASE,
+        base_checkpoint=STUDY.checkpoint(BASE),
+        kl=config["kl"],
+        prompt=config["prompt"],
+        device=config["device"],
+        allow_pickle=config["allow_pickle"],
+    message:
+        "Scoring KL(model || base) of model {wildcards.model}"
+    script:
+        "../workflow_scripts/kl.py"
+
+
+rule kl_summary:
+    input:
+        [kl_table(m) for m in MODELS],
+    output:
+        tsv=report(
+            "results/kl/summary.tsv",
+            caption="../report/kl_summary.rst",
+            category="KL to the base",
+            labels={"table": "summary"},
+        ),
+        png=report(
+            "results/kl/kl_by_round.png",
+            caption="../report/kl_by_round.rst",
+            category="KL to the base",
+            labels={"figure": "KL by round"},
+        ),
+        svg="results/kl/kl_by_round.svg",
+    log:
+        "logs/kl_summary.log",
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(10),
+    params:
+        models=MODELS,
+    message:
+        "Summarising KL to the base over all models"
+    script:
+        "../workflow_scripts/kl_summary.py"

@@ -1,1 +1,124 @@
-# Stage: probes (rules added by its issue).
+# Stage: probes and sanity checks on the pooled embeddings.
+# cluster_sequences groups near-identical sequences of all models (MMseqs2, or exact duplicates
+# when it is missing) so that probe folds never split a cluster. probes fits every layer's
+# round probe (grouped and plain folds, nested C, permutation null) as one batched GPU job per
+# (embedder, pooling); sanity runs the t-SNE, cosine, variance and trend checks per embedder.
+
+
+rule cluster_sequences:
+    input:
+        [fasta(m) for m in MODELS],
+    output:
+        clusters_table(),
+    log:
+        "logs/cluster_sequences.log",
+    benchmark:
+        "benchmarks/cluster_sequences/all.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 4
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=runtime_min(60),
+    params:
+        # Only the clustering keys: a changed probe setting must not redo the clustering.
+        probes={k: v for k, v in config["probes"].items() if k.startswith("cluster_")},
+    message:
+        "Clustering the sequences of all models at "
+        "{params.probes[cluster_identity]} identity"
+    script:
+        "../workflow_scripts/cluster_sequences.py"
+
+
+rule probes:
+    input:
+        pooled=lambda wildcards: all_pooled(wildcards.embedder),
+        clusters=clusters_table(),
+    output:
+        accuracy=report(
+            f"{probe_dir('{embedder}', '{pooling}')}/accuracy.tsv",
+            caption="../report/probes_table.rst",
+            category="Probes",
+        ),
+        folds=f"{probe_dir('{embedder}', '{pooling}')}/folds.tsv",
+        confusion=f"{probe_dir('{embedder}', '{pooling}')}/confusion.tsv",
+        confusion_png=report(
+            f"{probe_dir('{embedder}', '{pooling}')}/confusion.png",
+            caption="../report/probes_confusion.rst",
+            category="Probes",
+        ),
+        png=report(
+            f"{probe_dir('{embedder}', '{pooling}')}/acc_per_layer.png",
+            caption="../report/probes_accuracy.rst",
+            category="Probes",
+        ),
+        svg=f"{probe_dir('{embedder}', '{pooling}')}/acc_per_layer.svg",
+    log:
+        "logs/probes/{embedder}/{pooling}.log",
+    benchmark:
+        "benchmarks/probes/{embedder}/{pooling}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 4
+    resources:
+        mem_mb=mem_mb(32000),
+        runtime=runtime_min(120),
+        gpu=1,
+    params:
+        probes=config["probes"],
+        rounds=MODELS,
+        device=config["device"],
+    message:
+        "Probing every layer of embedder {wildcards.embedder} ({wildcards.pooling} pooling) "
+        "for the round"
+    script:
+        "../workflow_scripts/probes.py"
+
+
+rule sanity:
+    input:
+        pooled=lambda wildcards: all_pooled(wildcards.embedder),
+    output:
+        variance=report(
+            f"{sanity_dir('{embedder}')}/variance.tsv",
+            caption="../report/sanity_variance.rst",
+            category="Sanity checks",
+        ),
+        trend=report(
+            f"{sanity_dir('{embedder}')}/trend.tsv",
+            caption="../report/sanity_trend.rst",
+            category="Sanity checks",
+        ),
+        cosine=f"{sanity_dir('{embedder}')}/cosine.tsv",
+        tsne=report(
+            sanity_tsne("{embedder}"),
+            caption="../report/sanity_tsne.rst",
+            category="Sanity checks",
+        ),
+        cosine_png=report(
+            f"{sanity_dir('{embedder}')}/cosine_grid.png",
+            caption="../report/sanity_cosine.rst",
+            category="Sanity checks",
+        ),
+        stats_png=report(
+            f"{sanity_dir('{embedder}')}/stats_per_layer.png",
+            caption="../report/sanity_stats.rst",
+            category="Sanity checks",
+        ),
+    log:
+        "logs/sanity/{embedder}.log",
+    benchmark:
+        "benchmarks/sanity/{embedder}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 4
+    resources:
+        mem_mb=mem_mb(16000),
+        runtime=runtime_min(120),
+    params:
+        sanity=config["sanity"],
+        rounds=MODELS,
+    message:
+        "Sanity checks of the pooled embeddings of embedder {wildcards.embedder}"
+    script:
+        "../workflow_scripts/sanity.py"

@@ -1,1 +1,84 @@
-# Stage: sampling (rules added by its issue).
+# Stage: sampling. Every checkpoint draws sampling.n_sequences sequences over sampling.shards
+# jobs (per-sequence seeds, so the set does not depend on the shard count), then a cheap local
+# job per model filters them into FASTA, and one figure and table summarise all models.
+
+
+rule sample:
+    input:
+        record=lambda wildcards: checkpoint_record(wildcards.model),
+    output:
+        sample_shard("{model}", "{shard}"),
+    log:
+        "logs/sample/{model}/shard_{shard}.log",
+    benchmark:
+        "benchmarks/sample/{model}/shard_{shard}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=runtime_min(120),
+        gpu=1,
+    params:
+        sampling=config["sampling"],
+        prompt=config["prompt"],
+        device=config["device"],
+        allow_pickle=config["allow_pickle"],
+    message:
+        "Sampling shard {wildcards.shard} of model {wildcards.model}"
+    script:
+        "../workflow_scripts/sample.py"
+
+
+rule filter_samples:
+    input:
+        samples=lambda wildcards: sample_shards(wildcards.model),
+        base_samples=base_sample_shards,
+    output:
+        fasta=fasta("{model}"),
+        stats=fasta_stats("{model}"),
+    log:
+        "logs/filter_samples/{model}.log",
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
+    params:
+        filter=config["filter"],
+        base=BASE,
+    message:
+        "Filtering the samples of model {wildcards.model} into FASTA"
+    script:
+        "../workflow_scripts/filter_samples.py"
+
+
+rule sampling_summary:
+    input:
+        stats=[fasta_stats(m) for m in MODELS],
+        fasta=[fasta(m) for m in MODELS],
+        samples=[shard for m in MODELS for shard in sample_shards(m)],
+    output:
+        tsv="results/sampling/summary.tsv",
+        png=report(
+            "results/sampling/summary.png",
+            caption="../report/sampling_summary.rst",
+            category="Sampling",
+        ),
+        svg="results/sampling/summary.svg",
+    log:
+        "logs/sampling_summary.log",
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
+    params:
+        models=MODELS,
+        shards={m: sample_shards(m) for m in MODELS},
+    message:
+        "Summarising the samples of all models"
+    script:
+        "../workflow_scripts/sampling_summary.py"

@@ -88,3 +88,19 @@ def tiny_run(tiny_checkpoints, tmp_path_factory) -> Path:
 def copy_checkpoint(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def local_slurm(tmp_path_factory):
+    """A real single-node SLURM on loopback (tests/slurm/cluster.py), shared by the slurm tests.
+
+    Installs slurm-wlm and munge when missing (as root), tears its daemons down by PID.
+    """
+    from tests.slurm.cluster import SlurmUnavailable, ensure_installed, local_slurm
+
+    try:
+        ensure_installed()
+    except SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    with local_slurm(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

@@ -68,11 +68,13 @@ def train_causal_lm(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(cfg.seed)
+    device = next(model.parameters()).device
     model.train()
     losses: list[float] = []
     step = 0
     while step < total:
         for ids, mask, labels in _batches(encoded, cfg.batch_size, special.pad, generator):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             out = model(input_ids=ids, attention_mask=mask, labels=labels)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -103,8 +105,10 @@ def mean_nll(
     encoded = [e.ids for e in encode_sequences(tokenizer, fmt, special, sequences)]
     total_loss, total_tokens = 0.0, 0
     generator = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for ids, mask, labels in _batches(encoded, batch_size, special.pad, generator):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             target = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(

@@ -1,0 +1,1 @@
+"""Helpers of the SLURM and failure-handling tests: a local cluster, workflow runs, output comparison."""

@@ -1,0 +1,54 @@
+"""The report of the tiny workflow run: every section, and `snakemake --report` works."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from plmdiff.report import SECTIONS
+from tests.conftest import run_snakemake
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+# Sections whose stage always runs in the tiny workflow; the others when their outputs exist.
+ALWAYS = {"overview", "sampling", "sae", "diff", "stability", "kl"}
+OPTIONAL = {
+    "demo": "results/demo/dpo_summary.tsv",
+    "probes": "results/probes",
+    "sanity": "results/sanity",
+}
+
+
+def test_standalone_report_holds_every_section(tiny_run):
+    page = (tiny_run / "results/report/index.html").read_text()
+    expected = ALWAYS | {s for s, p in OPTIONAL.items() if (tiny_run / p).exists()}
+    for stage, heading, _ in SECTIONS:
+        match = re.search(rf'<section id="{stage}">(.*?)</section>', page, re.S)
+        assert match, f"section {stage} missing"
+        if stage in expected:
+            assert "Not part of this run" not in match.group(1), f"section {heading} is empty"
+    assert page.count("data:image/png;base64,") >= 6
+    assert "{{" not in page
+    # the diff tables the page shows are the ones the diff rule wrote
+    for family in ("base", "per_model", "pooled"):
+        tsv = tiny_run / f"results/diff/r0/layer_01/{family}/features.tsv"
+        frame = pd.read_csv(tsv, sep="\t")
+        assert f"family <code>{family}</code>" in page and len(frame) > 0
+        assert {"q_value", "stability", "change_replication", "mark"} <= set(frame.columns)
+
+
+def test_kl_of_the_base_is_zero_and_rounds_move(tiny_run):
+    summary = pd.read_csv(tiny_run / "results/kl/summary.tsv", sep="\t")
+    base = summary[summary["round"] == 0]
+    assert (base["max"] == 0).all()
+    assert (summary[summary["round"] > 0]["mean"] > 0).all()
+
+
+def test_snakemake_report(tiny_run, tmp_path):
+    out = tiny_run / "results/report/snakemake_report.html"
+    run_snakemake(tiny_run, tiny_run / "config.yaml", "--report", str(out))
+    text = out.read_text(errors="replace")
+    for category in ("Feature diffs", "Stability", "KL to the base", "Report"):
+        assert category in text

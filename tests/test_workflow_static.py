@@ -1,0 +1,167 @@
+"""Workflow-level checks that need no real run: lint, formatting, DAG building, bad configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plmdiff.zymctrl import zymctrl_config_dict
+
+from .conftest import BIN, REPO, run_snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+def _tool(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / cmd[0]), *cmd[1:]], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_snakemake_lint_has_no_findings():
+    proc = _tool("snakemake", "--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_snakefmt_check():
+    proc = _tool("snakefmt", "--check", ".")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_check_and_format():
+    lint = _tool("ruff", "check", ".")
+    assert lint.returncode == 0, lint.stdout
+    fmt = _tool("ruff", "format", "--check", ".")
+    assert fmt.returncode == 0, fmt.stdout
+
+
+def _dry_run_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from the dry run's summary table."""
+    counts: dict[str, int] = {}
+    lines = proc.stdout.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("Job stats:"))
+    except StopIteration:
+        return counts
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_demo_dry_run_from_clean_clone(tmp_path):
+    """The default config (the demo) builds its whole DAG with no results yet."""
+    proc = run_snakemake(tmp_path, None, "-n", "--quiet", "rules")
+    jobs = _dry_run_jobs(proc) or proc.stdout
+    assert "check_checkpoint" in str(jobs), proc.stdout
+    assert "demo_train_base" in str(jobs), proc.stdout
+
+
+def _fake_zymctrl_checkpoint(path: Path) -> Path:
+    """Files a DAG-time check looks for; contents are checked only by the intake job."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(zymctrl_config_dict()))
+    (path / "model.safetensors").write_bytes(b"")
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def paper_study(tmp_path_factory) -> tuple[Path, Path]:
+    """config/config.yaml as shipped (10 ZymCTRL checkpoints, 37 layers) over fake checkpoints."""
+    root = tmp_path_factory.mktemp("paper")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for model in config["models"]:
+        _fake_zymctrl_checkpoint(root / model["checkpoint"])
+    return root, write_config(root / "study.yaml", config)
+
+
+def test_paper_scale_dry_run_builds_batched_dag(paper_study):
+    root, configfile = paper_study
+    proc = run_snakemake(root, configfile, "-n", "--quiet", "rules")
+    jobs = _dry_run_jobs(proc)
+    assert jobs.get("check_checkpoint") == 10, proc.stdout
+    if "probes" in jobs:  # one batched job per (embedder, pooling), not per layer x fold
+        assert jobs["probes"] == 2
+    if "sample" in jobs:
+        assert jobs["sample"] == 10 * 4
+
+
+def _config_error(tmp_path: Path, config: dict) -> str:
+    configfile = write_config(tmp_path / "bad.yaml", config)
+    proc = run_snakemake(tmp_path, configfile, "-n", check=False)
+    assert proc.returncode != 0
+    lines = [
+        line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("plmdiff:")
+    ]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_typo_key_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["sampling"]["topk"] = 5
+    msg = _config_error(tmp_path, cfg)
+    assert "bad.yaml" in msg and "sampling.topk" in msg and "did you mean 'top_k'" in msg
+
+
+def test_wrong_type_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["sampling"]["n_sequences"] = "many"
+    msg = _config_error(tmp_path, cfg)
+    assert "sampling.n_sequences = 'many'" in msg and "integer" in msg
+
+
+def test_unknown_model_name_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["activations"]["embedders"] = ["r7"]
+    msg = _config_error(tmp_path, cfg)
+    assert "activations.embedders: unknown model 'r7'" in msg and "r0, r1, r2" in msg
+
+
+def test_missing_checkpoint_directory_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["models"][2]["checkpoint"] = str(tmp_path / "no_such_dir")
+    msg = _config_error(tmp_path, cfg)
+    assert "models[2].checkpoint" in msg and "no_such_dir" in msg and "does not exist" in msg
+
+
+def test_pickle_only_checkpoint_stops_dag_build(tiny_checkpoints, tmp_path):
+    ckpt = shutil.copytree(tiny_checkpoints["r1"], tmp_path / "pickled")
+    (ckpt / "model.safetensors").rename(ckpt / "pytorch_model.bin")
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["models"][1]["checkpoint"] = str(ckpt)
+    msg = _config_error(tmp_path, cfg)
+    assert "models[1].checkpoint" in msg and "allow_pickle: true" in msg
+
+
+def test_layer_beyond_model_depth_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["activations"]["token_layers"] = [1, 3]
+    cfg["sae"]["layers"] = [1]
+    msg = _config_error(tmp_path, cfg)
+    assert "activations.token_layers: layer 3" in msg and "layers 0..2" in msg
+
+
+def test_sae_layer_outside_token_layers_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["sae"]["layers"] = [0]
+    msg = _config_error(tmp_path, cfg)
+    assert "sae.layers: layer 0 is not in activations.token_layers" in msg
+
+
+def test_user_config_replaces_demo_defaults(tiny_checkpoints, tmp_path):
+    """A --configfile is not merged with config/demo.yaml (no demo key leaks into a study)."""
+    configfile = write_config(tmp_path / "c.yaml", tiny_config(tiny_checkpoints))
+    proc = run_snakemake(tmp_path, configfile, "-n", "--quiet", "rules")
+    assert "demo_train_base" not in proc.stdout
+    assert "extended by additional config" not in proc.stdout + proc.stderr

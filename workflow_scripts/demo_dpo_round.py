@@ -1,0 +1,22 @@
+"""Rule demo_dpo_round: DPO round i of the demo, from checkpoint i-1, the base as reference."""
+
+import torch
+
+from plmdiff.demo.workflow import run_dpo_round
+from plmdiff.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+run_dpo_round(
+    snakemake.input.previous,
+    snakemake.input.reference,
+    snakemake.input.base_report,
+    int(snakemake.wildcards.iteration),
+    snakemake.output.checkpoint,
+    snakemake.output.samples,
+    snakemake.output.training,
+    snakemake.params.dpo,
+    snakemake.params.prompt,
+    snakemake.params.sampling,
+    snakemake.params.device,
+)

@@ -1,0 +1,20 @@
+"""Rule demo_summary: reward, proxy and length of fresh samples of every demo round."""
+
+import torch
+
+from plmdiff.demo.workflow import run_summary
+from plmdiff.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+run_summary(
+    snakemake.input.checkpoints,
+    snakemake.input.base_report,
+    snakemake.output.tsv,
+    snakemake.output.png,
+    snakemake.output.samples,
+    snakemake.params.dpo,
+    snakemake.params.prompt,
+    snakemake.params.sampling,
+    snakemake.params.device,
+)

@@ -1,0 +1,19 @@
+"""Rule demo_train_base: the demo's base model (iteration 0) and its report."""
+
+import torch
+
+from plmdiff.demo.workflow import run_train_base
+from plmdiff.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+run_train_base(
+    snakemake.input.family,
+    snakemake.output.checkpoint,
+    snakemake.output.report,
+    snakemake.params.base,
+    snakemake.params.seed,
+    snakemake.params.prompt,
+    snakemake.params.sampling,
+    snakemake.params.device,
+)

@@ -1,0 +1,25 @@
+"""Rule extract: embed one part of a model's FASTA; pooled part + one token part per layer."""
+
+import torch
+
+from plmdiff.checkpoints import CheckpointRecord
+from plmdiff.extraction import ExtractionSettings, extract_part
+from plmdiff.runtime import resolve_device, setup_logging
+from plmdiff.text import PromptFormat
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+extract_part(
+    fasta_path=snakemake.input.fasta,
+    record=CheckpointRecord.read(snakemake.input.record),
+    checkpoint_dir=snakemake.params.checkpoint,
+    embedder=snakemake.wildcards.embedder,
+    model=snakemake.wildcards.model,
+    part=int(snakemake.wildcards.part),
+    fmt=PromptFormat.from_config(snakemake.params.prompt),
+    settings=ExtractionSettings.from_config(snakemake.params.activations),
+    pooled_path=snakemake.output.pooled,
+    token_paths=dict(zip(snakemake.params.token_layers, snakemake.output.tokens, strict=True)),
+    device=resolve_device(snakemake.params.device),
+    allow_pickle=snakemake.params.allow_pickle,
+)

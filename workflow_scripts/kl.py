@@ -1,0 +1,21 @@
+"""Rule kl: per-token KL(model || base) on the model's own and the base's samples."""
+
+from plmdiff.kl import run_kl
+from plmdiff.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+params = snakemake.params
+run_kl(
+    snakemake.wildcards.model,
+    params.checkpoint,
+    params.base,
+    params.base_checkpoint,
+    {"own": snakemake.input.own, "base": snakemake.input.base},
+    snakemake.input.record,
+    prompt=params.prompt,
+    kl_section=params.kl,
+    device=params.device,
+    allow_pickle=params.allow_pickle,
+    table_path=snakemake.output.table,
+    top_path=snakemake.output.top,
+)

@@ -1,0 +1,17 @@
+"""Rule sample: draw one shard of a model's sequences (every output, truncated ones included)."""
+
+from plmdiff.runtime import setup_logging
+from plmdiff.sampling import sample_shard, write_samples
+
+setup_logging(snakemake.log[0])
+table = sample_shard(
+    snakemake.input.record,
+    snakemake.wildcards.model,
+    int(snakemake.wildcards.shard),
+    snakemake.params.sampling,
+    snakemake.params.prompt,
+    device=snakemake.params.device,
+    allow_pickle=snakemake.params.allow_pickle,
+    threads=snakemake.threads,
+)
+write_samples(snakemake.output[0], table)

@@ -1,0 +1,32 @@
+"""Rule train_sae: train, fine-tune or import one SAE, evaluate it, write metrics and curves."""
+
+from plmdiff.runtime import setup_logging
+from plmdiff.sae_job import SAEJob, SAEOutputs, run_train_sae
+from plmdiff.sae_training import SAESettings
+from plmdiff.text import PromptFormat
+
+setup_logging(snakemake.log[0])
+wildcards, params = snakemake.wildcards, snakemake.params
+job = SAEJob(
+    embedder=wildcards.embedder,
+    layer=int(wildcards.layer),
+    scheme=wildcards.scheme,
+    fold=int(wildcards.fold),
+    models=list(params.models),
+    token_files=list(snakemake.input.tokens),
+    fasta=dict(params.fasta),
+    checkpoint_records=dict(params.records),
+    settings=SAESettings.from_config(params.sae),
+    prompt=PromptFormat.from_config(params.prompt),
+    base_sae=snakemake.input.base[0] if snakemake.input.base else None,
+    import_path=params.import_path,
+    device=params.device,
+    allow_pickle=params.allow_pickle,
+)
+outputs = SAEOutputs(
+    sae_dir=snakemake.output.sae,
+    metrics=snakemake.output.metrics,
+    curves_tsv=snakemake.output.curves,
+    curves_png=snakemake.output.figure,
+)
+run_train_sae(job, outputs)
