@@ -34,9 +34,21 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_SHAPE = {"n_layer": 6, "n_embd": 128, "n_head": 4, "n_positions": 1024}
-DEMO_TOKEN_LAYERS = (3, 6)
-DEMO_BATCH_TOKENS = 8192
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo_settings() -> tuple[dict, tuple[int, ...], int]:
+    """The demo model's shape and what the demo stores, read from config/demo.yaml."""
+    import yaml
+
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    base = demo["demo"]["base"]
+    shape = {k: base[k] for k in ("n_layer", "n_embd", "n_head")} | {"n_positions": 1024}
+    activations = demo["activations"]
+    return shape, tuple(activations["token_layers"]), int(activations["batch_tokens"])
+
+
+DEMO_SHAPE, DEMO_TOKEN_LAYERS, DEMO_BATCH_TOKENS = _demo_settings()
 ZYM_SAE_LAYERS = (5, 10, 15, 25, 30, 35)
 
 
@@ -103,7 +115,7 @@ def worker_extract(args: argparse.Namespace) -> dict:
         part=0,
         fmt=ZYMCTRL_FORMAT,
         settings=ExtractionSettings(
-            token_layers=DEMO_TOKEN_LAYERS, batch_tokens=DEMO_BATCH_TOKENS, dtype="float16"
+            token_layers=DEMO_TOKEN_LAYERS, batch_tokens=args.batch_tokens, dtype="float16"
         ),
         pooled_path=out / "pooled.parquet",
         token_paths={
@@ -165,7 +177,13 @@ def worker_naive(args: argparse.Namespace) -> dict:
 
 
 def run_worker(
-    mode: str, fasta: Path, checkpoint: Path, record: Path, out: Path, threads: int
+    mode: str,
+    fasta: Path,
+    checkpoint: Path,
+    record: Path,
+    out: Path,
+    threads: int,
+    batch_tokens: int,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -182,6 +200,8 @@ def run_worker(
         str(out),
         "--threads",
         str(threads),
+        "--batch-tokens",
+        str(batch_tokens),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -218,12 +238,15 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
         large = write_inputs(root, 10 * args.sequences)
         print(
             f"demo-size GPT-2 {DEMO_SHAPE['n_layer']} x {DEMO_SHAPE['n_embd']}, {args.sequences} "
-            f"sequences, torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
+            f"sequences, batches of {args.batch_tokens} tokens, torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
             f"load average {os.getloadavg()[0]:.1f}"
         )
-        ext = run_worker("extract", small, checkpoint, record, root / "ext", args.threads)
-        naive = run_worker("naive", small, checkpoint, record, root / "naive", args.threads)
-        ext10 = run_worker("extract", large, checkpoint, record, root / "ext10", args.threads)
+        common = (checkpoint, record)
+        ext = run_worker("extract", small, *common, root / "ext", args.threads, args.batch_tokens)
+        naive = run_worker("naive", small, *common, root / "naive", args.threads, args.batch_tokens)
+        ext10 = run_worker(
+            "extract", large, *common, root / "ext10", args.threads, args.batch_tokens
+        )
         diff = same_vectors(root / "ext" / "pooled.parquet", root / "naive" / "pooled.parquet")
     rows = [("extraction", ext), ("naive loop", naive), ("extraction 10x", ext10)]
     print(f"{'':16s} {'residues':>9s} {'seconds':>8s} {'residues/s':>11s} {'peak RSS MB':>12s}")
@@ -289,7 +312,7 @@ def zymctrl_shape_benchmark(args: argparse.Namespace) -> None:
                 width = max(len(s.ids) for s in batch)
                 ids = torch.full((len(batch), width), ZYMCTRL_IDS.eos, dtype=torch.long)
                 for i, s in enumerate(batch):
-                    ids[i, : len(s.ids)] = torch.tensor(s.ids)
+                    ids[i, : len(s.ids)] = torch.from_numpy(s.ids)
                 body(input_ids=ids.to(device), use_cache=False)
         torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -345,7 +368,12 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=None)
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--zymctrl-shape", action="store_true")
-    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="token budget per batch (default: the demo's activations.batch_tokens on CPU, 16384 on GPU)",
+    )
     parser.add_argument("--tmp", default=None, help="scratch directory (GPU mode writes GBs)")
     parser.add_argument("--worker", choices=["extract", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--fasta", help=argparse.SUPPRESS)
@@ -362,9 +390,11 @@ def main() -> None:
         print(json.dumps({**result, "rss_mb": peak_rss_mb()}))
     elif args.zymctrl_shape:
         args.sequences = args.sequences or 1024
+        args.batch_tokens = args.batch_tokens or 16384
         zymctrl_shape_benchmark(args)
     else:
         args.sequences = args.sequences or 200
+        args.batch_tokens = args.batch_tokens or DEMO_BATCH_TOKENS
         cpu_benchmark(args)
 
 

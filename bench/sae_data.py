@@ -9,9 +9,9 @@ source differs:
   never more than the buffer in memory;
 - memory: every token already in one float32 tensor, batches by random permutation.
 
-Prints tokens/s of both and the ratio parquet / memory (target >= 0.9), for each size: on
-d_model 128 (the demo's embedder) the demo's SAE (expansion 8, batch 1024) and a wide SAE
-(expansion 32, batch 2048) where training dominates a step, and, with --device cuda, also
+Prints tokens/s of both and the ratio parquet / memory (target >= 0.9), for each size: the
+demo's SAE (its embedder's d_model and its sae keys, read from config/demo.yaml), a wide SAE
+(d_model 128, expansion 32, batch 2048) where training dominates a step, and, with --device cuda, also
 ZymCTRL's d_model 1280 (expansion 12, batch 4096, the study's SAEs). A short warm-up run comes
 first so that neither side pays torch's first-call costs; then the sides alternate, --repeats
 times each, and each side's median time counts.
@@ -44,9 +44,19 @@ class Size:
     steps: int
 
 
-# The demo's SAE (config/demo.yaml: expansion 8, k 16, batch 1024) and, on the same d_model, an
-# SAE large enough that training, not data, dominates a step (what the target is about).
-DEMO = Size("demo SAE", 128, 8, 16, 1024, 150)
+def _demo_size() -> Size:
+    """The demo's SAE, read from config/demo.yaml (its embedder's width and its sae keys)."""
+    import yaml
+
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/demo.yaml").read_text())
+    sae = demo["sae"]
+    d_model = demo["demo"]["base"]["n_embd"]
+    return Size("demo SAE", d_model, sae["expansion"], sae["k"], sae["batch_size"], 150)
+
+
+# The demo's SAE and an SAE large enough that training, not data, dominates a step (what the
+# target is about).
+DEMO = _demo_size()
 WIDE = Size("wide SAE", 128, 32, 32, 2048, 40)
 ZYMCTRL = Size("ZymCTRL SAE", 1280, 12, 32, 4096, 200)
 RESIDUES_PER_SEQUENCE = 300

@@ -12,11 +12,22 @@ import pytest
 import yaml
 
 from plmdiff.testing import make_tiny_checkpoint
+from tests.system_packages import PackagesUnavailable, ensure_apt_packages
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY_CONFIG = REPO / "tests" / "workflow" / "tiny.yaml"
 BIN = Path(sys.executable).parent
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """MMseqs2 clusters the sequences before the probes' folds; on a clean CI machine (root,
+    apt-get) install it so that the clustering tests and the tiny run use it, not the fallback."""
+    try:
+        ensure_apt_packages(["mmseqs2"], ["mmseqs"])
+    except (PackagesUnavailable, RuntimeError) as exc:
+        first_line = str(exc).splitlines()[0]
+        print(f"MMseqs2 unavailable, its tests skip: {first_line}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

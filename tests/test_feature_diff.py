@@ -12,12 +12,12 @@ from plmdiff.feature_diff import (
     DiffConfig,
     RoundEvidence,
     analyse_rounds,
-    benjamini_hochberg,
     family_analyses,
     log2_fold_change,
     rank_features,
     sparse_spearman,
 )
+from plmdiff.multiple_testing import benjamini_hochberg
 
 
 def test_bh_matches_scipy_reference():

@@ -118,6 +118,10 @@ def test_sweep_finds_planted_layers_and_chance_elsewhere(planted_sweep):
     for layer in (0, 1, 4):
         assert abs(table.loc[layer, "mean_accuracy"] - 0.25) < 0.1
         assert table.loc[layer, "permutation_p"] > 0.05
+    # Five layers, two at the floor 1/20: BH gives them q = 1/20 * 5/2 and keeps q >= p.
+    np.testing.assert_allclose(table.loc[[2, 3], "permutation_q"], 1 / 20 * 5 / 2)
+    assert (table["permutation_q"] >= table["permutation_p"]).all()
+    assert (table.loc[[0, 1, 4], "permutation_q"] > 0.05).all()
     assert result.best_layer in (2, 3)
     assert set(table["C"]) <= {0.01, 1.0}
     assert table["converged"].min() > 0.9

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from plmdiff.errors import ConfigError
 from plmdiff.probe_plots import (
@@ -114,6 +115,12 @@ def test_sanity_checks_end_to_end_with_figures(tmp_path):
     settings = SanitySettings(tsne_perplexity=5, tsne_max_points=45, permutations=49, seed=1)
     result = sanity_checks(dict(enumerate(data.X)), data.y, names, settings)
     assert result.variance.permutation_p.iloc[1] == pytest.approx(1 / 50)
+    # BH across the two layers; the planted layer stays significant.
+    for table in (result.variance, result.trend):
+        np.testing.assert_allclose(
+            table.permutation_q, stats.false_discovery_control(table.permutation_p)
+        )
+    assert result.variance.permutation_q.iloc[1] <= 0.05
     assert result.variance.variance_ratio.iloc[1] > result.variance.variance_ratio.iloc[0]
     assert result.trend.mantel_r.iloc[1] > 0.9
     assert (

@@ -168,14 +168,6 @@ def vectors_to_numpy(column: pa.Array | pa.ChunkedArray, *, dtype: Any = np.floa
 # ----------------------------------------------------------------------------- writers
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary siblings that a killed writer of this same output left (atomic_path names
-    them `.{name}.tmp-{pid}`); Snakemake never runs two jobs for one output, so they are dead."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-
-
 class _ParquetSink:
     """One Parquet file written through a temporary sibling, in row groups of a fixed size."""
 
@@ -193,7 +185,6 @@ class _ParquetSink:
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        _remove_stale_temporaries(self.path)
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.path))
         self._writer = pq.ParquetWriter(

@@ -131,7 +131,9 @@ class PreparedSequence:
     seq_id: str
     length: int  # residues in the sequence
     residues: str  # residues embedded (all of them unless truncated)
-    ids: tuple[int, ...]  # prompt + embedded residues
+    # prompt + embedded residues; int32, not Python ints, whose ~36 bytes per token made a
+    # part's memory grow with its sequence count (bench/activations.py, peak RSS 10x / 1x)
+    ids: np.ndarray
     start: int  # position of the first residue
 
     @property
@@ -185,7 +187,7 @@ def prepare_sequences(
                 seq_id=entry.seq_id,
                 length=len(entry.sequence),
                 residues=residues,
-                ids=tuple(prefix + ids),
+                ids=np.asarray(prefix + ids, dtype=np.int32),
                 start=len(prefix),
             )
         )
@@ -353,7 +355,7 @@ class ResidualExtractor:
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         weight = torch.zeros((len(sequences), width), dtype=torch.float32)
         for i, s in enumerate(sequences):
-            ids[i, : len(s.ids)] = torch.tensor(s.ids)
+            ids[i, : len(s.ids)] = torch.from_numpy(s.ids)
             weight[i, s.start : s.start + s.n_residues] = 1.0 / s.n_residues
         last = torch.tensor([s.start + s.n_residues - 1 for s in sequences])
         self._host_plan = _BatchPlan(last, weight, weight > 0)

@@ -178,7 +178,7 @@ def plot_cosine_grid(
 
 
 def plot_sanity_stats(variance: pd.DataFrame, trend: pd.DataFrame, png: str | Path) -> None:
-    """Variance ratio and Mantel r per layer; filled markers where p < 0.05."""
+    """Variance ratio and Mantel r per layer; filled markers where the BH q < 0.05."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     for ax, frame, column, label, ref in (
@@ -186,14 +186,14 @@ def plot_sanity_stats(variance: pd.DataFrame, trend: pd.DataFrame, png: str | Pa
         (bottom, trend, "mantel_r", "Mantel r: |round gap| vs centroid distance", 0.0),
     ):
         ax.plot(frame["layer"], frame[column], color="0.4", lw=1)
-        significant = frame["permutation_p"] < 0.05
+        significant = frame["permutation_q"] < 0.05
         ax.scatter(
             frame["layer"][significant],
             frame[column][significant],
             color="C3",
             s=18,
             zorder=3,
-            label="permutation p < 0.05",
+            label="permutation q < 0.05 (BH across layers)",
         )
         ax.scatter(
             frame["layer"][~significant],
@@ -202,7 +202,7 @@ def plot_sanity_stats(variance: pd.DataFrame, trend: pd.DataFrame, png: str | Pa
             edgecolor="C3",
             s=18,
             zorder=3,
-            label="p >= 0.05",
+            label="q >= 0.05",
         )
         ax.axhline(ref, color="0.3", ls="--", lw=1)
         ax.set_ylabel(label, fontsize=8)

@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from plmdiff.errors import ConfigError, DataError
 from plmdiff.logreg import Problems, SolverSettings, fit_multinomial
+from plmdiff.multiple_testing import benjamini_hochberg
 from plmdiff.runtime import derive_seed
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ ACCURACY_COLUMNS = [
     "chance",
     "permutation_mean",
     "permutation_p",
+    "permutation_q",
     "permutation_q05",
     "permutation_q95",
     "mean_accuracy_ungrouped",
@@ -538,6 +540,11 @@ def _summarise(
     # Null distribution: mean fold accuracy of each permutation [L, n_perm].
     null = np.stack([acc[:, label == p].mean(1) for p in perm_ids], 1) if perm_ids else None
     observed = acc[:, g].mean(1)
+    permutation_p = (
+        (1 + (null >= observed[:, None] - 1e-12).sum(1)) / (1 + null.shape[1])
+        if null is not None
+        else np.full(len(layers), np.nan)
+    )
     table = pd.DataFrame(
         {
             "layer": layers,
@@ -546,11 +553,9 @@ def _summarise(
             "std_accuracy": acc[:, g].std(1),
             "chance": np.bincount(y).max() / len(y),
             "permutation_mean": null.mean(1) if null is not None else np.nan,
-            "permutation_p": (
-                (1 + (null >= observed[:, None] - 1e-12).sum(1)) / (1 + null.shape[1])
-                if null is not None
-                else np.nan
-            ),
+            "permutation_p": permutation_p,
+            # Benjamini-Hochberg across layers: every layer's probe is a test of its own.
+            "permutation_q": benjamini_hochberg(permutation_p),
             "permutation_q05": np.quantile(null, 0.05, axis=1) if null is not None else np.nan,
             "permutation_q95": np.quantile(null, 0.95, axis=1) if null is not None else np.nan,
             "mean_accuracy_ungrouped": acc[:, u].mean(1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -91,8 +92,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Temporaries that a killed writer of this same output left behind (SIGKILL skips the
+    # cleanup below): Snakemake never runs two jobs for one output, so they are dead.
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        with contextlib.suppress(OSError):
+            _remove(stale)
     tmp = _tmp_sibling(final)
-    _remove(tmp)
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():

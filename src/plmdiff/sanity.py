@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from plmdiff.errors import ConfigError
+from plmdiff.multiple_testing import benjamini_hochberg
 from plmdiff.runtime import atomic_path, derive_seed
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def mantel_trend_test(
 @dataclass
 class SanityResult:
     variance: pd.DataFrame  # layer, between_variance, within_variance, variance_ratio, ...
-    trend: pd.DataFrame  # layer, mantel_r, permutation_p, permutations, exact
+    trend: pd.DataFrame  # layer, mantel_r, permutation_p, permutation_q, permutations, exact
     cosine: pd.DataFrame  # layer, round_i, round_j, cosine, cosine_centred
     tsne: dict[int, np.ndarray]  # layer -> [m, 2]
     tsne_rows: np.ndarray  # rows of the subsample (same for every layer)
@@ -319,9 +320,17 @@ def sanity_checks(
             m.r,
             m.p_value,
         )
+    variance_table, trend_table = pd.DataFrame(variance), pd.DataFrame(trend)
+    # Benjamini-Hochberg across layers, per test: each layer is a test of its own.
+    for table in (variance_table, trend_table):
+        table.insert(
+            table.columns.get_loc("permutation_p") + 1,
+            "permutation_q",
+            benjamini_hochberg(table["permutation_p"].to_numpy(dtype=float)),
+        )
     return SanityResult(
-        variance=pd.DataFrame(variance),
-        trend=pd.DataFrame(trend),
+        variance=variance_table,
+        trend=trend_table,
         cosine=pd.concat(cosine, ignore_index=True),
         tsne=maps,
         tsne_rows=rows,

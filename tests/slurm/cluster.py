@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.system_packages import PackagesUnavailable, ensure_apt_packages
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 PACKAGES = ("slurm-wlm", "munge")
@@ -235,26 +237,12 @@ def _call_order(path: Path) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- installation
 
 
-_installed_in: list[float] = []  # seconds apt-get took in this process (reported by the tests)
-
-
 def ensure_installed() -> float:
     """Install slurm-wlm and munge with apt-get when missing; returns the seconds it took."""
-    if all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in COMMANDS):
-        return sum(_installed_in)
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise SlurmUnavailable(
-            "slurm-wlm and munge are not installed and cannot be installed here "
-            "(needs root and apt-get): apt-get install -y slurm-wlm munge"
-        )
-    start = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *PACKAGES]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr}")
-    _installed_in.append(time.monotonic() - start)
-    return _installed_in[-1]
+    try:
+        return ensure_apt_packages(PACKAGES, COMMANDS)
+    except PackagesUnavailable as exc:
+        raise SlurmUnavailable(str(exc)) from exc
 
 
 def _which(name: str) -> str:

@@ -20,10 +20,20 @@ import pyarrow.parquet as pq
 
 from tests.conftest import BIN, REPO, run_snakemake
 
-# Rules that ask for a GPU (contracts.md); the SLURM profile sends each to the GPU partition.
-GPU_RULES = frozenset(
-    {"sample", "extract", "train_sae", "feature_stats", "kl", "demo_train_base", "demo_dpo_round"}
-)
+
+def rules_declaring_gpu(rules_dir: Path = REPO / "rules") -> frozenset[str]:
+    """Rules whose resources ask for a GPU (`gpu=`), also rules defined inside an `if:` block."""
+    found = set()
+    for source in sorted(rules_dir.glob("*.smk")):
+        for block in re.split(r"^(?=\s*rule \w+:)", source.read_text(), flags=re.MULTILINE):
+            match = re.match(r"\s*rule (\w+):", block)
+            if match and re.search(r"^\s+gpu=", block, flags=re.MULTILINE):
+                found.add(match.group(1))
+    return frozenset(found)
+
+
+# The SLURM profile must send exactly these rules to the GPU partition.
+GPU_RULES = rules_declaring_gpu()
 # Figures and reports carry dates and renderer details; they are checked by their own stages.
 UNCOMPARED_SUFFIXES = (".png", ".svg", ".pdf", ".html", ".log")
 RTOL, ATOL = 1e-5, 1e-6
