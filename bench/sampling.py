@@ -7,10 +7,11 @@ leave the batch). Both draw the same number of sequences from the same model; th
 generated tokens per second (each loop's tokens up to and including its own stop token: `<end>`
 for ours, `<|endoftext|>` for the lab's, which comes one token later), and the ratio.
 
-CPU mode (default): the demo-size GPT-2 (6 layers x 128, 4 heads, ZymCTRL vocabulary), trained
+CPU mode (default): a GPT-2 of the demo's shape (config/demo.yaml, ZymCTRL vocabulary), trained
 briefly on the shipped family so that it ends its sequences at family-like lengths (random weights
 never end one, which would hide what the lab's fixed-size batches waste). Target >= 2x.
 `--checkpoint DIR` reuses a trained checkpoint (e.g. the demo's output_iteration0) instead.
+The sides alternate `--repeats` times and each reports its median run.
 
 --zymctrl-shape (CUDA): a random model of ZymCTRL's shape (36 x 1280, plmdiff.zymctrl). Its rows
 end, if at all, at random; the score is tokens per second either way, so the sides stay
@@ -31,7 +32,17 @@ import time
 from pathlib import Path
 
 LAB_BATCH = 20
-DEMO_SHAPE = {"n_layer": 6, "n_embd": 128, "n_head": 4}
+
+
+def _demo_shape() -> dict:
+    """The demo model's shape, read from config/demo.yaml."""
+    import yaml
+
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/demo.yaml").read_text())
+    return {k: demo["demo"]["base"][k] for k in ("n_layer", "n_embd", "n_head")}
+
+
+DEMO_SHAPE = _demo_shape()
 HEADER = "| benchmark | device | model | sequences | max_length | ours tok/s | lab tok/s | ratio |"
 
 
@@ -132,6 +143,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained checkpoint")
     parser.add_argument("--save-checkpoint", type=Path, default=None)
     parser.add_argument("--zymctrl-shape", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side")
     args = parser.parse_args()
 
     import torch
@@ -159,7 +171,10 @@ def main() -> None:
             model, tokenizer = demo_model(args.train_steps, seed=0)
             if args.save_checkpoint:
                 save_checkpoint(model, tokenizer, args.save_checkpoint)
-            label = f"demo shape (6x128, trained {args.train_steps} steps)"
+            label = (
+                f"demo shape ({DEMO_SHAPE['n_layer']}x{DEMO_SHAPE['n_embd']}, "
+                f"trained {args.train_steps} steps)"
+            )
     prompt = prompt_ids(tokenizer, ZYMCTRL_FORMAT, ZYMCTRL_IDS)
     say(f"device {device}, {torch.get_num_threads()} threads, {label}, prompt {len(prompt)} tokens")
 
@@ -167,18 +182,23 @@ def main() -> None:
     lab_loop(model, prompt, 2, min(args.max_length, len(prompt) + 8), ZYMCTRL_IDS, device)
     our_loop(model, tokenizer, 2, min(args.max_length, len(prompt) + 8), batch_size, device)
 
-    ours_tokens, ours_s, samples = our_loop(
-        model, tokenizer, args.n, args.max_length, batch_size, device
-    )
-    say(
-        f"ours: {ours_tokens} tokens in {ours_s:.1f} s ({ours_tokens / ours_s:.0f} tok/s); "
-        f"{sum(s.ended for s in samples)}/{args.n} ended, mean {ours_tokens / args.n:.0f} tokens"
-    )
-    lab_tokens, lab_s = lab_loop(model, prompt, args.n, args.max_length, ZYMCTRL_IDS, device)
-    say(
-        f"lab:  {lab_tokens} tokens in {lab_s:.1f} s ({lab_tokens / lab_s:.0f} tok/s); "
-        f"mean {lab_tokens / args.n:.0f} tokens"
-    )
+    # The sides alternate and each keeps its median run: on a shared machine the speed drifts
+    # by tens of percent within a minute, and alternating spreads the drift over both sides.
+    ours_runs, lab_runs = [], []
+    for repeat in range(args.repeats):
+        ours_tokens, ours_s, samples = our_loop(
+            model, tokenizer, args.n, args.max_length, batch_size, device
+        )
+        ours_runs.append((ours_tokens / ours_s, ours_tokens, ours_s))
+        lab_tokens, lab_s = lab_loop(model, prompt, args.n, args.max_length, ZYMCTRL_IDS, device)
+        lab_runs.append((lab_tokens / lab_s, lab_tokens, lab_s))
+        say(
+            f"run {repeat + 1}: ours {ours_tokens} tokens in {ours_s:.1f} s "
+            f"({ours_tokens / ours_s:.0f} tok/s, {sum(s.ended for s in samples)}/{args.n} ended); "
+            f"lab {lab_tokens} tokens in {lab_s:.1f} s ({lab_tokens / lab_s:.0f} tok/s)"
+        )
+    _, ours_tokens, ours_s = sorted(ours_runs)[len(ours_runs) // 2]
+    _, lab_tokens, lab_s = sorted(lab_runs)[len(lab_runs) // 2]
     ratio = (ours_tokens / ours_s) / (lab_tokens / lab_s)
     say(HEADER)
     say("|---|---|---|---|---|---|---|---|")

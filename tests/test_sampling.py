@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from plmdiff import sampling
 from plmdiff.checkpoints import CheckpointRecord, inspect_checkpoint, load_model, load_tokenizer
 from plmdiff.errors import ConfigError
 from plmdiff.sampling import (
@@ -293,3 +295,28 @@ def test_dropout_is_off_while_sampling_and_mode_restored(r0):
         model.eval()
     b = draw(r0, range(4))
     assert [s.sequence for s in a] == [s.sequence for s in b]
+
+
+def test_cpu_decoding_uses_eager_attention_and_restores_the_model(r0, monkeypatch):
+    """On a CPU the draw runs with eager attention (faster for one-token steps against a strided
+    cache), gives what SDPA gives, and hands the model back with its own implementation."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model, _ = r0
+    assert model.config._attn_implementation == "sdpa"
+    sdpa_calls = []
+    real_sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def counting_sdpa(*args, **kwargs):
+        sdpa_calls.append(1)
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", counting_sdpa)
+    eager = draw(r0, range(12))
+    assert not sdpa_calls
+    assert model.config._attn_implementation == "sdpa"
+
+    monkeypatch.setattr(sampling, "decoding_attention", lambda m, d: contextlib.nullcontext())
+    with_sdpa = draw(r0, range(12))
+    assert sdpa_calls
+    assert [s.sequence for s in with_sdpa] == [s.sequence for s in eager]

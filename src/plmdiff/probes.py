@@ -61,7 +61,7 @@ class ProbeSettings:
     """The `probes` config section (cluster_identity belongs to plmdiff.clustering)."""
 
     folds: int = 5
-    permutations: int = 20
+    permutations: int = 49
     C: float | None = None
     C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     inner_folds: int = 3
