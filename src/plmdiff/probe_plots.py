@@ -150,11 +150,13 @@ def plot_cosine_grid(
     rows, cols = _grid(len(layers))
     size = max(2.2, 0.35 * len(names) + 1.2)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    for ax, layer in zip(axes.flat, layers, strict=False):
+    for index, (ax, layer) in enumerate(zip(axes.flat, layers, strict=False)):
         block = cosine[cosine["layer"] == layer].pivot(
             index="round_i", columns="round_j", values=column
         )
         block = block.loc[list(names), list(names)]
+        # Round names only on the outer edge of the grid: inside it they run into the neighbours.
+        bottom_of_column = index + cols >= len(layers)
         sns.heatmap(
             block,
             vmin=-1,
@@ -165,8 +167,11 @@ def plot_cosine_grid(
             annot=len(names) <= 6,
             fmt=".2f",
             annot_kws={"fontsize": 6},
+            xticklabels=list(names) if bottom_of_column else False,
+            yticklabels=list(names) if index % cols == 0 else False,
             ax=ax,
         )
+        ax.tick_params(labelsize=7)
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("")
         ax.set_ylabel("")
