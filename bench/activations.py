@@ -34,16 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _demo_settings() -> tuple[dict, tuple[int, ...], int]:
-    """The demo model's shape and what the demo stores, read from config/demo.yaml."""
-    import yaml
+    """The demo model's shape and what the demo stores (config/demo.yaml)."""
+    from plmdiff.config import DEMO_CONFIG_PATH, load_config
 
-    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    base = demo["demo"]["base"]
-    shape = {k: base[k] for k in ("n_layer", "n_embd", "n_head")} | {"n_positions": 1024}
+    demo = load_config(DEMO_CONFIG_PATH)
+    shape = {k: demo["demo"]["base"][k] for k in ("n_layer", "n_embd", "n_head", "n_positions")}
     activations = demo["activations"]
     return shape, tuple(activations["token_layers"]), int(activations["batch_tokens"])
 

@@ -45,10 +45,10 @@ class Size:
 
 
 def _demo_size() -> Size:
-    """The demo's SAE, read from config/demo.yaml (its embedder's width and its sae keys)."""
-    import yaml
+    """The demo's SAE (config/demo.yaml): its embedder's width and its sae keys."""
+    from plmdiff.config import DEMO_CONFIG_PATH, load_config
 
-    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/demo.yaml").read_text())
+    demo = load_config(DEMO_CONFIG_PATH)
     sae = demo["sae"]
     d_model = demo["demo"]["base"]["n_embd"]
     return Size("demo SAE", d_model, sae["expansion"], sae["k"], sae["batch_size"], 150)

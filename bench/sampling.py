@@ -35,11 +35,11 @@ LAB_BATCH = 20
 
 
 def _demo_shape() -> dict:
-    """The demo model's shape, read from config/demo.yaml."""
-    import yaml
+    """The demo model's shape (config/demo.yaml)."""
+    from plmdiff.config import DEMO_CONFIG_PATH, load_config
 
-    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/demo.yaml").read_text())
-    return {k: demo["demo"]["base"][k] for k in ("n_layer", "n_embd", "n_head")}
+    base = load_config(DEMO_CONFIG_PATH)["demo"]["base"]
+    return {k: base[k] for k in ("n_layer", "n_embd", "n_head")}
 
 
 DEMO_SHAPE = _demo_shape()

@@ -69,3 +69,21 @@ def test_symlinked_directory_is_replaced_not_followed(tmp_path: Path):
     with atomic_path(link) as tmp:
         tmp.write_text("file now")
     assert link.read_text() == "file now" and (real / "keep").exists()
+
+
+def test_save_figure_writes_each_format_and_closes_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from plmdiff.runtime import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, tmp_path / "a.png", tmp_path / "a.svg", tmp_path / "noext", dpi=50)
+    assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    assert b"<svg" in (tmp_path / "a.svg").read_bytes()[:500]
+    assert (tmp_path / "noext").read_bytes().startswith(b"\x89PNG")
+    assert not plt.fignum_exists(fig.number)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.svg", "noext"]

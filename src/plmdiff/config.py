@@ -19,6 +19,7 @@ from plmdiff.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+DEMO_CONFIG_PATH = REPO_ROOT / "config" / "demo.yaml"
 
 # Embedder keywords besides model names (activations.embedders).
 BASE_EMBEDDER = "base"

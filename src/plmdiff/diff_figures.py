@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from plmdiff.feature_diff import DiffConfig
-from plmdiff.runtime import atomic_path
+from plmdiff.runtime import save_figure
 
 COLORS = {"changed, stable": "#d62728", "changed, not stable": "#ff9896", "not changed": "#9e9e9e"}
 MAX_TRAJECTORIES = 8
@@ -27,11 +26,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, paths: Sequence[str | os.PathLike]) -> None:
-    plt = _pyplot()
-    for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=130)
-    plt.close(fig)
+    save_figure(fig, *paths, dpi=130)
 
 
 def status(features: pd.DataFrame) -> pd.Series:

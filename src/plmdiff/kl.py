@@ -287,7 +287,7 @@ def plot_kl_by_round(
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from plmdiff.runtime import atomic_path
+    from plmdiff.runtime import save_figure
 
     data = pd.concat(frames, ignore_index=True)
     data["set"] = data["set"].map({OWN: "model's own samples", BASE_SET: "base samples"})
@@ -328,10 +328,7 @@ def plot_kl_by_round(
         title="Along the sequence (own samples)",
     )
     fig.tight_layout()
-    for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=130)
-    plt.close(fig)
+    save_figure(fig, *paths, dpi=130)
 
 
 def run_kl(

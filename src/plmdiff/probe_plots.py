@@ -14,14 +14,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from plmdiff.runtime import atomic_path
+from plmdiff.runtime import save_figure
 
 
 def _save(fig: plt.Figure, *paths: str | Path) -> None:
-    for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, *paths, bbox_inches="tight")
 
 
 def _grid(n: int) -> tuple[int, int]:

@@ -115,6 +115,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def save_figure(fig: Any, *paths: str | os.PathLike, dpi: int = 150, **savefig: Any) -> None:
+    """Write a matplotlib figure to each path (format from the suffix, PNG without one), each
+    through atomic_path, then close it: figures are outputs like any other."""
+    import matplotlib.pyplot as plt
+
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, **savefig)
+    plt.close(fig)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

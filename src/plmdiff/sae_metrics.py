@@ -332,7 +332,7 @@ def plot_training_curves(curves: pd.DataFrame, path: Any, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from plmdiff.runtime import atomic_path
+    from plmdiff.runtime import save_figure
 
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(11, 3.2), constrained_layout=True)
     for ax, (column, label, log_scale) in zip(axes, CURVE_PANELS, strict=True):
@@ -354,6 +354,4 @@ def plot_training_curves(curves: pd.DataFrame, path: Any, title: str) -> None:
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
     fig.suptitle(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from plmdiff.filtering import OUTCOMES, is_valid, read_samples
-from plmdiff.runtime import atomic_path, read_json
+from plmdiff.runtime import atomic_path, read_json, save_figure
 
 SUMMARY_QUANTILES = ("q05", "median", "q95", "mean")
 
@@ -129,10 +129,7 @@ def summary_figure(
     )
     for axis in (axes[0, 1], axes[1, 0], axes[1, 1]):
         axis.tick_params(axis="x", rotation=30)
-    for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=150)
-    plt.close(fig)
+    save_figure(fig, *paths)
 
 
 def write_sampling_summary(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from plmdiff.demo.dpo import ScoredSample
-from plmdiff.runtime import atomic_path
+from plmdiff.runtime import save_figure
 
 SUMMARY_COLUMNS = [
     "iteration",
@@ -138,6 +138,4 @@ def plot_summary(summary: pd.DataFrame, path: str | Path, length_target: float) 
         ax.set_xlabel("DPO round (0 = base)")
         ax.set_ylabel(label)
         ax.set_xticks(summary["iteration"])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=150)
-    plt.close(fig)
+    save_figure(fig, path)
