@@ -1,10 +1,10 @@
-"""Benchmark: the extract rule's code (plmdiff.extraction) vs a naive loop, one run.
+"""Benchmark: the extract rule's code (plmdiff.activations.extraction) vs a naive loop, one run.
 
 CPU mode (default), on a demo-size GPT-2 (6 layers x 128, random weights: speed does not depend
 on them) and real sequences of the shipped family, storing what the demo stores (pooled last
 and mean of layers 0..6, tokens of layers 3 and 6, float16, zstd):
 
-- extraction: plmdiff.extraction.extract_part (length-sorted token-budget batches, hooks that
+- extraction: plmdiff.activations.extraction.extract_part (length-sorted token-budget batches, hooks that
   pool on the fly, writer threads, streaming Parquet);
 - naive: one sequence at a time, `output_hidden_states=True`, `.numpy()`, everything collected
   in Python lists, pandas `to_parquet` at the end.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 def _demo_settings() -> tuple[dict, tuple[int, ...], int]:
     """The demo model's shape and what the demo stores (config/demo.yaml)."""
-    from plmdiff.config import DEMO_CONFIG_PATH, load_config
+    from plmdiff.config.schema import DEMO_CONFIG_PATH, load_config
 
     demo = load_config(DEMO_CONFIG_PATH)
     shape = {k: demo["demo"]["base"][k] for k in ("n_layer", "n_embd", "n_head", "n_positions")}
@@ -58,8 +58,8 @@ def peak_rss_mb() -> float:
 
 def write_inputs(root: Path, n_sequences: int) -> Path:
     """FASTA of n sequences drawn (cycling) from the shipped family, as the filter writes it."""
-    from plmdiff.fasta import SequenceEntry, write_fasta
-    from plmdiff.testing import family_sequences
+    from plmdiff.core.fasta import SequenceEntry, write_fasta
+    from plmdiff.testing.checkpoints import family_sequences
 
     family = family_sequences()
     entries = [
@@ -72,10 +72,15 @@ def write_inputs(root: Path, n_sequences: int) -> Path:
 
 
 def build_checkpoint(root: Path) -> tuple[Path, Path]:
-    from plmdiff.checkpoints import inspect_checkpoint
-    from plmdiff.runtime import write_json
-    from plmdiff.testing import ZYMCTRL_FORMAT
-    from plmdiff.zymctrl import gpt2_config, load_zymctrl_tokenizer, new_gpt2, save_checkpoint
+    from plmdiff.core.runtime import write_json
+    from plmdiff.models.checkpoints import inspect_checkpoint
+    from plmdiff.models.zymctrl import (
+        gpt2_config,
+        load_zymctrl_tokenizer,
+        new_gpt2,
+        save_checkpoint,
+    )
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT
 
     directory = save_checkpoint(
         new_gpt2(gpt2_config(**DEMO_SHAPE)), load_zymctrl_tokenizer(), root / "checkpoint"
@@ -96,9 +101,9 @@ def warm_imports() -> None:
 
 
 def worker_extract(args: argparse.Namespace) -> dict:
-    from plmdiff.checkpoints import CheckpointRecord
-    from plmdiff.extraction import ExtractionSettings, extract_part
-    from plmdiff.testing import ZYMCTRL_FORMAT
+    from plmdiff.activations.extraction import ExtractionSettings, extract_part
+    from plmdiff.models.checkpoints import CheckpointRecord
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT
 
     out = Path(args.out)
     warm_imports()
@@ -128,10 +133,10 @@ def worker_naive(args: argparse.Namespace) -> dict:
     import pandas as pd
     import torch
 
-    from plmdiff.checkpoints import load_model, load_tokenizer
-    from plmdiff.fasta import read_fasta
-    from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS
-    from plmdiff.text import encode_sequences
+    from plmdiff.core.fasta import read_fasta
+    from plmdiff.models.checkpoints import load_model, load_tokenizer
+    from plmdiff.models.text import encode_sequences
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +216,7 @@ def same_vectors(extracted: Path, naive: Path) -> float:
     import numpy as np
     import pandas as pd
 
-    from plmdiff.activation_store import load_pooled
+    from plmdiff.activations.store import load_pooled
 
     frame = pd.read_parquet(naive).set_index("seq_id")
     worst = 0.0
@@ -267,7 +272,7 @@ def zymctrl_shape_benchmark(args: argparse.Namespace) -> None:
     import torch
     from transformers import GPT2Config
 
-    from plmdiff.extraction import (
+    from plmdiff.activations.extraction import (
         ExtractionSettings,
         ResidualExtractor,
         iter_batch_activations,
@@ -275,9 +280,9 @@ def zymctrl_shape_benchmark(args: argparse.Namespace) -> None:
         prepare_sequences,
         write_activations,
     )
-    from plmdiff.fasta import SequenceEntry
-    from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
-    from plmdiff.zymctrl import load_zymctrl_tokenizer, new_gpt2, zymctrl_config_dict
+    from plmdiff.core.fasta import SequenceEntry
+    from plmdiff.models.zymctrl import load_zymctrl_tokenizer, new_gpt2, zymctrl_config_dict
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
 
     if not torch.cuda.is_available():
         raise SystemExit("--zymctrl-shape needs a CUDA GPU")

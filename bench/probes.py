@@ -1,4 +1,4 @@
-"""Benchmark: batched torch probes (plmdiff.probes.cv_accuracy) vs scikit-learn, one run.
+"""Benchmark: batched torch probes (plmdiff.probes.probes.cv_accuracy) vs scikit-learn, one run.
 
 Same synthetic embeddings (anisotropic, power-law spectrum, a few massive dimensions, round
 signal rising with depth), same folds, same C, same stopping rule (max |gradient| <= tol or
@@ -56,9 +56,9 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    from plmdiff.logreg import SolverSettings
-    from plmdiff.probes import cv_accuracy, stratified_folds
-    from plmdiff.synthetic_embeddings import planted_embeddings
+    from plmdiff.probes.logreg import SolverSettings
+    from plmdiff.probes.probes import cv_accuracy, stratified_folds
+    from plmdiff.testing.synthetic import planted_embeddings
 
     torch.set_num_threads(args.threads)
     # Signal from nothing at layer 0 to a clear one at the last, as in the study's table.

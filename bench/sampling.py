@@ -1,4 +1,4 @@
-"""Benchmark: plmdiff.sampling.sample_sequences vs the ZymCTRL lab's generation loop, one run.
+"""Benchmark: plmdiff.sampling.generate.sample_sequences vs the ZymCTRL lab's generation loop, one run.
 
 The lab's loop (AI4PDLab DPO_pLM / ProtRL `seq_gen.py`): `model.generate` on 20 copies of the
 prompt, `do_sample=True, top_k=9, repetition_penalty=1.2, eos_token_id=1, pad_token_id=0`, until
@@ -13,7 +13,7 @@ never end one, which would hide what the lab's fixed-size batches waste). Target
 `--checkpoint DIR` reuses a trained checkpoint (e.g. the demo's output_iteration0) instead.
 The sides alternate `--repeats` times and each reports its median run.
 
---zymctrl-shape (CUDA): a random model of ZymCTRL's shape (36 x 1280, plmdiff.zymctrl). Its rows
+--zymctrl-shape (CUDA): a random model of ZymCTRL's shape (36 x 1280, plmdiff.models.zymctrl). Its rows
 end, if at all, at random; the score is tokens per second either way, so the sides stay
 comparable. Target >= 5x.
 
@@ -36,7 +36,7 @@ LAB_BATCH = 20
 
 def _demo_shape() -> dict:
     """The demo model's shape (config/demo.yaml)."""
-    from plmdiff.config import DEMO_CONFIG_PATH, load_config
+    from plmdiff.config.schema import DEMO_CONFIG_PATH, load_config
 
     base = load_config(DEMO_CONFIG_PATH)["demo"]["base"]
     return {k: base[k] for k in ("n_layer", "n_embd", "n_head")}
@@ -52,9 +52,9 @@ def say(*args: object) -> None:
 
 def demo_model(train_steps: int, seed: int) -> tuple[object, object]:
     """The demo-size GPT-2 trained briefly on family sequences of <= 300 residues."""
-    from plmdiff.lm_training import LMTrainingConfig, train_causal_lm
-    from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
-    from plmdiff.zymctrl import gpt2_config, load_zymctrl_tokenizer, new_gpt2
+    from plmdiff.models.lm_training import LMTrainingConfig, train_causal_lm
+    from plmdiff.models.zymctrl import gpt2_config, load_zymctrl_tokenizer, new_gpt2
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
 
     tokenizer = load_zymctrl_tokenizer()
     model = new_gpt2(gpt2_config(**DEMO_SHAPE), seed=seed)
@@ -77,7 +77,7 @@ def zymctrl_model(device: object) -> tuple[object, object]:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from plmdiff.zymctrl import load_zymctrl_tokenizer, zymctrl_config_dict
+    from plmdiff.models.zymctrl import load_zymctrl_tokenizer, zymctrl_config_dict
 
     torch.manual_seed(0)
     config = GPT2Config(**{k: v for k, v in zymctrl_config_dict().items() if k != "architectures"})
@@ -120,8 +120,8 @@ def our_loop(
 ) -> tuple[int, float, list]:
     import torch
 
-    from plmdiff.sampling import SamplingSettings, sample_sequences
-    from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS
+    from plmdiff.sampling.generate import SamplingSettings, sample_sequences
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
     settings = SamplingSettings(max_length=max_length, batch_size=batch_size)
     start = time.perf_counter()
@@ -148,10 +148,10 @@ def main() -> None:
 
     import torch
 
-    from plmdiff.checkpoints import load_model, load_tokenizer
-    from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS
-    from plmdiff.text import prompt_ids
-    from plmdiff.zymctrl import save_checkpoint
+    from plmdiff.models.checkpoints import load_model, load_tokenizer
+    from plmdiff.models.text import prompt_ids
+    from plmdiff.models.zymctrl import save_checkpoint
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
     if args.threads:
         torch.set_num_threads(args.threads)

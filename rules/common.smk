@@ -16,8 +16,8 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.getenv("PYTHONPATH")) if p)
 )
 
-from plmdiff import workflow_config as wc  # noqa: E402
-from plmdiff.errors import PlmdiffError  # noqa: E402
+from plmdiff.config import study as wc  # noqa: E402
+from plmdiff.core.errors import PlmdiffError  # noqa: E402
 
 try:
     _validated = wc.validate_workflow_config(
@@ -234,7 +234,7 @@ def sae_import_path(wildcards):
     template = config["sae"]["base"]["import"]
     if wildcards.scheme != "base" or not template:
         return None
-    from plmdiff.sae_import import resolve_import_path
+    from plmdiff.sae.imports import resolve_import_path
 
     return str(resolve_import_path(template, int(wildcards.layer)))
 
@@ -243,7 +243,7 @@ def sae_import_inputs(wildcards):
     path = sae_import_path(wildcards)
     if path is None:
         return []
-    from plmdiff.sae_import import import_source_files
+    from plmdiff.sae.imports import import_source_files
 
     return [str(p) for p in import_source_files(path)]
 
@@ -261,7 +261,7 @@ def kl_table(model):
 
 
 def feature_stats_files(embedder, layer, scheme, fold):
-    """The four files of one feature_stats job (see plmdiff.feature_stats.FeatureStatsPaths)."""
+    """The four files of one feature_stats job (see plmdiff.diff.feature_stats.FeatureStatsPaths)."""
     stem = feature_stats(embedder, layer, scheme, fold)[: -len(".parquet")]
     return {
         "stats": f"{stem}.parquet",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from plmdiff.testing import make_tiny_checkpoint
+from plmdiff.testing.checkpoints import make_tiny_checkpoint
 from tests.system_packages import PackagesUnavailable, ensure_apt_packages
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plmdiff.activation_store import TokenWriter
-from plmdiff.sae_training import save_sae
+from plmdiff.activations.store import TokenWriter
+from plmdiff.sae.training import save_sae
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -102,14 +102,14 @@ def permuted_noisy(
 def build_planted(root: Path, plant: Plant = Plant(), k: int = 2, seed: int = 0) -> dict:
     """Token dirs of every round, two fold replicas of the base SAE (the second a permuted,
     perturbed copy) and their feature stats written as the feature_stats rule writes them."""
-    from plmdiff.feature_stats import (
+    from plmdiff.diff.feature_stats import (
         FeatureStats,
         FeatureStatsConfig,
         compute_feature_stats,
         held_out_sequences,
         sae_decoder,
     )
-    from plmdiff.sae_training import load_sae
+    from plmdiff.sae.training import load_sae
 
     atoms = dictionary(plant.d_in)
     dirs = write_tokens(root / "acts", plant, atoms)

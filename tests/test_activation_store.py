@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from plmdiff.activation_store import (
+from plmdiff.activations.store import (
     PooledWriter,
     TokenWriter,
     count_tokens,
@@ -26,7 +26,7 @@ from plmdiff.activation_store import (
     token_files,
     token_seq_ids,
 )
-from plmdiff.errors import DataError
+from plmdiff.core.errors import DataError
 
 META = {"embedder": "r0", "embedder_fingerprint": "abc123", "model": "r1"}
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -148,7 +148,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from plmdiff.activation_store import TokenWriter
+    from plmdiff.activations.store import TokenWriter
     w = TokenWriter(sys.argv[1], layer=1, d_model=64, dtype="float16",
                     metadata={"embedder": "r0"}, row_group_rows=100)
     for i in range(20):

@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from plmdiff.activation_store import count_tokens, load_pooled, read_metadata, token_seq_ids
-from plmdiff.fasta import SequenceEntry, read_fasta, write_fasta
-from plmdiff.testing import family_sequences, make_tiny_checkpoint
+from plmdiff.activations.store import count_tokens, load_pooled, read_metadata, token_seq_ids
+from plmdiff.core.fasta import SequenceEntry, read_fasta, write_fasta
+from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
 
 from .conftest import run_snakemake, tiny_config, write_config
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from plmdiff.checkpoints import CheckpointRecord, inspect_checkpoint, load_model
-from plmdiff.errors import CheckpointError
-from plmdiff.testing import ZYMCTRL_FORMAT
-from plmdiff.text import PromptFormat
+from plmdiff.core.errors import CheckpointError
+from plmdiff.models.checkpoints import CheckpointRecord, inspect_checkpoint, load_model
+from plmdiff.models.text import PromptFormat
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT
 
 
 @pytest.fixture

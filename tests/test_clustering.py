@@ -7,8 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from plmdiff import clustering
-from plmdiff.clustering import (
+from plmdiff.core.errors import ConfigError, DataError
+from plmdiff.core.fasta import SequenceEntry
+from plmdiff.probes import clustering
+from plmdiff.probes.clustering import (
     ClusterSettings,
     cluster_sequences,
     exact_duplicate_clusters,
@@ -16,8 +18,6 @@ from plmdiff.clustering import (
     read_clusters,
     write_clusters,
 )
-from plmdiff.errors import ConfigError, DataError
-from plmdiff.fasta import SequenceEntry
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -60,7 +60,7 @@ def test_exact_duplicates_share_a_cluster(family):
 
 def test_without_mmseqs_auto_falls_back_with_a_warning(family, monkeypatch, caplog):
     monkeypatch.setattr(clustering, "mmseqs_binary", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="plmdiff.clustering"):
+    with caplog.at_level(logging.WARNING, logger="plmdiff.probes.clustering"):
         clusters = cluster_sequences(family, ClusterSettings(method="auto"))
     assert clusters.method == "exact duplicates"
     assert "mmseqs not found on PATH: grouping exact duplicates only" in caplog.text

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from plmdiff import config_doc
-from plmdiff.config import REPO_ROOT, _object_branch, load_schema, validate_config
-from plmdiff.errors import ConfigError
+from plmdiff.config import doc as config_doc
+from plmdiff.config.schema import REPO_ROOT, _object_branch, load_schema, validate_config
+from plmdiff.core.errors import ConfigError
 
 MINIMAL = {
     "models": [{"name": "r0", "checkpoint": "a"}, {"name": "r1", "checkpoint": "b"}],
@@ -42,7 +42,7 @@ def test_every_key_has_description_and_default_or_is_required():
 
 def test_config_readme_is_generated_from_schema():
     assert (REPO_ROOT / "config" / "README.md").read_text() == config_doc.render(), (
-        "config/README.md is stale: run python -m plmdiff.config_doc > config/README.md"
+        "config/README.md is stale: run python -m plmdiff.config.doc > config/README.md"
     )
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plmdiff.config import load_schema
+from plmdiff.config.schema import load_schema
+from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.demo.base_model import describe_samples, split_holdout, training_sequences
 from plmdiff.demo.dpo import (
     PreferencePair,
@@ -36,9 +37,8 @@ from plmdiff.demo.settings import (
     resolve_family_fasta,
 )
 from plmdiff.demo.summary import mean_se, paired_p_value, plot_summary, summarise
-from plmdiff.errors import ConfigError, DataError
-from plmdiff.sampling import Sample
-from plmdiff.testing import ZYMCTRL_FORMAT, family_sequences
+from plmdiff.sampling.generate import Sample
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, family_sequences
 
 # Two in-register hexapeptide repeats: L-G-x-x-S-x then I-A-x-x-T-x.
 TANDEM = "LGKQSNIAPDTW"

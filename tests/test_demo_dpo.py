@@ -13,14 +13,14 @@ import math
 import pytest
 import torch
 
-from plmdiff.checkpoints import load_model, load_tokenizer
 from plmdiff.demo.base_model import train_base_model
 from plmdiff.demo.dpo import ScoredSample, dpo_round, score_samples
 from plmdiff.demo.reward import RewardSpec
 from plmdiff.demo.settings import BaseModelConfig, DPOSettings
-from plmdiff.sampling import SamplingSettings, sample_sequences
-from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
-from plmdiff.zymctrl import load_zymctrl_tokenizer, save_checkpoint
+from plmdiff.models.checkpoints import load_model, load_tokenizer
+from plmdiff.models.zymctrl import load_zymctrl_tokenizer, save_checkpoint
+from plmdiff.sampling.generate import SamplingSettings, sample_sequences
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from plmdiff.checkpoints import CheckpointRecord
 from plmdiff.demo.summary import SUMMARY_COLUMNS
+from plmdiff.models.checkpoints import CheckpointRecord
 
 from .conftest import REPO, TINY_CONFIG, run_snakemake, write_config
 
@@ -49,7 +49,7 @@ def tiny_demo_config() -> dict:
         {"name": m, "checkpoint": f"results/demo/checkpoints/output_iteration{i}"}
         for i, m in enumerate(MODELS)
     ]
-    # Like plmdiff.testing.make_tiny_checkpoint: trained on the first 60 residues of each
+    # Like plmdiff.testing.checkpoints.make_tiny_checkpoint: trained on the first 60 residues of each
     # sequence, so that it ends about half its samples within tiny.yaml's 128 tokens.
     config["demo"] = {
         "enabled": True,

@@ -12,15 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from plmdiff.activation_store import (
-    iter_token_batches,
-    load_pooled,
-    pooled_layers,
-    read_metadata,
-)
-from plmdiff.checkpoints import CheckpointRecord, inspect_checkpoint, load_model, load_tokenizer
-from plmdiff.errors import DataError
-from plmdiff.extraction import (
+from plmdiff.activations.extraction import (
     ExtractionSettings,
     ResidualExtractor,
     extract_part,
@@ -29,9 +21,27 @@ from plmdiff.extraction import (
     prepare_sequences,
     shard_sequences,
 )
-from plmdiff.fasta import SequenceEntry, write_fasta
-from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences, make_tiny_checkpoint
-from plmdiff.text import PromptFormat, encode_sequences
+from plmdiff.activations.store import (
+    iter_token_batches,
+    load_pooled,
+    pooled_layers,
+    read_metadata,
+)
+from plmdiff.core.errors import DataError
+from plmdiff.core.fasta import SequenceEntry, write_fasta
+from plmdiff.models.checkpoints import (
+    CheckpointRecord,
+    inspect_checkpoint,
+    load_model,
+    load_tokenizer,
+)
+from plmdiff.models.text import PromptFormat, encode_sequences
+from plmdiff.testing.checkpoints import (
+    ZYMCTRL_FORMAT,
+    ZYMCTRL_IDS,
+    family_sequences,
+    make_tiny_checkpoint,
+)
 
 N_LAYER = 4
 LAYERS = (0, 2, N_LAYER)  # embeddings, middle, last (before ln_f)
@@ -340,7 +350,7 @@ def test_oom_halves_the_batch_and_keeps_every_sequence(checkpoint, record, seque
 
 
 def test_writer_failure_leaves_no_outputs(tmp_path, checkpoint, record, sequences, monkeypatch):
-    from plmdiff import activation_store
+    from plmdiff.activations import store as activation_store
 
     calls = {"n": 0}
     original = activation_store.TokenWriter.write
@@ -362,10 +372,10 @@ KILLED_EXTRACTION = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from plmdiff import extraction
-    from plmdiff.checkpoints import CheckpointRecord
-    from plmdiff.extraction import ExtractionSettings, extract_part
-    from plmdiff.testing import ZYMCTRL_FORMAT
+    from plmdiff.activations import extraction
+    from plmdiff.models.checkpoints import CheckpointRecord
+    from plmdiff.activations.extraction import ExtractionSettings, extract_part
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT
 
     original = extraction._write_token_rows
     def write_then_die(writer, layer, batch):

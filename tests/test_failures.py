@@ -24,12 +24,12 @@ import pytest
 import torch
 import yaml
 
-from plmdiff.checkpoints import inspect_checkpoint
-from plmdiff.config import validate_config
-from plmdiff.fasta import SequenceEntry, write_fasta
-from plmdiff.runtime import write_json
-from plmdiff.testing import family_sequences
-from plmdiff.text import PromptFormat
+from plmdiff.config.schema import validate_config
+from plmdiff.core.fasta import SequenceEntry, write_fasta
+from plmdiff.core.runtime import write_json
+from plmdiff.models.checkpoints import inspect_checkpoint
+from plmdiff.models.text import PromptFormat
+from plmdiff.testing.checkpoints import family_sequences
 from tests.conftest import REPO, run_snakemake, tiny_config
 from tests.slurm.cluster import TEST_PROFILE_OPTIONS
 from tests.slurm.workflow import (
@@ -267,7 +267,7 @@ def study(tiny_checkpoints, tmp_path_factory):
 
 
 def test_sampling_oom_halves_the_batch_and_gives_the_same_shard(study, monkeypatch, caplog):
-    from plmdiff.sampling import sample_shard, write_samples
+    from plmdiff.sampling.generate import sample_shard, write_samples
 
     config, record, record_path, root = study
     sampling = {
@@ -296,7 +296,7 @@ def test_sampling_oom_halves_the_batch_and_gives_the_same_shard(study, monkeypat
 
 
 def test_extraction_oom_halves_the_batch_and_writes_the_same_parts(study, monkeypatch, caplog):
-    from plmdiff.extraction import ExtractionSettings, extract_part
+    from plmdiff.activations.extraction import ExtractionSettings, extract_part
 
     config, record, _, root = study
     fasta = root / "family.fasta"
@@ -339,7 +339,7 @@ def test_extraction_oom_halves_the_batch_and_writes_the_same_parts(study, monkey
 
 def test_a_single_sequence_that_does_not_fit_is_an_error(study, monkeypatch):
     """OOM splitting stops at one sequence: the error reaches the rule (and its retry)."""
-    from plmdiff.sampling import sample_shard
+    from plmdiff.sampling.generate import sample_shard
 
     config, record, record_path, _ = study
     _oom_above(monkeypatch, 0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plmdiff.errors import DataError
-from plmdiff.feature_alignment import (
+from plmdiff.core.errors import DataError
+from plmdiff.diff.alignment import (
     coverage,
     decoder_cosine,
     hungarian_match,

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from plmdiff.errors import DataError
-from plmdiff.feature_diff import (
+from plmdiff.core.errors import DataError
+from plmdiff.core.stats import benjamini_hochberg
+from plmdiff.diff.diff import (
     DiffConfig,
     RoundEvidence,
     analyse_rounds,
@@ -17,7 +18,6 @@ from plmdiff.feature_diff import (
     rank_features,
     sparse_spearman,
 )
-from plmdiff.multiple_testing import benjamini_hochberg
 
 
 def test_bh_matches_scipy_reference():

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plmdiff.errors import DataError
-from plmdiff.feature_diff import DiffConfig, diff_family, family_analyses
-from plmdiff.feature_stats import (
+from plmdiff.core.errors import DataError
+from plmdiff.diff.diff import DiffConfig, diff_family, family_analyses
+from plmdiff.diff.feature_stats import (
     FeatureStats,
     FeatureStatsConfig,
     FeatureStatsPaths,
@@ -160,7 +160,7 @@ def test_missing_files_are_named(tmp_path):
 
 
 def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
-    from plmdiff.feature_diff import DiffOutputs, run_diff
+    from plmdiff.diff.diff import DiffOutputs, run_diff
 
     root = planted["root"]
     out = DiffOutputs(

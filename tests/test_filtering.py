@@ -1,4 +1,4 @@
-"""plmdiff.filtering: outcome buckets, length windows at their edges, FASTA, failure messages."""
+"""plmdiff.sampling.filtering: outcome buckets, length windows at their edges, FASTA, failure messages."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from plmdiff.errors import ConfigError, DataError
-from plmdiff.fasta import read_fasta, write_fasta
-from plmdiff.filtering import (
+from plmdiff.core.errors import ConfigError, DataError
+from plmdiff.core.fasta import read_fasta, write_fasta
+from plmdiff.sampling.filtering import (
     OUTCOMES,
     FilterSettings,
     LengthWindow,
@@ -20,7 +20,7 @@ from plmdiff.filtering import (
     length_window,
     read_samples,
 )
-from plmdiff.sampling import Sample, samples_table, write_samples
+from plmdiff.sampling.generate import Sample, samples_table, write_samples
 
 
 def raw(index, sequence, ended=True, ppl=2.0, model="m"):

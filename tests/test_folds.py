@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plmdiff.folds import fold_split, sequence_fold
+from plmdiff.sae.folds import fold_split, sequence_fold
 
 IDS = [f"r{m}_{s:03d}_{i:05d}" for m in range(3) for s in range(2) for i in range(200)]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from plmdiff.errors import DataError
-from plmdiff.fasta import SequenceEntry
-from plmdiff.kl import (
+from plmdiff.core.errors import DataError
+from plmdiff.core.fasta import SequenceEntry
+from plmdiff.kl.kl import (
     KLConfig,
     check_self_kl,
     plot_kl_by_round,
@@ -19,7 +19,7 @@ from plmdiff.kl import (
     token_kl,
     top_sequences,
 )
-from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
 from tests.conftest import copy_checkpoint
 
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from plmdiff.oom import is_oom, map_with_oom_split
+from plmdiff.core.oom import is_oom, map_with_oom_split
 
 
 def _fits_at_most(limit: int):

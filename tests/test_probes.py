@@ -11,10 +11,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from plmdiff.config import SCHEMA_PATH, fill_defaults, load_schema
-from plmdiff.errors import DataError
-from plmdiff.logreg import Problems, SolverSettings, fit_multinomial
-from plmdiff.probes import (
+from plmdiff.config.schema import SCHEMA_PATH, fill_defaults, load_schema
+from plmdiff.core.errors import DataError
+from plmdiff.probes.logreg import Problems, SolverSettings, fit_multinomial
+from plmdiff.probes.probes import (
     ACCURACY_COLUMNS,
     GROUPED,
     UNGROUPED,
@@ -27,7 +27,7 @@ from plmdiff.probes import (
     stratified_folds,
     stratified_group_folds,
 )
-from plmdiff.synthetic_embeddings import planted_embeddings
+from plmdiff.testing.synthetic import planted_embeddings
 
 
 def _sklearn_fit(X, y, C):
@@ -212,7 +212,7 @@ def test_round_with_few_clusters_warns_and_runs(caplog):
     y = np.repeat([0, 1, 2], 20)
     groups = np.concatenate([np.arange(20), np.arange(20, 40), 40 + np.arange(20) % 2])
     X = rng.normal(size=(60, 6)).astype(np.float32)
-    with caplog.at_level(logging.WARNING, logger="plmdiff.probes"):
+    with caplog.at_level(logging.WARNING, logger="plmdiff.probes.probes"):
         result = probe_sweep([X], y, groups, ProbeSettings(folds=3, permutations=2, C=1.0))
     assert "round '2' has 20 sequences in only 2 clusters" in caplog.text
     assert result.accuracy.shape[0] == 1

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from plmdiff.clustering import mmseqs_binary
-from plmdiff.fasta import SequenceEntry, write_fasta
-from plmdiff.probes import ACCURACY_COLUMNS
-from plmdiff.testing import family_sequences, make_tiny_checkpoint
+from plmdiff.core.fasta import SequenceEntry, write_fasta
+from plmdiff.probes.clustering import mmseqs_binary
+from plmdiff.probes.probes import ACCURACY_COLUMNS
+from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
 
 from .conftest import run_snakemake, tiny_config, write_config
 

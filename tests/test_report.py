@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plmdiff.errors import DataError
-from plmdiff.feature_diff import DiffConfig, DiffOutputs, run_diff
-from plmdiff.kl import kl_frame, run_kl_summary
-from plmdiff.report import (
+from plmdiff.core.errors import DataError
+from plmdiff.diff.diff import DiffConfig, DiffOutputs, run_diff
+from plmdiff.kl.kl import kl_frame, run_kl_summary
+from plmdiff.report.render import (
     SECTIONS,
     ReportItem,
     build_report,
@@ -207,7 +207,7 @@ def items(tmp_path_factory) -> list[ReportItem]:
         out.append(ReportItem(stage, str(d / name), caption=cap, wildcards=wc))
 
     rng = np.random.default_rng(0)
-    from plmdiff.fasta import SequenceEntry
+    from plmdiff.core.fasta import SequenceEntry
 
     frames = []
     for r, m in enumerate(MODELS):
@@ -332,7 +332,7 @@ def test_caption_rendering(jinja, monkeypatch):
 
 
 def test_example_windows_mark_active_residues():
-    from plmdiff.top_examples import html_window, marked_text
+    from plmdiff.diff.examples import html_window, marked_text
 
     acts = [np.nan, 0.0, 1.5, 0.5, np.nan]
     assert marked_text("-abc-", acts) == "a[B]C"

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from plmdiff.report import SECTIONS
+from plmdiff.report.render import SECTIONS
 from tests.conftest import run_snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]

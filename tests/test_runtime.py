@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from plmdiff.runtime import atomic_path, write_json
+from plmdiff.core.runtime import atomic_path, write_json
 
 KILLED_WRITER = """
 import os, signal, sys
-from plmdiff.runtime import atomic_path
+from plmdiff.core.runtime import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_text("half")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -77,7 +77,7 @@ def test_save_figure_writes_each_format_and_closes_the_figure(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from plmdiff.runtime import save_figure
+    from plmdiff.core.runtime import save_figure
 
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])

@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plmdiff.errors import ConfigError, DataError
-from plmdiff.sae_import import (
+from plmdiff.core.errors import ConfigError, DataError
+from plmdiff.sae.imports import (
     import_sae,
     import_source_files,
     load_zym_checkpoint,
     resolve_import_path,
     zym_layer,
 )
-from plmdiff.sae_training import load_sae, save_sae
+from plmdiff.sae.training import load_sae, save_sae
 
 D_IN, D_SAE = 24, 96
 

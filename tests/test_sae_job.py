@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from plmdiff.sae_job import SAEJob, SAEOutputs, eval_sample, hook_name, run_train_sae
-from plmdiff.sae_training import SAESettings, load_sae
-from plmdiff.testing import ZYMCTRL_FORMAT, family_sequences
+from plmdiff.sae.job import SAEJob, SAEOutputs, eval_sample, hook_name, run_train_sae
+from plmdiff.sae.training import SAESettings, load_sae
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, family_sequences
 
 LAYER = 1
 MODELS = ("r0", "r1")
@@ -36,10 +36,10 @@ SETTINGS = SAESettings(
 def study(tiny_checkpoints, tmp_path_factory) -> dict:
     """FASTA, checkpoint records and token shards (2 parts, layer 1) as the upstream rules
     write them, for models r0 (base) and r1."""
-    from plmdiff.checkpoints import inspect_checkpoint
-    from plmdiff.extraction import ExtractionSettings, extract_part
-    from plmdiff.fasta import SequenceEntry, write_fasta
-    from plmdiff.runtime import write_json
+    from plmdiff.activations.extraction import ExtractionSettings, extract_part
+    from plmdiff.core.fasta import SequenceEntry, write_fasta
+    from plmdiff.core.runtime import write_json
+    from plmdiff.models.checkpoints import inspect_checkpoint
 
     root = tmp_path_factory.mktemp("sae_job")
     seqs = [s[:50] for s in family_sequences(limit=80)]
@@ -161,7 +161,7 @@ def test_fine_tune_starts_from_the_base_of_the_same_fold(study):
 
 
 def test_import_replaces_training_but_still_evaluates(study, tmp_path):
-    import plmdiff.sae_import as sae_import
+    import plmdiff.sae.imports as sae_import
     from tests.test_sae_import import zym_checkpoint
 
     checkpoint = zym_checkpoint()

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from plmdiff.sae_metrics import (
+from plmdiff.models.anatomy import decoder_anatomy
+from plmdiff.sae.metrics import (
     SplicedLoss,
     _replace_stream,
     ce_loss_recovered,
     reconstruction_metrics,
-    residual_stream_module,
     spliced_lm_loss,
 )
 
@@ -78,10 +78,10 @@ def test_ce_loss_recovered_formula():
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_checkpoints):
-    from plmdiff.checkpoints import load_model
-    from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
-    from plmdiff.text import encode_sequences
-    from plmdiff.zymctrl import load_zymctrl_tokenizer
+    from plmdiff.models.checkpoints import load_model
+    from plmdiff.models.text import encode_sequences
+    from plmdiff.models.zymctrl import load_zymctrl_tokenizer
+    from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
 
     model = load_model(tiny_checkpoints["r0"])
     seqs = [s[:40] for s in family_sequences(limit=6)]
@@ -121,7 +121,7 @@ def test_splice_point_is_the_residual_stream_after_l_blocks(tiny_lm):
             seen.append(h.clone())
             return h
 
-        module = residual_stream_module(model, layer)
+        module = decoder_anatomy(model).stream_module(layer)
         with _replace_stream(module, record), torch.no_grad():
             model(input_ids=ids)
         if layer < n_layers:
@@ -130,4 +130,4 @@ def test_splice_point_is_the_residual_stream_after_l_blocks(tiny_lm):
             assert module is model.transformer.ln_f
             assert torch.allclose(model.transformer.ln_f(seen[0]), hidden[layer], atol=1e-5)
     with pytest.raises(Exception, match=r"layers 0\.\.2"):
-        residual_stream_module(model, n_layers + 1)
+        decoder_anatomy(model).stream_module(n_layers + 1)

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from plmdiff.errors import ConfigError, DataError
-from plmdiff.sae_training import (
+from plmdiff.core.errors import ConfigError, DataError
+from plmdiff.sae.training import (
     SAESettings,
     build_training_sae,
     input_normalisation,

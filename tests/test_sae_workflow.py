@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from plmdiff.fasta import SequenceEntry, write_fasta
-from plmdiff.sae_training import load_sae
-from plmdiff.testing import family_sequences, make_tiny_checkpoint
+from plmdiff.core.fasta import SequenceEntry, write_fasta
+from plmdiff.sae.training import load_sae
+from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
 
 from .conftest import run_snakemake, tiny_config, write_config
 from .test_sae_import import zym_checkpoint

@@ -1,4 +1,4 @@
-"""plmdiff.sampling: HF-equivalent logits processing, per-sequence randomness, shards."""
+"""plmdiff.sampling.generate: HF-equivalent logits processing, per-sequence randomness, shards."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from plmdiff import sampling
-from plmdiff.checkpoints import CheckpointRecord, inspect_checkpoint, load_model, load_tokenizer
-from plmdiff.errors import ConfigError
-from plmdiff.sampling import (
+from plmdiff.core.errors import ConfigError
+from plmdiff.models.checkpoints import (
+    CheckpointRecord,
+    inspect_checkpoint,
+    load_model,
+    load_tokenizer,
+)
+from plmdiff.models.text import prompt_ids
+from plmdiff.sampling import generate as sampling
+from plmdiff.sampling.generate import (
     SamplingSettings,
     _mix32,
     _mul32,
@@ -24,8 +30,7 @@ from plmdiff.sampling import (
     shard_indices,
     top_k_filter,
 )
-from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS
-from plmdiff.text import prompt_ids
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
 SETTINGS = SamplingSettings(max_length=80, batch_size=16)
 
@@ -218,7 +223,7 @@ def test_never_ending_model_truncates_everything(r0):
 
 
 def test_shard_table_round_trip(tiny_checkpoints, tmp_path, r0):
-    from plmdiff.sampling import write_samples
+    from plmdiff.sampling.generate import write_samples
 
     samples = draw(r0, [4, 5, 6])
     table = samples_table(samples, "r0", 1, {"seed": 7})
@@ -233,8 +238,8 @@ def test_shard_table_round_trip(tiny_checkpoints, tmp_path, r0):
 
 def test_record_driven_shard(tiny_checkpoints, tmp_path):
     """sample_shard reads the checkpoint from the record and seeds by (seed, model, index)."""
-    from plmdiff.runtime import write_json
-    from plmdiff.sampling import sample_shard
+    from plmdiff.core.runtime import write_json
+    from plmdiff.sampling.generate import sample_shard
 
     record = inspect_checkpoint(tiny_checkpoints["r0"], "r0", ZYMCTRL_FORMAT)
     write_json(tmp_path / "r0.json", record.to_json())
@@ -254,11 +259,11 @@ def test_record_driven_shard(tiny_checkpoints, tmp_path):
 
 def test_never_ending_checkpoint_fails_its_filter_with_the_counts(r0, tmp_path):
     """On disk, through the rule's functions: every sample truncated, one clear failure."""
-    from plmdiff.errors import DataError
-    from plmdiff.filtering import FilterSettings, check_enough, filter_model
-    from plmdiff.runtime import write_json
-    from plmdiff.sampling import sample_shard, write_samples
-    from plmdiff.zymctrl import save_checkpoint
+    from plmdiff.core.errors import DataError
+    from plmdiff.core.runtime import write_json
+    from plmdiff.models.zymctrl import save_checkpoint
+    from plmdiff.sampling.filtering import FilterSettings, check_enough, filter_model
+    from plmdiff.sampling.generate import sample_shard, write_samples
 
     model, tok = r0
     directory = save_checkpoint(never_ending(model), tok, tmp_path / "never")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from plmdiff.fasta import read_fasta, sequence_id
-from plmdiff.filtering import OUTCOMES
-from plmdiff.sampling import shard_indices
+from plmdiff.core.fasta import read_fasta, sequence_id
+from plmdiff.sampling.filtering import OUTCOMES
+from plmdiff.sampling.generate import shard_indices
 from tests.conftest import run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]

@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from plmdiff.errors import ConfigError
-from plmdiff.probe_plots import (
+from plmdiff.core.errors import ConfigError
+from plmdiff.probes.plots import (
     plot_accuracy_per_layer,
     plot_confusion,
     plot_cosine_grid,
     plot_sanity_stats,
     plot_tsne_grid,
 )
-from plmdiff.probes import ProbeSettings, probe_sweep
-from plmdiff.sanity import (
+from plmdiff.probes.probes import ProbeSettings, probe_sweep
+from plmdiff.sanity.checks import (
     SanitySettings,
     cosine_table,
     mantel_trend_test,
@@ -29,7 +29,7 @@ from plmdiff.sanity import (
     write_sanity_tables,
     zscore,
 )
-from plmdiff.synthetic_embeddings import planted_embeddings
+from plmdiff.testing.synthetic import planted_embeddings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

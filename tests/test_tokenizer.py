@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from plmdiff.checkpoints import load_tokenizer
-from plmdiff.testing import ZYMCTRL_FORMAT, ZYMCTRL_IDS
-from plmdiff.text import encode_sequences
-from plmdiff.zymctrl import load_zymctrl_tokenizer
+from plmdiff.models.checkpoints import load_tokenizer
+from plmdiff.models.text import encode_sequences
+from plmdiff.models.zymctrl import load_zymctrl_tokenizer
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
 from .conftest import SHARED
 

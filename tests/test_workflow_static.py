@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from plmdiff.zymctrl import zymctrl_config_dict
+from plmdiff.models.zymctrl import zymctrl_config_dict
 
 from .conftest import BIN, REPO, run_snakemake, tiny_config, write_config
 

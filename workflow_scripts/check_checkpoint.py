@@ -1,8 +1,8 @@
 """Rule check_checkpoint: verify a checkpoint and record its fingerprint."""
 
-from plmdiff.checkpoints import inspect_checkpoint
-from plmdiff.runtime import setup_logging, write_json
-from plmdiff.text import PromptFormat
+from plmdiff.core.runtime import setup_logging, write_json
+from plmdiff.models.checkpoints import inspect_checkpoint
+from plmdiff.models.text import PromptFormat
 
 setup_logging(snakemake.log[0])
 record = inspect_checkpoint(

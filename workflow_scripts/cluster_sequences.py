@@ -2,9 +2,9 @@
 
 import logging
 
-from plmdiff.clustering import ClusterSettings, cluster_sequences, write_clusters
-from plmdiff.fasta import read_fasta
-from plmdiff.runtime import setup_logging
+from plmdiff.core.fasta import read_fasta
+from plmdiff.core.runtime import setup_logging
+from plmdiff.probes.clustering import ClusterSettings, cluster_sequences, write_clusters
 
 setup_logging(snakemake.log[0])
 entries = [entry for path in snakemake.input for entry in read_fasta(path)]

@@ -2,8 +2,8 @@
 
 import torch
 
+from plmdiff.core.runtime import setup_logging
 from plmdiff.demo.workflow import run_train_base
-from plmdiff.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

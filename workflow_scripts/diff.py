@@ -1,7 +1,7 @@
 """Rule diff: which features of a family's SAEs changed across rounds, and are they stable."""
 
-from plmdiff.feature_diff import DiffConfig, DiffOutputs, run_diff
-from plmdiff.runtime import setup_logging
+from plmdiff.core.runtime import setup_logging
+from plmdiff.diff.diff import DiffConfig, DiffOutputs, run_diff
 
 setup_logging(snakemake.log[0])
 params, out = snakemake.params, snakemake.output

@@ -2,10 +2,10 @@
 
 import torch
 
-from plmdiff.checkpoints import CheckpointRecord
-from plmdiff.extraction import ExtractionSettings, extract_part
-from plmdiff.runtime import resolve_device, setup_logging
-from plmdiff.text import PromptFormat
+from plmdiff.activations.extraction import ExtractionSettings, extract_part
+from plmdiff.core.runtime import resolve_device, setup_logging
+from plmdiff.models.checkpoints import CheckpointRecord
+from plmdiff.models.text import PromptFormat
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -1,7 +1,7 @@
 """Rule feature_stats: encode every model's held-out tokens with one SAE, summarise each feature."""
 
-from plmdiff.feature_stats import run_feature_stats
-from plmdiff.runtime import setup_logging
+from plmdiff.core.runtime import setup_logging
+from plmdiff.diff.feature_stats import run_feature_stats
 
 setup_logging(snakemake.log[0])
 wildcards, params = snakemake.wildcards, snakemake.params

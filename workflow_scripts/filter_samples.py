@@ -2,9 +2,9 @@
 
 import logging
 
-from plmdiff.fasta import write_fasta
-from plmdiff.filtering import FilterSettings, check_enough, fasta_entries, filter_model
-from plmdiff.runtime import setup_logging, write_json
+from plmdiff.core.fasta import write_fasta
+from plmdiff.core.runtime import setup_logging, write_json
+from plmdiff.sampling.filtering import FilterSettings, check_enough, fasta_entries, filter_model
 
 setup_logging(snakemake.log[0])
 model = snakemake.wildcards.model

@@ -2,8 +2,8 @@
 
 import logging
 
-from plmdiff.activation_store import gather_pooled_parts
-from plmdiff.runtime import setup_logging
+from plmdiff.activations.store import gather_pooled_parts
+from plmdiff.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 rows = gather_pooled_parts(list(snakemake.input), snakemake.output[0])

@@ -1,7 +1,7 @@
 """Rule kl: per-token KL(model || base) on the model's own and the base's samples."""
 
-from plmdiff.kl import run_kl
-from plmdiff.runtime import setup_logging
+from plmdiff.core.runtime import setup_logging
+from plmdiff.kl.kl import run_kl
 
 setup_logging(snakemake.log[0])
 params = snakemake.params

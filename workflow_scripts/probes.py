@@ -2,9 +2,14 @@
 
 import torch
 
-from plmdiff.probe_plots import plot_accuracy_per_layer, plot_confusion
-from plmdiff.probes import ProbeSettings, load_round_embeddings, probe_sweep, write_probe_tables
-from plmdiff.runtime import resolve_device, setup_logging
+from plmdiff.core.runtime import resolve_device, setup_logging
+from plmdiff.probes.plots import plot_accuracy_per_layer, plot_confusion
+from plmdiff.probes.probes import (
+    ProbeSettings,
+    load_round_embeddings,
+    probe_sweep,
+    write_probe_tables,
+)
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

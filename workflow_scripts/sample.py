@@ -1,7 +1,7 @@
 """Rule sample: draw one shard of a model's sequences (every output, truncated ones included)."""
 
-from plmdiff.runtime import setup_logging
-from plmdiff.sampling import sample_shard, write_samples
+from plmdiff.core.runtime import setup_logging
+from plmdiff.sampling.generate import sample_shard, write_samples
 
 setup_logging(snakemake.log[0])
 table = sample_shard(

@@ -1,7 +1,7 @@
 """Rule sampling_summary: one table and one figure over all models' samples."""
 
-from plmdiff.runtime import setup_logging
-from plmdiff.sampling_summary import write_sampling_summary
+from plmdiff.core.runtime import setup_logging
+from plmdiff.sampling.summary import write_sampling_summary
 
 setup_logging(snakemake.log[0])
 write_sampling_summary(

@@ -2,11 +2,11 @@
 
 import torch
 
-from plmdiff.activation_store import pooled_layers
-from plmdiff.probe_plots import plot_cosine_grid, plot_sanity_stats, plot_tsne_grid
-from plmdiff.probes import load_round_embeddings
-from plmdiff.runtime import setup_logging
-from plmdiff.sanity import SanitySettings, sanity_checks, write_sanity_tables
+from plmdiff.activations.store import pooled_layers
+from plmdiff.core.runtime import setup_logging
+from plmdiff.probes.plots import plot_cosine_grid, plot_sanity_stats, plot_tsne_grid
+from plmdiff.probes.probes import load_round_embeddings
+from plmdiff.sanity.checks import SanitySettings, sanity_checks, write_sanity_tables
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

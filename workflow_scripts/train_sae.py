@@ -1,9 +1,9 @@
 """Rule train_sae: train, fine-tune or import one SAE, evaluate it, write metrics and curves."""
 
-from plmdiff.runtime import setup_logging
-from plmdiff.sae_job import SAEJob, SAEOutputs, run_train_sae
-from plmdiff.sae_training import SAESettings
-from plmdiff.text import PromptFormat
+from plmdiff.core.runtime import setup_logging
+from plmdiff.models.text import PromptFormat
+from plmdiff.sae.job import SAEJob, SAEOutputs, run_train_sae
+from plmdiff.sae.training import SAESettings
 
 setup_logging(snakemake.log[0])
 wildcards, params = snakemake.wildcards, snakemake.params

@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
+from plmdiff.core.errors import ConfigError
+from plmdiff.core.runtime import atomic_path
 from plmdiff.demo.reward import RewardSpec, score_sequence
 from plmdiff.demo.settings import DPOSettings, demo_seed
-from plmdiff.errors import ConfigError
-from plmdiff.runtime import atomic_path
-from plmdiff.sampling import Sample, SamplingSettings, sample_sequences
-from plmdiff.text import PromptFormat, SpecialIds
+from plmdiff.models.text import PromptFormat, SpecialIds
+from plmdiff.sampling.generate import Sample, SamplingSettings, sample_sequences
 
 log = logging.getLogger(__name__)
 

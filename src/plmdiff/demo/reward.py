@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plmdiff.errors import DataError
-from plmdiff.text import is_canonical
+from plmdiff.core.errors import DataError
+from plmdiff.models.text import is_canonical
 
 # PROSITE PS00101 as a lookahead, so that overlapping matches are all found.
 HEXAPEPTIDE = re.compile(r"(?=[LIV][GAED]..[STAV].)")

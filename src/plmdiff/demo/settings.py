@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plmdiff.errors import ConfigError
-from plmdiff.runtime import derive_seed
+from plmdiff.core.errors import ConfigError
+from plmdiff.core.runtime import derive_seed
 
 # Keys of config.sampling that change what the demo draws (n_sequences, shards and seed belong
 # to the sample stage; the per-sequence streams make batch_size irrelevant to the result).

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from plmdiff.core.runtime import save_figure
 from plmdiff.demo.dpo import ScoredSample
-from plmdiff.runtime import save_figure
 
 SUMMARY_COLUMNS = [
     "iteration",

@@ -9,7 +9,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plmdiff.checkpoints import load_model, load_tokenizer, special_token_ids
+from plmdiff.core.fasta import read_fasta
+from plmdiff.core.runtime import read_json, resolve_device, seed_everything, write_json
 from plmdiff.demo.base_model import (
     BaseModelReport,
     describe_samples,
@@ -20,11 +21,10 @@ from plmdiff.demo.dpo import dpo_round, score_samples, write_tsv
 from plmdiff.demo.reward import RewardSpec
 from plmdiff.demo.settings import BaseModelConfig, DPOSettings, demo_seed
 from plmdiff.demo.summary import plot_summary, samples_long_table, summarise
-from plmdiff.fasta import read_fasta
-from plmdiff.runtime import read_json, resolve_device, seed_everything, write_json
-from plmdiff.sampling import SamplingSettings, sample_sequences
-from plmdiff.text import PromptFormat, SpecialIds
-from plmdiff.zymctrl import load_zymctrl_tokenizer, save_checkpoint
+from plmdiff.models.checkpoints import load_model, load_tokenizer, special_token_ids
+from plmdiff.models.text import PromptFormat, SpecialIds
+from plmdiff.models.zymctrl import load_zymctrl_tokenizer, save_checkpoint
+from plmdiff.sampling.generate import SamplingSettings, sample_sequences
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,265 @@
+"""Every path of the data contract and every SAE scheme name, written once.
+
+`rules/common.smk`, the library, the bench scripts and the README all build paths with these
+functions (ARCHITECTURE.md, "Outputs"). Each function takes wildcard *values*; passing
+`"{model}"` and friends gives the rule's output pattern, so the rule and the code that later
+reads the file cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RESULTS = "results"
+LOGS = "logs"
+BENCHMARKS = "benchmarks"
+
+# ----------------------------------------------------------------------------- SAE schemes
+
+BASE_SCHEME = "base"  # trained from scratch (or imported) on the base model's tokens
+FINETUNE_PREFIX = "ft_"  # ft_{model}: the base SAE fine-tuned on one round's tokens
+POOLED_SCHEME = "pooled"  # the base SAE fine-tuned on every round's tokens
+POOLED_PREFIX = "pooled_"  # pooled_{group}: ... on the rounds of one sae.groups entry
+
+# Diff families: which schemes a diff job compares (the base scheme is the reference of each).
+BASE_FAMILY = "base"
+PER_MODEL_FAMILY = "per_model"
+POOLED_FAMILY = "pooled"
+
+
+def finetune_scheme(model: str) -> str:
+    return f"{FINETUNE_PREFIX}{model}"
+
+
+def pooled_scheme(group: str | None = None) -> str:
+    return POOLED_SCHEME if group is None else f"{POOLED_PREFIX}{group}"
+
+
+def is_finetune_scheme(scheme: str) -> bool:
+    return scheme.startswith(FINETUNE_PREFIX)
+
+
+def is_pooled_scheme(scheme: str) -> bool:
+    return scheme == POOLED_SCHEME or scheme.startswith(POOLED_PREFIX)
+
+
+def finetuned_model(scheme: str) -> str:
+    """The model an ft_{model} scheme fine-tunes on."""
+    return scheme[len(FINETUNE_PREFIX) :]
+
+
+def pooled_group(scheme: str) -> str | None:
+    """The sae.groups entry of a pooled_{group} scheme, None for the plain pooled scheme."""
+    return None if scheme == POOLED_SCHEME else scheme[len(POOLED_PREFIX) :]
+
+
+# ----------------------------------------------------------------------------- wildcard values
+
+
+def sample_shard_ids(n_shards: int) -> list[str]:
+    return [f"{s:03d}" for s in range(n_shards)]
+
+
+def extract_part_ids(n_parts: int) -> list[str]:
+    return [f"{p:05d}" for p in range(n_parts)]
+
+
+def layer_id(layer: int) -> str:
+    return f"{layer:02d}"
+
+
+# ----------------------------------------------------------------------------- checkpoints, demo
+
+
+def checkpoint_record(model: str) -> str:
+    return f"{RESULTS}/checkpoints/{model}.json"
+
+
+def demo_checkpoint(checkpoint_dir: str, iteration: int | str) -> str:
+    """output_iteration{i}/ of the demo (0: the base model), the layout of the study's DPO loop."""
+    return f"{str(checkpoint_dir).rstrip('/')}/output_iteration{iteration}"
+
+
+def demo_file(name: str) -> str:
+    return f"{RESULTS}/demo/{name}"
+
+
+def demo_base_report() -> str:
+    return demo_file("base_model.json")
+
+
+def demo_round_file(iteration: int | str, name: str) -> str:
+    return demo_file(f"round_{iteration}.{name}")
+
+
+def demo_summary(ext: str) -> str:
+    return demo_file(f"dpo_summary.{ext}")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_shard(model: str, shard: str) -> str:
+    return f"{RESULTS}/samples/{model}/shard_{shard}.parquet"
+
+
+def fasta(model: str) -> str:
+    return f"{RESULTS}/fasta/{model}.fasta"
+
+
+def fasta_stats(model: str) -> str:
+    return f"{RESULTS}/fasta/{model}.stats.json"
+
+
+def sampling_summary(ext: str) -> str:
+    return f"{RESULTS}/sampling/summary.{ext}"
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def activations_dir(embedder: str) -> str:
+    return f"{RESULTS}/activations/{embedder}"
+
+
+def pooled(embedder: str, model: str) -> str:
+    return f"{activations_dir(embedder)}/{model}.pooled.parquet"
+
+
+def pooled_part(embedder: str, model: str, part: str) -> str:
+    return f"{activations_dir(embedder)}/{model}/pooled/part-{part}.parquet"
+
+
+def token_layer_dir(embedder: str, model: str, layer: str) -> str:
+    return f"{activations_dir(embedder)}/{model}/layer_{layer}"
+
+
+def token_part(embedder: str, model: str, layer: str, part: str) -> str:
+    return f"{token_layer_dir(embedder, model, layer)}/part-{part}.parquet"
+
+
+# ----------------------------------------------------------------------------- probes, sanity
+
+
+def clusters_table() -> str:
+    """Sequence-identity clusters of every model's FASTA (groups of the probe folds)."""
+    return f"{RESULTS}/clusters/clusters.tsv"
+
+
+def probe_dir(embedder: str, pooling: str) -> str:
+    return f"{RESULTS}/probes/{embedder}/{pooling}"
+
+
+def probe_file(embedder: str, pooling: str, name: str) -> str:
+    return f"{probe_dir(embedder, pooling)}/{name}"
+
+
+def sanity_dir(embedder: str) -> str:
+    return f"{RESULTS}/sanity/{embedder}"
+
+
+def sanity_file(embedder: str, name: str) -> str:
+    return f"{sanity_dir(embedder)}/{name}"
+
+
+TSNE_FIGURES = {"last": "tsne_last_token_grid.png", "mean": "tsne_mean_pooled_grid.png"}
+
+
+def sanity_tsne(embedder: str, pooling: str) -> str:
+    """The t-SNE grid, named after the pooling it shows."""
+    return sanity_file(embedder, TSNE_FIGURES[pooling])
+
+
+# ----------------------------------------------------------------------------- SAEs
+
+
+def sae_dir(embedder: str, layer: str, scheme: str, fold: str | int) -> str:
+    return f"{RESULTS}/saes/{embedder}/layer_{layer}/{scheme}/fold_{fold}"
+
+
+def sae_metrics(embedder: str, layer: str, scheme: str, fold: str | int) -> str:
+    return f"{sae_dir(embedder, layer, scheme, fold)}.metrics.json"
+
+
+def sae_curves(embedder: str, layer: str, scheme: str, fold: str | int, ext: str) -> str:
+    """Training curves of one SAE: ext 'tsv' (table) or 'png' (figure)."""
+    return f"{sae_dir(embedder, layer, scheme, fold)}.curves.{ext}"
+
+
+# ----------------------------------------------------------------------------- feature stats, diff
+
+# The files of one feature_stats job: the stats table and its siblings (same stem).
+FEATURE_STATS_SUFFIXES = {
+    "stats": ".parquet",
+    "sequences": ".seqs.parquet",
+    "fires": ".fires.parquet",
+    "top": ".top.parquet",
+}
+
+
+def feature_stats(embedder: str, layer: str, scheme: str, fold: str | int) -> str:
+    return f"{RESULTS}/features/{embedder}/layer_{layer}/{scheme}/fold_{fold}.parquet"
+
+
+def feature_stats_siblings(stats_path: str | os.PathLike) -> dict[str, Path]:
+    """The four files of one feature_stats job, from the path of its stats table."""
+    path = str(stats_path)
+    suffix = FEATURE_STATS_SUFFIXES["stats"]
+    if not path.endswith(suffix):
+        raise ValueError(f"feature stats path {path} does not end in {suffix}")
+    stem = path[: -len(suffix)]
+    return {key: Path(f"{stem}{ext}") for key, ext in FEATURE_STATS_SUFFIXES.items()}
+
+
+def feature_stats_files(embedder: str, layer: str, scheme: str, fold: str | int) -> dict[str, str]:
+    """The four files of one feature_stats job, as rule outputs."""
+    siblings = feature_stats_siblings(feature_stats(embedder, layer, scheme, fold))
+    return {key: str(path) for key, path in siblings.items()}
+
+
+def diff_dir(embedder: str, layer: str, family: str) -> str:
+    return f"{RESULTS}/diff/{embedder}/layer_{layer}/{family}"
+
+
+def diff_file(embedder: str, layer: str, family: str, name: str) -> str:
+    return f"{diff_dir(embedder, layer, family)}/{name}"
+
+
+# ----------------------------------------------------------------------------- KL, report
+
+
+def kl_table(model: str) -> str:
+    return f"{RESULTS}/kl/{model}.parquet"
+
+
+def kl_top(model: str) -> str:
+    return f"{RESULTS}/kl/{model}.top.tsv"
+
+
+def kl_summary() -> str:
+    return f"{RESULTS}/kl/summary.tsv"
+
+
+def kl_figure(ext: str) -> str:
+    return f"{RESULTS}/kl/kl_by_round.{ext}"
+
+
+def report_index() -> str:
+    return f"{RESULTS}/report/index.html"
+
+
+def snakemake_report() -> str:
+    return f"{RESULTS}/report/snakemake_report.html"
+
+
+# ----------------------------------------------------------------------------- logs, benchmarks
+
+
+def log_file(rule: str, *parts: str) -> str:
+    return "/".join([LOGS, rule, *parts]) + ".log"
+
+
+def benchmark_file(rule: str, *parts: str) -> str:
+    return "/".join([BENCHMARKS, rule, *parts]) + ".tsv"
+

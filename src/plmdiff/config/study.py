@@ -1,0 +1,216 @@
+"""What the Snakefile needs from a validated config: names, wildcard values, DAG-time checks.
+
+Kept out of the .smk files so that it is typed and unit-tested; `rules/common.smk` calls it once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plmdiff.config.schema import BASE_EMBEDDER, SELF_EMBEDDER, validate_config
+from plmdiff.core.errors import CheckpointError, ConfigError
+from plmdiff.models.anatomy import config_depth
+from plmdiff.models.checkpoints import CONFIG_FILE, TOKENIZER_FILES, checkpoint_files, weight_files
+
+
+def alternatives(names: Iterable[str]) -> str:
+    """A wildcard constraint that accepts exactly these names."""
+    names = sorted(set(names), key=lambda n: (-len(n), n))
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+def demo_checkpoint_dirs(config: Mapping[str, Any]) -> list[str]:
+    """Checkpoint directories that the demo rules produce (iteration 0 is the base model)."""
+    demo = config["demo"]
+    if not demo["enabled"]:
+        return []
+    root = demo["checkpoint_dir"].rstrip("/")
+    return [f"{root}/output_iteration{i}" for i in range(demo["dpo"]["rounds"] + 1)]
+
+
+@dataclass(frozen=True)
+class Study:
+    """Names and wildcard values of one study, derived from its validated config."""
+
+    config: Mapping[str, Any] = field(repr=False)
+    models: list[str]
+    embedders: list[str]
+    sae_layers: list[str]
+    sae_schemes: list[str]
+    sae_families: list[str]
+    demo_dirs: list[str]
+
+    @property
+    def base(self) -> str:
+        return self.models[0]
+
+    @property
+    def rounds(self) -> list[str]:
+        return self.models[1:]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Study:
+        models = [m["name"] for m in config["models"]]
+        embedders: list[str] = []
+        for name in config["activations"]["embedders"]:
+            resolved = models[0] if name == BASE_EMBEDDER else name
+            if resolved not in embedders:
+                embedders.append(resolved)
+        layers = config["sae"]["layers"]
+        if layers is None:
+            layers = config["activations"]["token_layers"]
+        schemes = ["base"]
+        wanted = config["sae"]["schemes"]
+        if "per_model" in wanted:
+            schemes += [f"ft_{m}" for m in models[1:]]
+        if "pooled" in wanted:
+            groups = config["sae"]["groups"]
+            schemes += [f"pooled_{g}" for g in groups] if groups else ["pooled"]
+        families = ["base"] + [f for f in ("per_model", "pooled") if f in wanted]
+        return cls(
+            config=config,
+            models=models,
+            embedders=embedders,
+            sae_layers=[f"{layer:02d}" for layer in sorted(layers)],
+            sae_schemes=schemes,
+            sae_families=families,
+            demo_dirs=demo_checkpoint_dirs(config),
+        )
+
+    def checkpoint(self, model: str) -> str:
+        for m in self.config["models"]:
+            if m["name"] == model:
+                return m["checkpoint"]
+        raise ConfigError(f"unknown model '{model}'; accepted: {', '.join(self.models)}")
+
+    def is_demo_checkpoint(self, model: str) -> bool:
+        return _normalise(self.checkpoint(model)) in {_normalise(d) for d in self.demo_dirs}
+
+    def checkpoint_inputs(self, model: str) -> list[str]:
+        """Input files of check_checkpoint: the checkpoint's files, or the demo's output directory."""
+        path = self.checkpoint(model)
+        if self.is_demo_checkpoint(model):
+            return [_normalise(path)]
+        return [str(p) for p in checkpoint_files(path, self.config["allow_pickle"])]
+
+    def embedded_models(self, embedder: str) -> list[str]:
+        """Models whose sequences `embedder` embeds (every model, for a checkpoint and for 'self')."""
+        return list(self.models)
+
+    def scheme_models(self, scheme: str) -> list[str]:
+        """Models whose token activations train (or fine-tune) an SAE of this scheme."""
+        if scheme == "base":
+            return [self.base]
+        if scheme.startswith("ft_"):
+            return [scheme[3:]]
+        if scheme == "pooled":
+            return list(self.rounds)
+        if scheme.startswith("pooled_"):
+            return list(self.config["sae"]["groups"][scheme[len("pooled_") :]])
+        raise ConfigError(f"unknown SAE scheme '{scheme}'; accepted: {', '.join(self.sae_schemes)}")
+
+    def family_schemes(self, family: str) -> list[str]:
+        """SAE schemes compared by one diff family (the base SAE is the reference of each)."""
+        if family == "base":
+            return ["base"]
+        if family == "per_model":
+            return ["base"] + [s for s in self.sae_schemes if s.startswith("ft_")]
+        if family == "pooled":
+            return ["base"] + [s for s in self.sae_schemes if s.startswith("pooled")]
+        raise ConfigError(
+            f"unknown SAE family '{family}'; accepted: {', '.join(self.sae_families)}"
+        )
+
+
+def _normalise(path: str) -> str:
+    return str(Path(path)).rstrip("/")
+
+
+def _n_layers(config_json: Path) -> int | None:
+    try:
+        data = json.loads(config_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # intake reports an unreadable config.json with the full story
+    return config_depth(data)
+
+
+def check_checkpoints_exist(config: Mapping[str, Any], study: Study) -> None:
+    """Cheap file checks at DAG-build time; deep checks (corruption, tokenizer) run in intake."""
+    for i, model in enumerate(study.models):
+        if study.is_demo_checkpoint(model):
+            continue
+        path = Path(study.checkpoint(model))
+        key = f"models[{i}].checkpoint"
+        if not path.is_dir():
+            hint = ""
+            if config["demo"]["enabled"]:
+                hint = f"; the demo produces only {', '.join(study.demo_dirs)}"
+            raise ConfigError(
+                f"{key}: checkpoint directory '{path}' (model '{model}') does not exist{hint}"
+            )
+        if not (path / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"{key}: '{path}' has no {CONFIG_FILE}; expected a Hugging Face checkpoint directory"
+            )
+        try:
+            weight_files(path, config["allow_pickle"])
+        except CheckpointError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if not any((path / name).is_file() for name in TOKENIZER_FILES[:2]):
+            raise ConfigError(f"{key}: '{path}' has no tokenizer (tokenizer.json or vocab.json)")
+
+
+def check_layers(config: Mapping[str, Any], study: Study) -> None:
+    """Layer indices must exist in every embedder (0..L); checked where the depth is known."""
+    depths: dict[str, int] = {}
+    for model in study.models:
+        if study.is_demo_checkpoint(model):
+            depths[model] = config["demo"]["base"]["n_layer"]
+        else:
+            n = _n_layers(Path(study.checkpoint(model)) / CONFIG_FILE)
+            if n is not None:
+                depths[model] = n
+    embedding_models = study.models if SELF_EMBEDDER in study.embedders else []
+    embedding_models = [*embedding_models, *[e for e in study.embedders if e != SELF_EMBEDDER]]
+    acts = config["activations"]
+    keyed: list[tuple[str, Sequence[int]]] = [("activations.token_layers", acts["token_layers"])]
+    if acts["layers"] != "all":
+        keyed.append(("activations.layers", acts["layers"]))
+    for model in embedding_models:
+        if model not in depths:
+            continue
+        top = depths[model]
+        for key, layers in keyed:
+            bad = [layer for layer in layers if layer > top]
+            if bad:
+                raise ConfigError(
+                    f"{key}: layer {bad[0]} does not exist in '{model}', which has layers 0..{top} "
+                    "(0 = embeddings, L = last block)"
+                )
+
+
+def validate_workflow_config(
+    config: Mapping[str, Any], schema_path: str | Path, configfiles: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Validate at DAG-build time; ConfigError messages are prefixed with the config file."""
+    where = ", ".join(str(c) for c in configfiles) or "config"
+    try:
+        validated = validate_config(config, schema_path)
+        reserved = [m for m in validated["models"][1:] if m["name"] == BASE_EMBEDDER]
+        if reserved:
+            raise ConfigError("models: only the first (base) model may be named 'base'")
+        if any(m["name"] == SELF_EMBEDDER for m in validated["models"]):
+            raise ConfigError(
+                "models: 'self' is reserved (activations.embedders keyword); rename the model"
+            )
+        study = Study.from_config(validated)
+        check_checkpoints_exist(validated, study)
+        check_layers(validated, study)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return validated

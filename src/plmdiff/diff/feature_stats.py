@@ -1,0 +1,631 @@
+"""Per-feature statistics of one SAE on every model's token activations (rule feature_stats).
+
+One pass over the token shards, sequence by sequence, on the GPU when there is one. For every
+feature and model it counts firing tokens and sequences, sums activations, and keeps the top
+activating sequences with a window of per-residue activations around the maximum, so that later
+stages (diff, report) never re-encode. It also keeps the sparse per-sequence firing counts that
+the trend test of `plmdiff.diff.diff` needs.
+
+By default only the sequences held out of the SAE's fold are encoded (`diff.held_out`): an SAE
+fits its own training tokens better than new ones, so evaluating the base SAE on base training
+sequences but on unseen sequences of later rounds would fake a change. The K replicas then see
+disjoint sequences, and a change that reappears across folds has reappeared on new data.
+
+Outputs (siblings of the rule's `fold_{f}.parquet`, see `FeatureStatsPaths`):
+- `fold_{f}.parquet`: feature x model stats (n_tokens, n_sequences, n_fire, frequency, sum_act,
+  mean_act, max_act, n_firing_sequences, sequence_fraction, dec_cos_to_base, dec_norm_ratio);
+- `fold_{f}.seqs.parquet`: seq_index, seq_id, model, n_tokens of every encoded sequence;
+- `fold_{f}.fires.parquet`: sparse seq_index, feature, n_fire (firing tokens of a sequence);
+- `fold_{f}.top.parquet`: feature, model, rank, seq_id, pos, value, window_start,
+  window_residues, window_acts (2W+1 values, NaN outside the sequence; residues '-' there).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from plmdiff.core.errors import DataError
+from plmdiff.core.runtime import atomic_path
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = b"plmdiff.diff.feature_stats"
+PAD_RESIDUE = "-"
+
+
+@dataclass(frozen=True)
+class FeatureStatsConfig:
+    batch_tokens: int = 8192
+    top_examples: int = 5
+    example_window: int = 12
+
+    @classmethod
+    def from_config(cls, diff_section: Mapping[str, Any]) -> FeatureStatsConfig:
+        return cls(
+            batch_tokens=int(diff_section.get("batch_tokens", cls.batch_tokens)),
+            top_examples=int(diff_section.get("top_examples", cls.top_examples)),
+            example_window=int(diff_section.get("example_window", cls.example_window)),
+        )
+
+
+@dataclass(frozen=True)
+class FeatureStatsPaths:
+    stats: Path
+    sequences: Path
+    fires: Path
+    top: Path
+
+    @classmethod
+    def of(cls, stats_path: str | os.PathLike) -> FeatureStatsPaths:
+        """The four files of one feature_stats job, named after its main output."""
+        path = Path(stats_path)
+        stem = str(path)[: -len(".parquet")] if path.suffix == ".parquet" else str(path)
+        return cls(
+            stats=path,
+            sequences=Path(f"{stem}.seqs.parquet"),
+            fires=Path(f"{stem}.fires.parquet"),
+            top=Path(f"{stem}.top.parquet"),
+        )
+
+
+@dataclass
+class FeatureStats:
+    stats: pd.DataFrame
+    sequences: pd.DataFrame
+    fires: pd.DataFrame
+    top: pd.DataFrame
+    metadata: dict[str, Any]
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.metadata["d_sae"])
+
+    def write(self, stats_path: str | os.PathLike) -> FeatureStatsPaths:
+        paths = FeatureStatsPaths.of(stats_path)
+        meta = {METADATA_KEY: json.dumps(self.metadata).encode()}
+        _write_parquet(self.sequences, paths.sequences, meta)
+        fires = self.fires.sort_values(["seq_index", "feature"], kind="stable")
+        _write_parquet(fires, paths.fires, meta, row_group_size=1 << 18)
+        _write_parquet(_top_to_arrow(self.top), paths.top, meta)
+        # The main file last: Snakemake (and a reader) sees the job done only when all exist.
+        _write_parquet(self.stats, paths.stats, meta)
+        return paths
+
+    @classmethod
+    def read(cls, stats_path: str | os.PathLike) -> FeatureStats:
+        paths = FeatureStatsPaths.of(stats_path)
+        for path in (paths.stats, paths.sequences, paths.fires, paths.top):
+            if not path.is_file():
+                raise DataError(f"feature stats file {path} does not exist (rule feature_stats)")
+        table = pq.read_table(paths.stats)
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise DataError(f"{paths.stats} has no plmdiff feature-stats metadata")
+        return cls(
+            stats=table.to_pandas(),
+            sequences=pq.read_table(paths.sequences).to_pandas(),
+            fires=pq.read_table(paths.fires).to_pandas(),
+            top=pq.read_table(paths.top).to_pandas(),
+            metadata=json.loads(raw),
+        )
+
+    def model_sequences(self, model: str) -> pd.DataFrame:
+        return self.sequences[self.sequences["model"] == model].reset_index(drop=True)
+
+    def model_stats(self, model: str) -> pd.DataFrame:
+        rows = self.stats[self.stats["model"] == model]
+        if rows.empty:
+            raise DataError(
+                f"feature stats of scheme '{self.metadata.get('scheme')}' hold no model '{model}'"
+            )
+        return rows.reset_index(drop=True)
+
+    def model_fires(self, model: str) -> pd.DataFrame:
+        ids = self.model_sequences(model)["seq_index"]
+        return self.fires[self.fires["seq_index"].isin(ids)].reset_index(drop=True)
+
+    @classmethod
+    def open(cls, stats_path: str | os.PathLike) -> StoredFeatureStats:
+        """The same questions answered from disk, one model at a time (for large studies)."""
+        return StoredFeatureStats(stats_path)
+
+
+class StoredFeatureStats:
+    """Feature stats on disk, read per model with Parquet filters: a diff of many SAEs holds
+    only the rows it is working on (fires are sorted by seq_index, one model's a range)."""
+
+    def __init__(self, stats_path: str | os.PathLike) -> None:
+        self.paths = FeatureStatsPaths.of(stats_path)
+        for path in (self.paths.stats, self.paths.sequences, self.paths.fires, self.paths.top):
+            if not path.is_file():
+                raise DataError(f"feature stats file {path} does not exist (rule feature_stats)")
+        raw = (pq.read_schema(self.paths.stats).metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise DataError(f"{self.paths.stats} has no plmdiff feature-stats metadata")
+        self.metadata: dict[str, Any] = json.loads(raw)
+        self.sequences = pq.read_table(self.paths.sequences).to_pandas()
+        self._top: pd.DataFrame | None = None
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.metadata["d_sae"])
+
+    @property
+    def top(self) -> pd.DataFrame:
+        if self._top is None:
+            self._top = pq.read_table(self.paths.top).to_pandas()
+        return self._top
+
+    def model_sequences(self, model: str) -> pd.DataFrame:
+        return self.sequences[self.sequences["model"] == model].reset_index(drop=True)
+
+    def model_stats(self, model: str) -> pd.DataFrame:
+        rows = pq.read_table(self.paths.stats, filters=[("model", "=", model)]).to_pandas()
+        if rows.empty:
+            raise DataError(
+                f"feature stats {self.paths.stats} hold no model '{model}'; "
+                f"models: {', '.join(self.metadata.get('models', []))}"
+            )
+        return rows
+
+    def model_fires(self, model: str) -> pd.DataFrame:
+        ids = self.model_sequences(model)["seq_index"]
+        if ids.empty:
+            return pd.DataFrame({"seq_index": [], "feature": [], "n_fire": []})
+        lo, hi = int(ids.min()), int(ids.max())
+        rows = pq.read_table(
+            self.paths.fires, filters=[("seq_index", ">=", lo), ("seq_index", "<=", hi)]
+        ).to_pandas()
+        return rows[rows["seq_index"].isin(ids)].reset_index(drop=True)
+
+
+def _write_parquet(
+    frame: pd.DataFrame | pa.Table,
+    path: Path,
+    meta: dict[bytes, bytes],
+    row_group_size: int | None = None,
+) -> None:
+    table = (
+        frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    )
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
+
+
+def _top_to_arrow(top: pd.DataFrame) -> pa.Table:
+    acts = top["window_acts"]
+    width = len(acts.iloc[0]) if len(acts) else 1
+    flat = (
+        np.concatenate(acts.to_list()).astype(np.float32) if len(acts) else np.zeros(0, np.float32)
+    )
+    columns = {c: pa.array(top[c].to_numpy()) for c in top.columns if c != "window_acts"}
+    columns["window_acts"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
+    return pa.table(columns)
+
+
+# ----------------------------------------------------------------------------- sequences
+
+
+@dataclass
+class SequenceChunk:
+    """Complete sequences, each one contiguous run of rows with positions 0..L-1."""
+
+    seq_ids: list[str]
+    starts: np.ndarray  # row offsets, len(seq_ids) + 1
+    residues: list[str]
+    act: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.starts[-1])
+
+
+def complete_sequences(batches: Iterable[Any], source: str) -> Iterator[SequenceChunk]:
+    """Regroup token batches (file order) into chunks that hold only whole sequences.
+
+    A sequence cut by a batch boundary is carried into the next chunk. Rows of one sequence must
+    be contiguous with positions 0..L-1, as extraction writes them; anything else is a DataError.
+    """
+    seen: set[str] = set()
+    carry: tuple[np.ndarray, ...] | None = None
+    for batch in batches:
+        parts = (
+            np.asarray(batch.seq_id).astype(str),
+            np.asarray(batch.pos, dtype=np.int64),
+            np.asarray(batch.residue).astype(str),
+            np.asarray(batch.act, dtype=np.float32),
+        )
+        if len(parts[0]) == 0:
+            continue
+        if carry is not None:
+            parts = tuple(np.concatenate([c, p]) for c, p in zip(carry, parts, strict=True))
+        seq = parts[0]
+        tail = len(seq)
+        while tail > 0 and seq[tail - 1] == seq[-1]:
+            tail -= 1
+        carry = tuple(p[tail:] for p in parts)
+        if tail > 0:
+            yield _chunk(tuple(p[:tail] for p in parts), seen, source)
+    if carry is not None and len(carry[0]):
+        yield _chunk(carry, seen, source)
+
+
+def _chunk(parts: tuple[np.ndarray, ...], seen: set[str], source: str) -> SequenceChunk:
+    seq, pos, residue, act = parts
+    change = np.flatnonzero(seq[1:] != seq[:-1]) + 1
+    starts = np.concatenate([[0], change, [len(seq)]]).astype(np.int64)
+    ids = [str(s) for s in seq[starts[:-1]]]
+    repeated = [s for s in ids if s in seen] or ([ids[0]] if len(set(ids)) < len(ids) else [])
+    if repeated:
+        raise DataError(
+            f"token rows of sequence '{repeated[0]}' in {source} are not contiguous; "
+            "extraction writes each sequence's residues as one run"
+        )
+    seen.update(ids)
+    run = np.repeat(np.arange(len(ids)), np.diff(starts))
+    expected = np.arange(len(seq)) - starts[run]
+    if not np.array_equal(pos, expected):
+        bad = ids[int(run[np.flatnonzero(pos != expected)[0]])]
+        raise DataError(
+            f"token rows of sequence '{bad}' in {source} do not hold positions 0..L-1 in order"
+        )
+    residues = ["".join(residue[a:b]) for a, b in itertools.pairwise(starts)]
+    return SequenceChunk(seq_ids=ids, starts=starts, residues=residues, act=act)
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+class _ModelAccumulator:
+    """Running per-feature statistics and top examples of one model, on the SAE's device."""
+
+    def __init__(self, d_sae: int, n_top: int, window: int, device: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.n_top = n_top
+        self.window = window
+        f = d_sae
+        self.n_fire = torch.zeros(f, dtype=torch.int64, device=device)
+        self.sum_act = torch.zeros(f, dtype=torch.float64, device=device)
+        self.max_act = torch.zeros(f, dtype=torch.float32, device=device)
+        self.n_firing_sequences = torch.zeros(f, dtype=torch.int64, device=device)
+        self.top_val = torch.zeros(f, n_top, dtype=torch.float32, device=device)
+        self.top_seq = torch.full((f, n_top), -1, dtype=torch.int64, device=device)
+        self.top_pos = torch.zeros(f, n_top, dtype=torch.int64, device=device)
+        self.top_win = torch.full(
+            (f, n_top, 2 * window + 1), float("nan"), dtype=torch.float32, device=device
+        )
+        self.n_tokens = 0
+        self.n_sequences = 0
+
+    def add(self, acts: Any, starts: np.ndarray, seq_index: np.ndarray) -> list[np.ndarray]:
+        """Fold one chunk's feature activations [rows, d_sae] in; returns its sparse fires."""
+        torch = self.torch
+        n, f = acts.shape
+        s = len(starts) - 1
+        dev = self.device
+        lengths = torch.as_tensor(np.diff(starts), device=dev)
+        run = torch.repeat_interleave(torch.arange(s, device=dev), lengths)
+        starts_t = torch.as_tensor(starts, device=dev)
+        # SAE codes are sparse (L0 of d_sae): every statistic is computed from the non-zero
+        # entries, never from [rows, d_sae] temporaries, which would cost more than encoding.
+        rows, feats = (acts > 0).nonzero(as_tuple=True)
+        vals = acts[rows, feats]
+        key = run[rows] * f + feats  # (sequence, feature) cell
+        per_seq = torch.bincount(key, minlength=s * f).view(s, f)
+        self.n_fire += per_seq.sum(0)
+        self.n_firing_sequences += (per_seq > 0).sum(0)
+        self.sum_act.index_add_(0, feats, vals.to(torch.float64))
+        self.max_act.scatter_reduce_(0, feats, vals, reduce="amax", include_self=True)
+        self.n_tokens += n
+        self.n_sequences += s
+        nz = per_seq.nonzero()
+        fires = [
+            seq_index[nz[:, 0].cpu().numpy()],
+            nz[:, 1].cpu().numpy().astype(np.int32),
+            per_seq[nz[:, 0], nz[:, 1]].to(torch.int32).cpu().numpy(),
+        ]
+
+        # Per-sequence maximum and the first row where it is reached.
+        seq_max = torch.zeros(s * f, dtype=acts.dtype, device=dev)
+        seq_max.scatter_reduce_(0, key, vals, reduce="amax", include_self=True)
+        candidate = torch.where(vals == seq_max[key], rows, n)
+        arg_row = torch.full((s * f,), n, dtype=torch.int64, device=dev)
+        arg_row.scatter_reduce_(0, key, candidate, reduce="amin", include_self=True)
+        seq_max, arg_row = seq_max.view(s, f), arg_row.view(s, f)
+        self._merge_top(acts, seq_max, arg_row, starts_t, torch.as_tensor(seq_index, device=dev))
+        return fires
+
+    def _merge_top(self, acts, seq_max, arg_row, starts_t, seq_index_t) -> None:
+        torch = self.torch
+        k = self.n_top
+        values, idx = torch.cat([self.top_val, seq_max.T], dim=1).topk(k, dim=1)
+        from_new = idx >= k
+        old = idx.clamp(max=k - 1)
+        new_s = (idx - k).clamp(min=0)
+        feats = torch.arange(acts.shape[1], device=self.device)[:, None].expand_as(idx)
+        center = arg_row[new_s, feats].clamp(max=acts.shape[0] - 1)
+        seq = torch.where(from_new, seq_index_t[new_s], self.top_seq.gather(1, old))
+        row_pos = center - starts_t[new_s]
+        pos = torch.where(from_new, row_pos, self.top_pos.gather(1, old))
+        win = self.top_win.gather(1, old[..., None].expand(-1, -1, self.top_win.shape[2])).clone()
+        fi, slot = from_new.nonzero(as_tuple=True)
+        if fi.numel():
+            offsets = torch.arange(-self.window, self.window + 1, device=self.device)
+            c = center[fi, slot]
+            sidx = new_s[fi, slot]
+            r = c[:, None] + offsets[None, :]
+            valid = (r >= starts_t[sidx][:, None]) & (r < starts_t[sidx + 1][:, None])
+            gathered = acts[r.clamp(0, acts.shape[0] - 1), fi[:, None]]
+            win[fi, slot] = torch.where(valid, gathered, torch.full_like(gathered, float("nan")))
+        self.top_val, self.top_seq, self.top_pos, self.top_win = values, seq, pos, win
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def decoder_change(decoder: np.ndarray, base_decoder: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine, norm ratio) of each decoder row to the same row of the base SAE's decoder."""
+    from plmdiff.diff.alignment import rowwise_cosine
+
+    cos = rowwise_cosine(decoder, base_decoder)
+    base_norm = np.linalg.norm(base_decoder, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.linalg.norm(decoder, axis=1) / base_norm
+    return cos.astype(np.float64), ratio.astype(np.float64)
+
+
+def sae_decoder(sae: Any) -> np.ndarray:
+    return sae.W_dec.detach().float().cpu().numpy()
+
+
+def compute_feature_stats(
+    sae: Any,
+    token_dirs: Mapping[str, Sequence[str | os.PathLike]],
+    cfg: FeatureStatsConfig,
+    *,
+    device: Any = "cpu",
+    base_decoder: np.ndarray | None = None,
+    seq_ids: Mapping[str, Collection[str] | None] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> FeatureStats:
+    """Encode every model's token activations with `sae` and summarise every feature.
+
+    `token_dirs` maps model name -> its token layer directories (in round order); `seq_ids`
+    restricts a model to those sequences (None: all). `base_decoder` ([d_sae, d_in]) adds the
+    decoder direction change and norm ratio of fine-tuned SAEs.
+    """
+    import torch
+
+    from plmdiff.activations.store import iter_token_batches
+
+    sae = sae.to(device).eval()
+    d_sae = int(sae.cfg.d_sae)
+    dec = sae_decoder(sae)
+    if base_decoder is not None:
+        cos, ratio = decoder_change(dec, np.asarray(base_decoder))
+    else:
+        cos = ratio = np.full(d_sae, np.nan)
+
+    stats, seq_frames, fires, tops = [], [], [], []
+    n_seq_total = 0
+    for model, dirs in token_dirs.items():
+        wanted = None if seq_ids is None else seq_ids.get(model)
+        if wanted is not None and len(wanted) == 0:
+            raise DataError(
+                f"no sequences of model '{model}' to encode (its held-out set is empty)"
+            )
+        acc = _ModelAccumulator(d_sae, cfg.top_examples, cfg.example_window, device)
+        ids: list[str] = []
+        residues: list[str] = []
+        lengths: list[int] = []
+        model_fires: list[list[np.ndarray]] = []
+        source = ", ".join(str(d) for d in dirs)
+        batches = iter_token_batches(list(dirs), batch_rows=cfg.batch_tokens, seq_ids=wanted)
+        with torch.inference_mode():
+            for chunk in complete_sequences(batches, source):
+                index = np.arange(n_seq_total, n_seq_total + len(chunk.seq_ids), dtype=np.int64)
+                n_seq_total += len(chunk.seq_ids)
+                ids += chunk.seq_ids
+                residues += chunk.residues
+                lengths += np.diff(chunk.starts).tolist()
+                act = chunk.act if chunk.act.flags.writeable else chunk.act.copy()
+                x = torch.from_numpy(act).to(device=device, dtype=sae.W_dec.dtype)
+                acts = sae.encode(x).float()
+                model_fires.append(acc.add(acts, chunk.starts, index))
+        if acc.n_sequences == 0:
+            raise DataError(f"no token activations of model '{model}' in {source}")
+        if wanted is not None and acc.n_sequences < len(set(wanted)):
+            log.warning(
+                "model %s: %d of %d requested sequences found in %s",
+                model,
+                acc.n_sequences,
+                len(set(wanted)),
+                source,
+            )
+        log.info("model %s: %d sequences, %d tokens encoded", model, acc.n_sequences, acc.n_tokens)
+        first = n_seq_total - acc.n_sequences
+        seq_frames.append(
+            pd.DataFrame(
+                {
+                    "seq_index": np.arange(first, n_seq_total, dtype=np.int64),
+                    "seq_id": ids,
+                    "model": model,
+                    "n_tokens": np.asarray(lengths, dtype=np.int64),
+                }
+            )
+        )
+        fires.append(_fires_frame(model_fires))
+        stats.append(_stats_frame(acc, model, cos, ratio))
+        tops.append(
+            _top_frame(
+                acc, model, dict(zip(range(first, n_seq_total), ids, strict=True)), residues, first
+            )
+        )
+    meta = {
+        **(metadata or {}),
+        "d_sae": d_sae,
+        "d_in": int(sae.cfg.d_in),
+        "models": list(token_dirs),
+        "top_examples": cfg.top_examples,
+        "example_window": cfg.example_window,
+    }
+    return FeatureStats(
+        stats=pd.concat(stats, ignore_index=True),
+        sequences=pd.concat(seq_frames, ignore_index=True),
+        fires=pd.concat(fires, ignore_index=True),
+        top=pd.concat(tops, ignore_index=True),
+        metadata=meta,
+    )
+
+
+def _fires_frame(parts: list[list[np.ndarray]]) -> pd.DataFrame:
+    cols = [np.concatenate([p[i] for p in parts]) for i in range(3)]
+    return pd.DataFrame(
+        {
+            "seq_index": cols[0].astype(np.int64),
+            "feature": cols[1].astype(np.int32),
+            "n_fire": cols[2].astype(np.int32),
+        }
+    )
+
+
+def _stats_frame(
+    acc: _ModelAccumulator, model: str, cos: np.ndarray, ratio: np.ndarray
+) -> pd.DataFrame:
+    n_fire = acc.n_fire.cpu().numpy()
+    sum_act = acc.sum_act.cpu().numpy()
+    n_firing = acc.n_firing_sequences.cpu().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_act = np.where(n_fire > 0, sum_act / n_fire, np.nan)
+    return pd.DataFrame(
+        {
+            "feature": np.arange(n_fire.size, dtype=np.int64),
+            "model": model,
+            "n_tokens": np.int64(acc.n_tokens),
+            "n_sequences": np.int64(acc.n_sequences),
+            "n_fire": n_fire.astype(np.int64),
+            "frequency": n_fire / acc.n_tokens,
+            "sum_act": sum_act,
+            "mean_act": mean_act,
+            "max_act": acc.max_act.cpu().numpy().astype(np.float64),
+            "n_firing_sequences": n_firing.astype(np.int64),
+            "sequence_fraction": n_firing / acc.n_sequences,
+            "dec_cos_to_base": cos,
+            "dec_norm_ratio": ratio,
+        }
+    )
+
+
+def _top_frame(
+    acc: _ModelAccumulator, model: str, ids: dict[int, str], residues: list[str], first: int
+) -> pd.DataFrame:
+    val = acc.top_val.cpu().numpy()
+    seq = acc.top_seq.cpu().numpy()
+    pos = acc.top_pos.cpu().numpy()
+    win = acc.top_win.cpu().numpy()
+    # topk keeps ties in arbitrary order: sort each feature's examples by value, then sequence.
+    feat, slot = np.nonzero((val > 0) & (seq >= 0))
+    frame = pd.DataFrame(
+        {
+            "feature": feat,
+            "value": val[feat, slot],
+            "seq": seq[feat, slot],
+            "pos": pos[feat, slot],
+            "slot": slot,
+        }
+    ).sort_values(["feature", "value", "seq"], ascending=[True, False, True], kind="stable")
+    w = acc.window
+    windows = win[frame["feature"].to_numpy(), frame["slot"].to_numpy()]
+    window_res = []
+    for s, p in zip(frame["seq"].to_numpy(), frame["pos"].to_numpy(), strict=True):
+        text = residues[s - first]
+        lo, hi = p - w, p + w + 1
+        window_res.append(
+            PAD_RESIDUE * max(0, -lo) + text[max(lo, 0) : hi] + PAD_RESIDUE * max(0, hi - len(text))
+        )
+    return pd.DataFrame(
+        {
+            "feature": frame["feature"].to_numpy().astype(np.int64),
+            "model": model,
+            "rank": frame.groupby("feature").cumcount().to_numpy().astype(np.int64) + 1,
+            "seq_id": [ids[s] for s in frame["seq"].to_numpy()],
+            "pos": frame["pos"].to_numpy().astype(np.int64),
+            "value": frame["value"].to_numpy().astype(np.float64),
+            "window_start": (frame["pos"].to_numpy() - w).astype(np.int64),
+            "window_residues": window_res,
+            "window_acts": list(windows.astype(np.float32)),
+        }
+    )
+
+
+def held_out_sequences(
+    layer_dirs: Sequence[str | os.PathLike], k: int, seed: int, fold: int, held_out: bool
+) -> list[str] | None:
+    """Sequences of the SAE's held-out fold (None = all: k == 1 or held_out disabled)."""
+    if not held_out or k <= 1:
+        return None
+    from plmdiff.activations.store import token_seq_ids
+    from plmdiff.sae.folds import fold_split
+
+    return list(fold_split(token_seq_ids(list(layer_dirs)), k, seed, fold)[1])
+
+
+def run_feature_stats(
+    sae_path: str | os.PathLike,
+    base_sae_path: str | os.PathLike | None,
+    token_dirs: Mapping[str, str | os.PathLike],
+    outputs: Mapping[str, str],
+    diff_section: Mapping[str, Any],
+    *,
+    kfold: int,
+    fold_seed: int,
+    fold: int,
+    device: Any,
+    metadata: Mapping[str, Any],
+) -> FeatureStats:
+    """The feature_stats rule: encode every model's (held-out) tokens with one SAE, write all."""
+    from plmdiff.core.runtime import resolve_device
+    from plmdiff.sae.training import load_sae
+
+    expected = FeatureStatsPaths.of(outputs["stats"])
+    for name in ("sequences", "fires", "top"):
+        if str(getattr(expected, name)) != str(outputs[name]):
+            raise ValueError(f"output {name} must be {getattr(expected, name)}")
+    dev = resolve_device(device)
+    held_out = bool(diff_section.get("held_out", True)) and kfold > 1
+    dirs = {m: [d] for m, d in token_dirs.items()}
+    seq_ids = {m: held_out_sequences(d, kfold, fold_seed, fold, held_out) for m, d in dirs.items()}
+    base = sae_decoder(load_sae(base_sae_path)) if base_sae_path else None
+    fs = compute_feature_stats(
+        load_sae(sae_path, dev),
+        dirs,
+        FeatureStatsConfig.from_config(diff_section),
+        device=dev,
+        base_decoder=base,
+        seq_ids=seq_ids,
+        metadata={
+            **metadata,
+            "held_out": held_out,
+            "kfold": kfold,
+            "fold": fold,
+            "sae": str(sae_path),
+        },
+    )
+    fs.write(outputs["stats"])
+    return fs
