@@ -6,7 +6,7 @@ rule check_checkpoint:
     input:
         checkpoint_inputs,
     output:
-        "results/checkpoints/{model}.json",
+        checkpoint_record("{model}"),
     log:
         "logs/check_checkpoint/{model}.log",
     conda:

@@ -1,5 +1,6 @@
-# Helpers shared by every stage: validated config, names, paths, input functions, targets.
-# Paths are the data contract of design.md; each stage's rules use these helpers, never literals.
+# Helpers shared by every stage: validated config, wildcard values, input functions, targets.
+# Every path comes from plmdiff.config.paths (the data contract of ARCHITECTURE.md); the rules
+# call those functions, never literals.
 
 import os
 import sys
@@ -16,8 +17,36 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.getenv("PYTHONPATH")) if p)
 )
 
+from plmdiff.config import paths  # noqa: E402
 from plmdiff.config import study as wc  # noqa: E402
+from plmdiff.config.paths import (  # noqa: E402
+    checkpoint_record,
+    clusters_table,
+    demo_base_report,
+    demo_file,
+    demo_round_file,
+    diff_dir,
+    diff_file,
+    fasta,
+    fasta_stats,
+    feature_stats,
+    feature_stats_files,
+    kl_table,
+    pooled,
+    pooled_part,
+    probe_file,
+    sae_curves,
+    sae_dir,
+    sae_metrics,
+    sample_shard,
+    sanity_file,
+    token_layer_dir,
+    token_part,
+)
+from plmdiff.config.schema import SELF_EMBEDDER  # noqa: E402
 from plmdiff.core.errors import PlmdiffError  # noqa: E402
+from plmdiff.demo.settings import resolve_family_fasta  # noqa: E402
+from plmdiff.sae.imports import import_source_files, resolve_import_path  # noqa: E402
 
 try:
     _validated = wc.validate_workflow_config(
@@ -32,16 +61,17 @@ config.update(_validated)
 STUDY = wc.Study.from_config(config)
 MODELS = STUDY.models
 BASE = STUDY.base
-ROUNDS = STUDY.rounds
 EMBEDDERS = STUDY.embedders
 SAE_LAYERS = STUDY.sae_layers
 SAE_SCHEMES = STUDY.sae_schemes
 SAE_FAMILIES = STUDY.sae_families
 FOLDS = list(range(config["sae"]["kfold"]))
 POOLINGS = config["activations"]["pooling"]
-SAMPLE_SHARDS = [f"{s:03d}" for s in range(config["sampling"]["shards"])]
-EXTRACT_SHARDS = [f"{s:05d}" for s in range(config["activations"]["shards"])]
-TOKEN_LAYERS = [f"{layer:02d}" for layer in config["activations"]["token_layers"]]
+SAMPLE_SHARDS = paths.sample_shard_ids(config["sampling"]["shards"])
+EXTRACT_SHARDS = paths.extract_part_ids(config["activations"]["shards"])
+TOKEN_LAYERS = [
+    paths.layer_id(layer) for layer in config["activations"]["token_layers"]
+]
 
 
 wildcard_constraints:
@@ -73,10 +103,6 @@ def runtime_min(base_min):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_record(model):
-    return f"results/checkpoints/{model}.json"
-
-
 def checkpoint_inputs(wildcards):
     """The files that define a checkpoint, or the demo rule's output directory."""
     return STUDY.checkpoint_inputs(wildcards.model)
@@ -84,7 +110,7 @@ def checkpoint_inputs(wildcards):
 
 def embedder_model(embedder, model):
     """The model whose checkpoint embeds `model`'s sequences for `embedder`."""
-    return model if embedder == "self" else embedder
+    return model if embedder == SELF_EMBEDDER else embedder
 
 
 # ----------------------------------------------------------------------------- demo
@@ -94,43 +120,17 @@ DEMO_ROUNDS = list(range(1, config["demo"]["dpo"]["rounds"] + 1))
 
 def demo_checkpoint(iteration):
     """output_iteration{i}/ of the demo (0: base); the same string as STUDY.demo_dirs."""
-    return str(Path(config["demo"]["checkpoint_dir"]) / f"output_iteration{iteration}")
-
-
-def demo_file(name):
-    return f"results/demo/{name}"
-
-
-def demo_base_report():
-    return demo_file("base_model.json")
-
-
-def demo_round_file(iteration, name):
-    return demo_file(f"round_{iteration}.{name}")
+    return paths.demo_checkpoint(config["demo"]["checkpoint_dir"], iteration)
 
 
 def demo_family_fasta():
     """demo.family_fasta, looked up in the working directory, then the workflow's directory."""
-    from plmdiff.demo.settings import resolve_family_fasta
-
     return resolve_family_fasta(
         config["demo"]["family_fasta"], Path.cwd(), WORKFLOW_ROOT
     )
 
 
 # ----------------------------------------------------------------------------- sampling
-
-
-def sample_shard(model, shard):
-    return f"results/samples/{model}/shard_{shard}.parquet"
-
-
-def fasta(model):
-    return f"results/fasta/{model}.fasta"
-
-
-def fasta_stats(model):
-    return f"results/fasta/{model}.stats.json"
 
 
 def sample_shards(model):
@@ -147,18 +147,6 @@ def base_sample_shards(wildcards):
 # ----------------------------------------------------------------------------- activations
 
 
-def pooled(embedder, model):
-    return f"results/activations/{embedder}/{model}.pooled.parquet"
-
-
-def pooled_part(embedder, model, part):
-    return f"results/activations/{embedder}/{model}/pooled/part-{part}.parquet"
-
-
-def token_part(embedder, model, layer, part):
-    return f"results/activations/{embedder}/{model}/layer_{layer}/part-{part}.parquet"
-
-
 def token_parts(embedder, model, layer):
     return [token_part(embedder, model, layer, p) for p in EXTRACT_SHARDS]
 
@@ -170,39 +158,12 @@ def all_pooled(embedder):
 # ----------------------------------------------------------------------------- probes, sanity
 
 
-def probe_dir(embedder, pooling):
-    return f"results/probes/{embedder}/{pooling}"
-
-
-def sanity_dir(embedder):
-    return f"results/sanity/{embedder}"
-
-
-def clusters_table():
-    """Sequence-identity clusters of every model's FASTA (groups of the probe folds)."""
-    return "results/clusters/clusters.tsv"
-
-
 def sanity_tsne(embedder):
     """The t-SNE grid, named after the pooling it shows."""
-    name = {"last": "tsne_last_token_grid.png", "mean": "tsne_mean_pooled_grid.png"}
-    return f"{sanity_dir(embedder)}/{name[config['sanity']['pooling']]}"
+    return paths.sanity_tsne(embedder, config["sanity"]["pooling"])
 
 
 # ----------------------------------------------------------------------------- SAEs, diffs
-
-
-def sae_dir(embedder, layer, scheme, fold):
-    return f"results/saes/{embedder}/layer_{layer}/{scheme}/fold_{fold}"
-
-
-def sae_metrics(embedder, layer, scheme, fold):
-    return f"{sae_dir(embedder, layer, scheme, fold)}.metrics.json"
-
-
-def sae_curves(embedder, layer, scheme, fold, ext):
-    """Training curves of one SAE: ext 'tsv' (table) or 'png' (figure)."""
-    return f"{sae_dir(embedder, layer, scheme, fold)}.curves.{ext}"
 
 
 def sae_token_parts(wildcards):
@@ -224,18 +185,18 @@ def sae_checkpoint_records(wildcards):
 
 def sae_base_input(wildcards):
     """The base SAE of the same fold, which every non-base scheme fine-tunes."""
-    if wildcards.scheme == "base":
+    if wildcards.scheme == paths.BASE_SCHEME:
         return []
-    return [sae_dir(wildcards.embedder, wildcards.layer, "base", wildcards.fold)]
+    return [
+        sae_dir(wildcards.embedder, wildcards.layer, paths.BASE_SCHEME, wildcards.fold)
+    ]
 
 
 def sae_import_path(wildcards):
     """sae.base.import for this layer, or None (only the base scheme imports)."""
     template = config["sae"]["base"]["import"]
-    if wildcards.scheme != "base" or not template:
+    if wildcards.scheme != paths.BASE_SCHEME or not template:
         return None
-    from plmdiff.sae.imports import resolve_import_path
-
     return str(resolve_import_path(template, int(wildcards.layer)))
 
 
@@ -243,40 +204,7 @@ def sae_import_inputs(wildcards):
     path = sae_import_path(wildcards)
     if path is None:
         return []
-    from plmdiff.sae.imports import import_source_files
-
     return [str(p) for p in import_source_files(path)]
-
-
-def feature_stats(embedder, layer, scheme, fold):
-    return f"results/features/{embedder}/layer_{layer}/{scheme}/fold_{fold}.parquet"
-
-
-def diff_dir(embedder, layer, family):
-    return f"results/diff/{embedder}/layer_{layer}/{family}"
-
-
-def kl_table(model):
-    return f"results/kl/{model}.parquet"
-
-
-def feature_stats_files(embedder, layer, scheme, fold):
-    """The four files of one feature_stats job (see plmdiff.diff.feature_stats.FeatureStatsPaths)."""
-    stem = feature_stats(embedder, layer, scheme, fold)[: -len(".parquet")]
-    return {
-        "stats": f"{stem}.parquet",
-        "sequences": f"{stem}.seqs.parquet",
-        "fires": f"{stem}.fires.parquet",
-        "top": f"{stem}.top.parquet",
-    }
-
-
-def token_layer_dir(embedder, model, layer):
-    return os.path.dirname(token_part(embedder, model, layer, EXTRACT_SHARDS[0]))
-
-
-def diff_file(embedder, layer, family, name):
-    return f"{diff_dir(embedder, layer, family)}/{name}"
 
 
 def diff_keys(wildcards):
@@ -287,9 +215,9 @@ def diff_keys(wildcards):
 def diff_union_keys(wildcards):
     """(ft scheme, fold) pairs whose union the pooled SAE is compared with (pooled family):
     the reference fold only, since the union of all rounds' dictionaries is large."""
-    if wildcards.family != "pooled":
+    if wildcards.family != paths.POOLED_FAMILY:
         return []
-    return [(s, FOLDS[0]) for s in SAE_SCHEMES if s.startswith("ft_")]
+    return [(s, FOLDS[0]) for s in SAE_SCHEMES if paths.is_finetune_scheme(s)]
 
 
 # ----------------------------------------------------------------------------- report
@@ -385,31 +313,21 @@ def has_rule(name):
 
 
 def all_targets():
-    """Final outputs of every stage that exists; a stage without rules is simply absent."""
+    """The final outputs of every stage (the demo's summary only when the demo runs)."""
     targets = [checkpoint_record(m) for m in MODELS]
-    if config["demo"]["enabled"] and has_rule("demo_summary"):
-        targets.append("results/demo/dpo_summary.tsv")
-    if has_rule("filter_samples"):
-        targets += [fasta(m) for m in MODELS]
-    if has_rule("sampling_summary"):
-        targets.append("results/sampling/summary.tsv")
-    if has_rule("gather_pooled"):
-        targets += [pooled(e, m) for e in EMBEDDERS for m in STUDY.embedded_models(e)]
-    if has_rule("probes"):
-        targets += [
-            f"{probe_dir(e, p)}/accuracy.tsv" for e in EMBEDDERS for p in POOLINGS
-        ]
-    if has_rule("sanity"):
-        targets += [f"{sanity_dir(e)}/variance.tsv" for e in EMBEDDERS]
-    if has_rule("diff") and SAE_LAYERS:
-        targets += [
-            f"{diff_dir(e, layer, fam)}/features.tsv"
-            for e in EMBEDDERS
-            for layer in SAE_LAYERS
-            for fam in SAE_FAMILIES
-        ]
-    if has_rule("kl"):
-        targets.append("results/kl/summary.tsv")
-    if has_rule("report"):
-        targets.append("results/report/index.html")
+    if config["demo"]["enabled"]:
+        targets.append(paths.demo_summary("tsv"))
+    targets += [fasta(m) for m in MODELS]
+    targets.append(paths.sampling_summary("tsv"))
+    targets += [pooled(e, m) for e in EMBEDDERS for m in STUDY.embedded_models(e)]
+    targets += [probe_file(e, p, "accuracy.tsv") for e in EMBEDDERS for p in POOLINGS]
+    targets += [sanity_file(e, "variance.tsv") for e in EMBEDDERS]
+    targets += [
+        diff_file(e, layer, fam, "features.tsv")
+        for e in EMBEDDERS
+        for layer in SAE_LAYERS
+        for fam in SAE_FAMILIES
+    ]
+    targets.append(paths.kl_summary())
+    targets.append(paths.report_index())
     return targets

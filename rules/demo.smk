@@ -78,9 +78,9 @@ if config["demo"]["enabled"]:
             checkpoints=[demo_checkpoint(i) for i in [0, *DEMO_ROUNDS]],
             base_report=demo_base_report(),
         output:
-            tsv=demo_file("dpo_summary.tsv"),
+            tsv=paths.demo_summary("tsv"),
             png=report(
-                demo_file("dpo_summary.png"),
+                paths.demo_summary("png"),
                 caption="../report/demo_summary.rst",
                 category="Demo",
             ),

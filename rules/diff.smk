@@ -9,8 +9,15 @@ rule feature_stats:
         sae=sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}"),
         base_sae=lambda wildcards: (
             []
-            if wildcards.scheme == "base"
-            else [sae_dir(wildcards.embedder, wildcards.layer, "base", wildcards.fold)]
+            if wildcards.scheme == paths.BASE_SCHEME
+            else [
+                sae_dir(
+                    wildcards.embedder,
+                    wildcards.layer,
+                    paths.BASE_SCHEME,
+                    wildcards.fold,
+                )
+            ]
         ),
         tokens=lambda wildcards: [
             part
@@ -145,7 +152,7 @@ rule kl:
         base=fasta(BASE),
     output:
         table=kl_table("{model}"),
-        top="results/kl/{model}.top.tsv",
+        top=paths.kl_top("{model}"),
     log:
         "logs/kl/{model}.log",
     benchmark:
@@ -176,18 +183,18 @@ rule kl_summary:
         [kl_table(m) for m in MODELS],
     output:
         tsv=report(
-            "results/kl/summary.tsv",
+            paths.kl_summary(),
             caption="../report/kl_summary.rst",
             category="KL to the base",
             labels={"table": "summary"},
         ),
         png=report(
-            "results/kl/kl_by_round.png",
+            paths.kl_figure("png"),
             caption="../report/kl_by_round.rst",
             category="KL to the base",
             labels={"figure": "KL by round"},
         ),
-        svg="results/kl/kl_by_round.svg",
+        svg=paths.kl_figure("svg"),
     log:
         "logs/kl_summary.log",
     localrule: True

@@ -36,23 +36,23 @@ rule probes:
         clusters=clusters_table(),
     output:
         accuracy=report(
-            f"{probe_dir('{embedder}', '{pooling}')}/accuracy.tsv",
+            probe_file("{embedder}", "{pooling}", "accuracy.tsv"),
             caption="../report/probes_table.rst",
             category="Probes",
         ),
-        folds=f"{probe_dir('{embedder}', '{pooling}')}/folds.tsv",
-        confusion=f"{probe_dir('{embedder}', '{pooling}')}/confusion.tsv",
+        folds=probe_file("{embedder}", "{pooling}", "folds.tsv"),
+        confusion=probe_file("{embedder}", "{pooling}", "confusion.tsv"),
         confusion_png=report(
-            f"{probe_dir('{embedder}', '{pooling}')}/confusion.png",
+            probe_file("{embedder}", "{pooling}", "confusion.png"),
             caption="../report/probes_confusion.rst",
             category="Probes",
         ),
         png=report(
-            f"{probe_dir('{embedder}', '{pooling}')}/acc_per_layer.png",
+            probe_file("{embedder}", "{pooling}", "acc_per_layer.png"),
             caption="../report/probes_accuracy.rst",
             category="Probes",
         ),
-        svg=f"{probe_dir('{embedder}', '{pooling}')}/acc_per_layer.svg",
+        svg=probe_file("{embedder}", "{pooling}", "acc_per_layer.svg"),
     log:
         "logs/probes/{embedder}/{pooling}.log",
     benchmark:
@@ -80,28 +80,28 @@ rule sanity:
         pooled=lambda wildcards: all_pooled(wildcards.embedder),
     output:
         variance=report(
-            f"{sanity_dir('{embedder}')}/variance.tsv",
+            sanity_file("{embedder}", "variance.tsv"),
             caption="../report/sanity_variance.rst",
             category="Sanity checks",
         ),
         trend=report(
-            f"{sanity_dir('{embedder}')}/trend.tsv",
+            sanity_file("{embedder}", "trend.tsv"),
             caption="../report/sanity_trend.rst",
             category="Sanity checks",
         ),
-        cosine=f"{sanity_dir('{embedder}')}/cosine.tsv",
+        cosine=sanity_file("{embedder}", "cosine.tsv"),
         tsne=report(
             sanity_tsne("{embedder}"),
             caption="../report/sanity_tsne.rst",
             category="Sanity checks",
         ),
         cosine_png=report(
-            f"{sanity_dir('{embedder}')}/cosine_grid.png",
+            sanity_file("{embedder}", "cosine_grid.png"),
             caption="../report/sanity_cosine.rst",
             category="Sanity checks",
         ),
         stats_png=report(
-            f"{sanity_dir('{embedder}')}/stats_per_layer.png",
+            sanity_file("{embedder}", "stats_per_layer.png"),
             caption="../report/sanity_stats.rst",
             category="Sanity checks",
         ),

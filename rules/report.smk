@@ -6,7 +6,7 @@ rule report:
         [item["path"] for item in report_items()],
     output:
         report(
-            "results/report/index.html",
+            paths.report_index(),
             caption="../report/report_index.rst",
             category="Report",
             labels={"page": "standalone report"},

@@ -60,13 +60,13 @@ rule sampling_summary:
         fasta=[fasta(m) for m in MODELS],
         samples=[shard for m in MODELS for shard in sample_shards(m)],
     output:
-        tsv="results/sampling/summary.tsv",
+        tsv=paths.sampling_summary("tsv"),
         png=report(
-            "results/sampling/summary.png",
+            paths.sampling_summary("png"),
             caption="../report/sampling_summary.rst",
             category="Sampling",
         ),
-        svg="results/sampling/summary.svg",
+        svg=paths.sampling_summary("svg"),
     log:
         "logs/sampling_summary.log",
     localrule: True

@@ -262,4 +262,3 @@ def log_file(rule: str, *parts: str) -> str:
 
 def benchmark_file(rule: str, *parts: str) -> str:
     return "/".join([BENCHMARKS, rule, *parts]) + ".tsv"
-

@@ -154,17 +154,6 @@ def model_names(config: Mapping[str, Any]) -> list[str]:
     return [m["name"] for m in config["models"]]
 
 
-def base_model(config: Mapping[str, Any]) -> str:
-    return config["models"][0]["name"]
-
-
-def checkpoint_of(config: Mapping[str, Any], model: str) -> str:
-    for m in config["models"]:
-        if m["name"] == model:
-            return m["checkpoint"]
-    raise ConfigError(f"unknown model '{model}'; accepted: {', '.join(model_names(config))}")
-
-
 def _check_names(
     config: Mapping[str, Any], key: str, names: list[str], accepted: list[str]
 ) -> None:

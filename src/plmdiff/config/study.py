@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plmdiff.config import paths
 from plmdiff.config.schema import BASE_EMBEDDER, SELF_EMBEDDER, validate_config
 from plmdiff.core.errors import CheckpointError, ConfigError
 from plmdiff.models.anatomy import config_depth
@@ -29,8 +30,9 @@ def demo_checkpoint_dirs(config: Mapping[str, Any]) -> list[str]:
     demo = config["demo"]
     if not demo["enabled"]:
         return []
-    root = demo["checkpoint_dir"].rstrip("/")
-    return [f"{root}/output_iteration{i}" for i in range(demo["dpo"]["rounds"] + 1)]
+    return [
+        paths.demo_checkpoint(demo["checkpoint_dir"], i) for i in range(demo["dpo"]["rounds"] + 1)
+    ]
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,18 @@ class Study:
         layers = config["sae"]["layers"]
         if layers is None:
             layers = config["activations"]["token_layers"]
-        schemes = ["base"]
+        schemes = [paths.BASE_SCHEME]
         wanted = config["sae"]["schemes"]
-        if "per_model" in wanted:
-            schemes += [f"ft_{m}" for m in models[1:]]
-        if "pooled" in wanted:
+        if paths.PER_MODEL_FAMILY in wanted:
+            schemes += [paths.finetune_scheme(m) for m in models[1:]]
+        if paths.POOLED_FAMILY in wanted:
             groups = config["sae"]["groups"]
-            schemes += [f"pooled_{g}" for g in groups] if groups else ["pooled"]
-        families = ["base"] + [f for f in ("per_model", "pooled") if f in wanted]
+            schemes += (
+                [paths.pooled_scheme(g) for g in groups] if groups else [paths.pooled_scheme()]
+            )
+        families = [paths.BASE_FAMILY] + [
+            f for f in (paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY) if f in wanted
+        ]
         return cls(
             config=config,
             models=models,
@@ -104,24 +110,24 @@ class Study:
 
     def scheme_models(self, scheme: str) -> list[str]:
         """Models whose token activations train (or fine-tune) an SAE of this scheme."""
-        if scheme == "base":
+        if scheme == paths.BASE_SCHEME:
             return [self.base]
-        if scheme.startswith("ft_"):
-            return [scheme[3:]]
-        if scheme == "pooled":
-            return list(self.rounds)
-        if scheme.startswith("pooled_"):
-            return list(self.config["sae"]["groups"][scheme[len("pooled_") :]])
+        if paths.is_finetune_scheme(scheme):
+            return [paths.finetuned_model(scheme)]
+        if paths.is_pooled_scheme(scheme):
+            group = paths.pooled_group(scheme)
+            return list(self.rounds) if group is None else list(self.config["sae"]["groups"][group])
         raise ConfigError(f"unknown SAE scheme '{scheme}'; accepted: {', '.join(self.sae_schemes)}")
 
     def family_schemes(self, family: str) -> list[str]:
         """SAE schemes compared by one diff family (the base SAE is the reference of each)."""
-        if family == "base":
-            return ["base"]
-        if family == "per_model":
-            return ["base"] + [s for s in self.sae_schemes if s.startswith("ft_")]
-        if family == "pooled":
-            return ["base"] + [s for s in self.sae_schemes if s.startswith("pooled")]
+        base = [paths.BASE_SCHEME]
+        if family == paths.BASE_FAMILY:
+            return base
+        if family == paths.PER_MODEL_FAMILY:
+            return base + [s for s in self.sae_schemes if paths.is_finetune_scheme(s)]
+        if family == paths.POOLED_FAMILY:
+            return base + [s for s in self.sae_schemes if paths.is_pooled_scheme(s)]
         raise ConfigError(
             f"unknown SAE family '{family}'; accepted: {', '.join(self.sae_families)}"
         )

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from plmdiff.models.zymctrl import zymctrl_config_dict
-
-from .conftest import BIN, REPO, run_snakemake, tiny_config, write_config
+from tests.conftest import BIN, REPO, run_snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
 

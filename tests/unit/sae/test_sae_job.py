@@ -162,7 +162,7 @@ def test_fine_tune_starts_from_the_base_of_the_same_fold(study):
 
 def test_import_replaces_training_but_still_evaluates(study, tmp_path):
     import plmdiff.sae.imports as sae_import
-    from tests.test_sae_import import zym_checkpoint
+    from tests.unit.sae.test_sae_import import zym_checkpoint
 
     checkpoint = zym_checkpoint()
     d = 32

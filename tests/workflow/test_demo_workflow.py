@@ -11,8 +11,7 @@ import yaml
 
 from plmdiff.demo.summary import SUMMARY_COLUMNS
 from plmdiff.models.checkpoints import CheckpointRecord
-
-from .conftest import REPO, TINY_CONFIG, run_snakemake, write_config
+from tests.conftest import REPO, TINY_CONFIG, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 

@@ -14,8 +14,7 @@ from plmdiff.core.fasta import SequenceEntry, write_fasta
 from plmdiff.probes.clustering import mmseqs_binary
 from plmdiff.probes.probes import ACCURACY_COLUMNS
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
-
-from .conftest import run_snakemake, tiny_config, write_config
+from tests.conftest import run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 

@@ -14,8 +14,7 @@ import pytest
 from plmdiff.activations.store import count_tokens, load_pooled, read_metadata, token_seq_ids
 from plmdiff.core.fasta import SequenceEntry, read_fasta, write_fasta
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
-
-from .conftest import run_snakemake, tiny_config, write_config
+from tests.conftest import run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 

@@ -15,9 +15,8 @@ import torch
 from plmdiff.core.fasta import SequenceEntry, write_fasta
 from plmdiff.sae.training import load_sae
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
-
-from .conftest import run_snakemake, tiny_config, write_config
-from .test_sae_import import zym_checkpoint
+from tests.conftest import run_snakemake, tiny_config, write_config
+from tests.unit.sae.test_sae_import import zym_checkpoint
 
 pytestmark = pytest.mark.workflow
 

@@ -9,8 +9,7 @@ from plmdiff.models.checkpoints import load_tokenizer
 from plmdiff.models.text import encode_sequences
 from plmdiff.models.zymctrl import load_zymctrl_tokenizer
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
-
-from .conftest import SHARED
+from tests.conftest import SHARED
 
 TEXTS = [
     "4.2.1.1<sep><start>MKV<end><|endoftext|>",

@@ -23,9 +23,9 @@ from plmdiff.report.render import (
     render_template,
     rst_to_html,
 )
-from tests.synthetic_features import Plant, build_planted
+from tests.unit.diff.synthetic_features import Plant, build_planted
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CAPTIONS = REPO / "report"
 MODELS = ["r0", "r1", "r2"]
 CONFIG = {

@@ -17,7 +17,7 @@ from plmdiff.diff.feature_stats import (
     compute_feature_stats,
     held_out_sequences,
 )
-from tests.synthetic_features import Plant, build_planted, dictionary_sae
+from tests.unit.diff.synthetic_features import Plant, build_planted, dictionary_sae
 
 PLANT = Plant()
 K, SEED = 2, 0
