@@ -3,7 +3,7 @@
 import torch
 
 from plmdiff.core.runtime import setup_logging
-from plmdiff.demo.workflow import run_dpo_round
+from plmdiff.demo.job import run_dpo_round
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

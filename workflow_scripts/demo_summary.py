@@ -3,7 +3,7 @@
 import torch
 
 from plmdiff.core.runtime import setup_logging
-from plmdiff.demo.workflow import run_summary
+from plmdiff.demo.job import run_summary
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -21,6 +21,7 @@ from plmdiff.demo.reward import RewardSpec, beta_helix_coverage, hexapeptide_den
 from plmdiff.demo.settings import BaseModelConfig
 from plmdiff.models.lm_training import LMTrainingConfig, mean_nll, train_causal_lm
 from plmdiff.models.text import PromptFormat, SpecialIds, is_canonical
+from plmdiff.models.zymctrl import gpt2_config, new_gpt2
 from plmdiff.sampling.generate import Sample
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ def split_holdout(
 def build_base_model(cfg: BaseModelConfig, seed: int) -> Any:
     """A fresh GPT-2 with ZymCTRL's vocabulary. No dropout: the model sees each sequence only a
     few times, and dropout's masks cost a third of a CPU step; held-out perplexity checks fit."""
-    from plmdiff.models.zymctrl import gpt2_config, new_gpt2
-
     config = gpt2_config(
         cfg.n_layer,
         cfg.n_embd,

@@ -1,4 +1,7 @@
-"""The demo's config sections as typed settings, and its DAG-time checks (no heavy imports)."""
+"""The demo's config sections as typed settings, and its DAG-time checks (no heavy imports).
+
+`check_demo_config` is the one place the demo's cross-key rules are checked; `rules/demo.smk`
+calls it when the DAG is built, so a job never starts with a config it would refuse."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plmdiff.config.sections import from_section
 from plmdiff.core.errors import ConfigError
 from plmdiff.core.runtime import derive_seed
 
@@ -33,65 +37,44 @@ FORMAT_OVERHEAD = 16
 
 @dataclass(frozen=True)
 class BaseModelConfig:
-    """`demo.base` of the config (see config/schema.yaml)."""
+    """`demo.base` of the config; defaults and meanings in config/schema.yaml."""
 
-    n_layer: int = 6
-    n_embd: int = 64
-    n_head: int = 4
-    n_positions: int = 1024
-    epochs: float = 6.0
-    lr: float = 3e-3
-    batch_size: int = 16
-    holdout_fraction: float = 0.1
-    max_train_length: int = 300
-    crop: int | None = None
-    report_samples: int = 100
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int
+    epochs: float
+    lr: float
+    batch_size: int
+    holdout_fraction: float
+    max_train_length: int
+    crop: int | None
+    report_samples: int
 
     @classmethod
-    def from_config(cls, base_section: Mapping[str, Any]) -> BaseModelConfig:
-        keys = cls.__dataclass_fields__
-        cfg = cls(**{k: v for k, v in base_section.items() if k in keys})
-        if cfg.n_embd % cfg.n_head:
-            raise ConfigError(
-                f"demo.base.n_head = {cfg.n_head} must divide demo.base.n_embd = {cfg.n_embd}"
-            )
-        longest = min(cfg.max_train_length, cfg.crop or cfg.max_train_length)
-        if longest + FORMAT_OVERHEAD > cfg.n_positions:
-            raise ConfigError(
-                f"demo.base.n_positions = {cfg.n_positions} cannot hold a {longest}-residue "
-                f"training text; use at least {longest + FORMAT_OVERHEAD} or lower "
-                "demo.base.max_train_length"
-            )
-        return cfg
+    def from_section(cls, base_section: Mapping[str, Any]) -> BaseModelConfig:
+        return from_section(cls, base_section, "demo.base")
 
 
 @dataclass(frozen=True)
 class DPOSettings:
-    """`demo.dpo` of the config (see config/schema.yaml)."""
+    """`demo.dpo` of the config; defaults and meanings in config/schema.yaml."""
 
-    rounds: int = 3
-    samples_per_round: int = 200
-    pairs_per_round: int = 64
-    beta: float = 0.01
-    lr: float = 5e-4
-    epochs: float = 3.0
-    batch_size: int = 8
-    sft_weight: float = 1.0
-    summary_samples: int = 100
-    length_target: float | None = None
-    seed: int = 0
+    rounds: int
+    samples_per_round: int
+    pairs_per_round: int
+    beta: float
+    lr: float
+    epochs: float
+    batch_size: int
+    sft_weight: float
+    summary_samples: int
+    length_target: float | None
+    seed: int
 
     @classmethod
-    def from_config(cls, dpo_section: Mapping[str, Any]) -> DPOSettings:
-        keys = cls.__dataclass_fields__
-        settings = cls(**{k: v for k, v in dpo_section.items() if k in keys})
-        if 2 * settings.pairs_per_round > settings.samples_per_round:
-            raise ConfigError(
-                f"demo.dpo.pairs_per_round = {settings.pairs_per_round} needs at least "
-                f"{2 * settings.pairs_per_round} samples (best and worst are disjoint); "
-                f"demo.dpo.samples_per_round is {settings.samples_per_round}"
-            )
-        return settings
+    def from_section(cls, dpo_section: Mapping[str, Any]) -> DPOSettings:
+        return from_section(cls, dpo_section, "demo.dpo")
 
 
 def demo_seed(seed: int, what: str, iteration: int) -> int:
@@ -120,5 +103,22 @@ def check_demo_config(config: Mapping[str, Any]) -> None:
             f"prompt.format = '{config['prompt']['format']}': the demo builds ZymCTRL-format "
             "checkpoints, so it needs prompt.format 'zymctrl'"
         )
-    BaseModelConfig.from_config(config["demo"]["base"])
-    DPOSettings.from_config(config["demo"]["dpo"])
+    base = BaseModelConfig.from_section(config["demo"]["base"])
+    if base.n_embd % base.n_head:
+        raise ConfigError(
+            f"demo.base.n_head = {base.n_head} must divide demo.base.n_embd = {base.n_embd}"
+        )
+    longest = min(base.max_train_length, base.crop or base.max_train_length)
+    if longest + FORMAT_OVERHEAD > base.n_positions:
+        raise ConfigError(
+            f"demo.base.n_positions = {base.n_positions} cannot hold a {longest}-residue "
+            f"training text; use at least {longest + FORMAT_OVERHEAD} or lower "
+            "demo.base.max_train_length"
+        )
+    dpo = DPOSettings.from_section(config["demo"]["dpo"])
+    if 2 * dpo.pairs_per_round > dpo.samples_per_round:
+        raise ConfigError(
+            f"demo.dpo.pairs_per_round = {dpo.pairs_per_round} needs at least "
+            f"{2 * dpo.pairs_per_round} samples (best and worst are disjoint); "
+            f"demo.dpo.samples_per_round is {dpo.samples_per_round}"
+        )

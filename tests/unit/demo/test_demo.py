@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from plmdiff.config.schema import load_schema
+from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.demo.base_model import describe_samples, split_holdout, training_sequences
 from plmdiff.demo.dpo import (
@@ -204,18 +205,29 @@ def test_score_samples_keeps_sampler_fields():
 # ----------------------------------------------------------------------------- settings
 
 
+def demo_config(base=None, dpo=None, prompt_format="zymctrl"):
+    """A config with the demo's sections completed by the schema's defaults."""
+    return {
+        "prompt": {"format": prompt_format, "label": "4.2.1.1"},
+        "demo": {
+            "base": {**section_defaults("demo", "base"), **(base or {})},
+            "dpo": {**section_defaults("demo", "dpo"), **(dpo or {})},
+        },
+    }
+
+
 def test_settings_reject_bad_values():
     with pytest.raises(ConfigError, match=r"demo.dpo.pairs_per_round = 60"):
-        DPOSettings.from_config({"samples_per_round": 100, "pairs_per_round": 60})
+        check_demo_config(demo_config(dpo={"samples_per_round": 100, "pairs_per_round": 60}))
     with pytest.raises(ConfigError, match=r"demo.base.n_head = 3"):
-        BaseModelConfig.from_config({"n_embd": 128, "n_head": 3})
+        check_demo_config(demo_config(base={"n_embd": 128, "n_head": 3}))
     with pytest.raises(ConfigError, match=r"demo.base.n_positions = 128"):
-        BaseModelConfig.from_config({"n_positions": 128, "max_train_length": 400})
-    assert BaseModelConfig.from_config({"n_positions": 128, "crop": 60}).crop == 60
+        check_demo_config(demo_config(base={"n_positions": 128, "max_train_length": 400}))
+    check_demo_config(demo_config(base={"n_positions": 128, "crop": 60}))
 
 
 def test_demo_needs_zymctrl_prompts():
-    config = {"prompt": {"format": "plain", "label": ""}, "demo": {"base": {}, "dpo": {}}}
+    config = demo_config(prompt_format="plain")
     with pytest.raises(ConfigError, match=r"prompt.format = 'plain'"):
         check_demo_config(config)
     config["prompt"]["format"] = "zymctrl"
@@ -257,9 +269,12 @@ def test_holdout_split_is_seeded_and_disjoint():
 
 
 def test_training_sequences_crop_and_length_cap():
-    cfg = BaseModelConfig(max_train_length=5, n_positions=64)
+    base = section_defaults("demo", "base")
+    cfg = BaseModelConfig.from_section({**base, "max_train_length": 5, "n_positions": 64})
     assert training_sequences(["MKV", "MKVLAAA", "MK"], cfg) == ["MKV", "MK"]
-    cropped = BaseModelConfig(max_train_length=5, crop=2, n_positions=64)
+    cropped = BaseModelConfig.from_section(
+        {**base, "max_train_length": 5, "crop": 2, "n_positions": 64}
+    )
     assert training_sequences(["MKV", "MKVLAAA"], cropped) == ["MK", "MK"]
     with pytest.raises(ConfigError, match=r"max_train_length = 5"):
         training_sequences(["MKVLAAA", "MKVLAAAA"], cfg)
@@ -306,10 +321,14 @@ def test_summary_table_and_figure(tmp_path: Path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_settings_defaults_match_the_schema():
+def test_settings_read_every_schema_key_and_nothing_else():
     demo = load_schema()["properties"]["demo"]["properties"]
     for cls, key in ((BaseModelConfig, "base"), (DPOSettings, "dpo")):
-        props = demo[key]["properties"]
-        assert set(cls.__dataclass_fields__) == set(props)
-        for name, field in cls.__dataclass_fields__.items():
-            assert props[name]["default"] == field.default, f"demo.{key}.{name}"
+        assert set(cls.__dataclass_fields__) == set(demo[key]["properties"])
+        settings = cls.from_section(section_defaults("demo", key))
+        for name in cls.__dataclass_fields__:
+            assert getattr(settings, name) == demo[key]["properties"][name]["default"]
+    with pytest.raises(ConfigError, match=r"demo.dpo.seed is missing"):
+        DPOSettings.from_section(
+            {k: v for k, v in section_defaults("demo", "dpo").items() if k != "seed"}
+        )

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.demo.base_model import train_base_model
 from plmdiff.demo.dpo import ScoredSample, dpo_round, score_samples
 from plmdiff.demo.reward import RewardSpec
@@ -24,21 +25,21 @@ from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequ
 
 pytestmark = pytest.mark.slow
 
-BASE = BaseModelConfig(
-    n_layer=2, n_embd=32, n_head=2, n_positions=256, epochs=3, lr=5e-3, max_train_length=200
+BASE = BaseModelConfig.from_section(
+    {
+        **section_defaults("demo", "base"),
+        **dict(n_layer=2, n_embd=32, n_head=2, n_positions=256, epochs=3, lr=5e-3),
+        "max_train_length": 200,
+    }
 )
 SAMPLING = SamplingSettings(max_length=256, batch_size=64)
 SPEC = RewardSpec(length_target=175, family_density=0.05)
-SETTINGS = DPOSettings(
-    rounds=2,
-    samples_per_round=64,
-    pairs_per_round=24,
-    beta=0.01,
-    lr=1e-3,
-    epochs=2,
-    batch_size=8,
-    sft_weight=1.0,
-    seed=0,
+SETTINGS = DPOSettings.from_section(
+    {
+        **section_defaults("demo", "dpo"),
+        **dict(rounds=2, samples_per_round=64, pairs_per_round=24, beta=0.01, lr=1e-3),
+        **dict(epochs=2, batch_size=8, sft_weight=1.0, seed=0),
+    }
 )
 N_EVAL = 64
 

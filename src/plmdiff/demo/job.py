@@ -50,7 +50,7 @@ def run_train_base(
     device: str,
 ) -> None:
     """Rule demo_train_base: train, describe report_samples samples, save checkpoint + JSON."""
-    cfg = BaseModelConfig.from_config(base)
+    cfg = BaseModelConfig.from_section(base)
     fmt = PromptFormat.from_config(prompt)
     torch_device = resolve_device(device)
     seed_everything(seed)
@@ -88,7 +88,7 @@ def run_dpo_round(
     device: str,
 ) -> None:
     """Rule demo_dpo_round: checkpoint `iteration` from `iteration - 1`, base as reference."""
-    settings = DPOSettings.from_config(dpo)
+    settings = DPOSettings.from_section(dpo)
     fmt = PromptFormat.from_config(prompt)
     torch_device = resolve_device(device)
     seed_everything(demo_seed(settings.seed, "round", iteration))
@@ -124,7 +124,7 @@ def run_summary(
     device: str,
 ) -> None:
     """Rule demo_summary: the same fresh draws from every checkpoint, scored and compared."""
-    settings = DPOSettings.from_config(dpo)
+    settings = DPOSettings.from_section(dpo)
     fmt = PromptFormat.from_config(prompt)
     torch_device = resolve_device(device)
     spec = reward_spec(base_report, settings)
