@@ -5,7 +5,7 @@ CORES ?= 2
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test venv lint format dag clean-demo
+.PHONY: demo test venv lint hooks format dag clean-demo
 
 venv:
 	@VENV=$(VENV) scripts/setup_venv.sh
@@ -24,7 +24,14 @@ lint: venv
 	ruff check .
 	ruff format --check .
 	snakefmt --check .
+	mypy
 	snakemake --lint
+
+## Installs the pre-commit hooks (.pre-commit-config.yaml: ruff, ruff-format, snakefmt, mypy),
+## with pre-commit itself kept out of .venv (its virtualenv needs a packaging that snakemake refuses).
+hooks: venv
+	python3 -m pip install --user --quiet "pre-commit==4.7.0"
+	python3 -m pre_commit install
 
 format: venv
 	ruff check --fix .

@@ -1,4 +1,4 @@
-"""FASTA in and out with Biopython, headers as design.md fixes them.
+"""FASTA in and out with Biopython, headers as ARCHITECTURE.md ("Sequences") fixes them.
 
 A header is `>{seq_id} model={model} ppl={ppl:.4f} len={len}`; extra `key=value` fields are kept.
 """

@@ -1,4 +1,4 @@
-"""One DPO round of the demo, as the ZymCTRL lab's loops run it (anchors.md).
+"""One DPO round of the demo, as the ZymCTRL lab's DPO loops (DPO_pLM) run it.
 
 Round i samples from checkpoint i-1, scores the samples (reward.py), pairs the best against the
 worst and trains with TRL's `DPOTrainer` against the *base* model as reference (DPO_pLM keeps the
