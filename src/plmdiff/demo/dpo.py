@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -270,6 +270,6 @@ def dpo_round(
     return RoundResult(iteration, scored, pairs, history)
 
 
-def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
+def write_tsv(table: pd.DataFrame, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _special(tokenizer: Any, fmt: PromptFormat) -> SpecialIds:
-    return SpecialIds(**special_token_ids(tokenizer, fmt))
+    return SpecialIds.from_record({"special_tokens": special_token_ids(tokenizer, fmt)})
 
 
 def reward_spec(base_report: str | os.PathLike, settings: DPOSettings) -> RewardSpec:

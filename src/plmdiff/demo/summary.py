@@ -9,9 +9,9 @@ the test against the base pairs samples by index (Wilcoxon signed-rank).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,7 +108,7 @@ def samples_long_table(rounds: Sequence[Sequence[ScoredSample]]) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
-def plot_summary(summary: pd.DataFrame, path: str | Path, length_target: float) -> None:
+def plot_summary(summary: pd.DataFrame, path: str | os.PathLike, length_target: float) -> None:
     """Reward, proxy and length (mean +- SE) per round, with the family's reference values."""
     import matplotlib
 
