@@ -1,0 +1,93 @@
+"""Bring your own sequences: a model's FASTA (one file, or a glob of the DPO loop's per-iteration
+files) replaces its sampling (`models[].fasta`, ARCHITECTURE.md "Sequences").
+
+The given sequences are normalised by one documented rule and written as the model's sample shard,
+so the length filter, deduplication and statistics of `filter_samples` apply to them unchanged:
+- files are read leniently (text before the first header is skipped); the first word of a header is the source ID (kept as `source_id`), the rest is
+  ignored; IDs are made unique as `{model}_{file:03d}_{record:05d}` in file and record order;
+- residues are upper-cased, white space is dropped, gap characters (`-`, `.`) of aligned FASTA are
+  removed and one trailing stop (`*`) is dropped;
+- any other character outside the 20 canonical amino acids (X, B, Z, U, O, J, digits, an inner `*`)
+  is kept, so the filter counts the sequence as `invalid`, exactly as for sampled sequences;
+- every given sequence counts as ended (it was complete where it was made) and has no perplexity.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from Bio import SeqIO
+
+from plmdiff.core.errors import DataError
+from plmdiff.core.fasta import sequence_id
+
+GAP_CHARACTERS = "-."
+STOP = "*"
+_WHITESPACE = re.compile(r"\s+")
+_DIGITS = re.compile(r"(\d+)")
+
+
+@dataclass(frozen=True)
+class GivenSequence:
+    seq_id: str
+    index: int
+    source_id: str
+    source_file: str
+    sequence: str
+
+
+def normalise_residues(text: str) -> str:
+    """The residue rule of the module docstring."""
+    sequence = _WHITESPACE.sub("", text).upper()
+    for gap in GAP_CHARACTERS:
+        sequence = sequence.replace(gap, "")
+    return sequence[:-1] if sequence.endswith(STOP) else sequence
+
+
+def _natural_key(path: str) -> list[object]:
+    """iteration2 before iteration10: numbers in a path compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in _DIGITS.split(path)]
+
+
+def resolve_fasta_sources(spec: str, key: str, base_dir: Path | None = None) -> list[Path]:
+    """The files `spec` (a path or a glob) names, in natural order; relative to `base_dir`."""
+    pattern = spec if base_dir is None or Path(spec).is_absolute() else str(base_dir / spec)
+    if glob.has_magic(pattern):
+        files = sorted((p for p in glob.glob(pattern) if Path(p).is_file()), key=_natural_key)
+    else:
+        files = [pattern] if Path(pattern).is_file() else []
+    if not files:
+        what = "matches no file" if glob.has_magic(pattern) else "does not exist"
+        raise DataError(f"{key} = '{spec}' {what}; give a FASTA file or a glob of FASTA files")
+    return [Path(f) for f in files]
+
+
+def read_given_sequences(model: str, files: Sequence[str | Path]) -> list[GivenSequence]:
+    """Every record of `files`, normalised, with unique IDs (see the module docstring)."""
+    out: list[GivenSequence] = []
+    for file_index, path in enumerate(files):
+        try:
+            records = list(SeqIO.parse(str(path), "fasta"))
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"FASTA file {path} of model '{model}' cannot be read ({exc})"
+            ) from None
+        if not records:
+            raise DataError(
+                f"FASTA file {path} of model '{model}' holds no record (expected '>' headers)"
+            )
+        for record_index, record in enumerate(records):
+            out.append(
+                GivenSequence(
+                    seq_id=sequence_id(model, file_index, record_index),
+                    index=len(out),
+                    source_id=record.id,
+                    source_file=str(path),
+                    sequence=normalise_residues(str(record.seq)),
+                )
+            )
+    return out
