@@ -3,8 +3,8 @@ files) replaces its sampling (`models[].fasta`, ARCHITECTURE.md "Sequences").
 
 The given sequences are normalised by one documented rule and written as the model's sample shard,
 so the length filter, deduplication and statistics of `filter_samples` apply to them unchanged:
-- files are read leniently (text before the first header is skipped); the first word of a header is the source ID (kept as `source_id`), the rest is
-  ignored; IDs are made unique as `{model}_{file:03d}_{record:05d}` in file and record order;
+- files are read leniently: text before the first header is skipped; a header's first word is
+  the source ID (kept as `source_id`), the rest is ignored; IDs are made unique as `{model}_{file:03d}_{record:05d}` in file and record order;
 - residues are upper-cased, white space is dropped, gap characters (`-`, `.`) of aligned FASTA are
   removed and one trailing stop (`*`) is dropped;
 - any other character outside the 20 canonical amino acids (X, B, Z, U, O, J, digits, an inner `*`)
@@ -71,10 +71,12 @@ def read_given_sequences(model: str, files: Sequence[str | Path]) -> list[GivenS
     out: list[GivenSequence] = []
     for file_index, path in enumerate(files):
         try:
-            records = list(SeqIO.parse(str(path), "fasta"))
+            # fasta-pearson: text before the first header (a comment, a blank line) is allowed.
+            records = list(SeqIO.parse(str(path), "fasta-pearson"))
         except (OSError, ValueError) as exc:
+            reason = " ".join(str(exc).split())[:200]
             raise DataError(
-                f"FASTA file {path} of model '{model}' cannot be read ({exc})"
+                f"FASTA file {path} of model '{model}' cannot be read ({reason})"
             ) from None
         if not records:
             raise DataError(
