@@ -14,7 +14,8 @@ from typing import Any
 
 from plmdiff.config import paths
 from plmdiff.config.schema import BASE_EMBEDDER, SELF_EMBEDDER, validate_config
-from plmdiff.core.errors import CheckpointError, ConfigError
+from plmdiff.core.errors import CheckpointError, ConfigError, DataError
+from plmdiff.core.fasta import resolve_fasta_sources
 from plmdiff.models.anatomy import config_depth
 from plmdiff.models.checkpoints import CONFIG_FILE, TOKENIZER_FILES, checkpoint_files, weight_files
 
@@ -93,6 +94,23 @@ class Study:
             if m["name"] == model:
                 return m["checkpoint"]
         raise ConfigError(f"unknown model '{model}'; accepted: {', '.join(self.models)}")
+
+    def given_fasta(self, model: str) -> str | None:
+        """models[].fasta of `model`: its own sequences replace sampling (None: it samples)."""
+        for m in self.config["models"]:
+            if m["name"] == model:
+                return m.get("fasta")
+        raise ConfigError(f"unknown model '{model}'; accepted: {', '.join(self.models)}")
+
+    @property
+    def sampled_models(self) -> list[str]:
+        """Models whose sequences the workflow samples from their checkpoint."""
+        return [m for m in self.models if self.given_fasta(m) is None]
+
+    @property
+    def given_models(self) -> list[str]:
+        """Models whose sequences come from their own FASTA (models[].fasta)."""
+        return [m for m in self.models if self.given_fasta(m) is not None]
 
     def is_demo_checkpoint(self, model: str) -> bool:
         return _normalise(self.checkpoint(model)) in {_normalise(d) for d in self.demo_dirs}
@@ -200,6 +218,18 @@ def check_layers(config: Mapping[str, Any], study: Study) -> None:
                 )
 
 
+def check_given_fasta(study: Study) -> None:
+    """Every models[].fasta names at least one file when the DAG is built."""
+    for i, model in enumerate(study.models):
+        spec = study.given_fasta(model)
+        if spec is None:
+            continue
+        try:
+            resolve_fasta_sources(spec, f"models[{i}].fasta")
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def validate_workflow_config(
     config: Mapping[str, Any], schema_path: str | Path, configfiles: Sequence[Any] = ()
 ) -> dict[str, Any]:
@@ -217,6 +247,7 @@ def validate_workflow_config(
         study = Study.from_config(validated)
         check_checkpoints_exist(validated, study)
         check_layers(validated, study)
+        check_given_fasta(study)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return validated

@@ -5,7 +5,9 @@ A header is `>{seq_id} model={model} ppl={ppl:.4f} len={len}`; extra `key=value`
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,8 @@ from Bio.SeqRecord import SeqRecord
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.runtime import atomic_path
+
+_DIGITS = re.compile(r"(\d+)")
 
 
 @dataclass
@@ -61,3 +65,21 @@ def write_fasta(path: str | os.PathLike, entries: Iterable[SequenceEntry]) -> in
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         SeqIO.write(records, handle, "fasta-2line")
     return len(records)
+
+
+def _natural_key(path: str) -> list[object]:
+    """iteration2 before iteration10: numbers in a path compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in _DIGITS.split(path)]
+
+
+def resolve_fasta_sources(spec: str, key: str, base_dir: Path | None = None) -> list[Path]:
+    """The files `spec` (a path or a glob) names, in natural order; relative to `base_dir`."""
+    pattern = spec if base_dir is None or Path(spec).is_absolute() else str(base_dir / spec)
+    if glob.has_magic(pattern):
+        files = sorted((p for p in glob.glob(pattern) if Path(p).is_file()), key=_natural_key)
+    else:
+        files = [pattern] if Path(pattern).is_file() else []
+    if not files:
+        what = "matches no file" if glob.has_magic(pattern) else "does not exist"
+        raise DataError(f"{key} = '{spec}' {what}; give a FASTA file or a glob of FASTA files")
+    return [Path(f) for f in files]

@@ -14,7 +14,6 @@ so the length filter, deduplication and statistics of `filter_samples` apply to 
 
 from __future__ import annotations
 
-import glob
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from plmdiff.core.fasta import sequence_id
 GAP_CHARACTERS = "-."
 STOP = "*"
 _WHITESPACE = re.compile(r"\s+")
-_DIGITS = re.compile(r"(\d+)")
 
 
 @dataclass(frozen=True)
@@ -46,24 +44,6 @@ def normalise_residues(text: str) -> str:
     for gap in GAP_CHARACTERS:
         sequence = sequence.replace(gap, "")
     return sequence[:-1] if sequence.endswith(STOP) else sequence
-
-
-def _natural_key(path: str) -> list[object]:
-    """iteration2 before iteration10: numbers in a path compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in _DIGITS.split(path)]
-
-
-def resolve_fasta_sources(spec: str, key: str, base_dir: Path | None = None) -> list[Path]:
-    """The files `spec` (a path or a glob) names, in natural order; relative to `base_dir`."""
-    pattern = spec if base_dir is None or Path(spec).is_absolute() else str(base_dir / spec)
-    if glob.has_magic(pattern):
-        files = sorted((p for p in glob.glob(pattern) if Path(p).is_file()), key=_natural_key)
-    else:
-        files = [pattern] if Path(pattern).is_file() else []
-    if not files:
-        what = "matches no file" if glob.has_magic(pattern) else "does not exist"
-        raise DataError(f"{key} = '{spec}' {what}; give a FASTA file or a glob of FASTA files")
-    return [Path(f) for f in files]
 
 
 def read_given_sequences(model: str, files: Sequence[str | Path]) -> list[GivenSequence]:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plmdiff.core.errors import DataError
-from plmdiff.sampling.given import (
-    normalise_residues,
-    read_given_sequences,
-    resolve_fasta_sources,
-)
+from plmdiff.core.fasta import resolve_fasta_sources
+from plmdiff.sampling.given import normalise_residues, read_given_sequences
 
 
 def test_residue_rule():
