@@ -13,13 +13,15 @@ import math
 import pytest
 import torch
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.demo.base_model import train_base_model
 from plmdiff.demo.dpo import ScoredSample, dpo_round, score_samples
 from plmdiff.demo.reward import RewardSpec
 from plmdiff.demo.settings import BaseModelConfig, DPOSettings
 from plmdiff.models.checkpoints import load_model, load_tokenizer
 from plmdiff.models.zymctrl import load_zymctrl_tokenizer, save_checkpoint
-from plmdiff.sampling.generate import SamplingSettings, sample_sequences
+from plmdiff.sampling.loop import sample_sequences
+from plmdiff.sampling.settings import SamplingSettings
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
 
 pytestmark = pytest.mark.slow
@@ -27,7 +29,9 @@ pytestmark = pytest.mark.slow
 BASE = BaseModelConfig(
     n_layer=2, n_embd=32, n_head=2, n_positions=256, epochs=3, lr=5e-3, max_train_length=200
 )
-SAMPLING = SamplingSettings(max_length=256, batch_size=64)
+SAMPLING = SamplingSettings.from_config(
+    {**section_defaults("sampling"), "max_length": 256, "batch_size": 64}
+)
 SPEC = RewardSpec(length_target=175, family_density=0.05)
 SETTINGS = DPOSettings(
     rounds=2,
