@@ -102,6 +102,7 @@ def warm_imports() -> None:
 
 def worker_extract(args: argparse.Namespace) -> dict:
     from plmdiff.activations.extraction import ExtractionSettings, extract_part
+    from plmdiff.config.sections import section_defaults
     from plmdiff.models.checkpoints import CheckpointRecord
     from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT
 
@@ -116,8 +117,13 @@ def worker_extract(args: argparse.Namespace) -> dict:
         model="iteration1",
         part=0,
         fmt=ZYMCTRL_FORMAT,
-        settings=ExtractionSettings(
-            token_layers=DEMO_TOKEN_LAYERS, batch_tokens=args.batch_tokens, dtype="float16"
+        settings=ExtractionSettings.from_config(
+            {
+                **section_defaults("activations"),
+                "token_layers": list(DEMO_TOKEN_LAYERS),
+                "batch_tokens": args.batch_tokens,
+                "dtype": "float16",
+            }
         ),
         pooled_path=out / "pooled.parquet",
         token_paths={
@@ -216,7 +222,7 @@ def same_vectors(extracted: Path, naive: Path) -> float:
     import numpy as np
     import pandas as pd
 
-    from plmdiff.activations.store import load_pooled
+    from plmdiff.activations.readers import load_pooled
 
     frame = pd.read_parquet(naive).set_index("seq_id")
     worst = 0.0
@@ -280,6 +286,7 @@ def zymctrl_shape_benchmark(args: argparse.Namespace) -> None:
         prepare_sequences,
         write_activations,
     )
+    from plmdiff.config.sections import section_defaults
     from plmdiff.core.fasta import SequenceEntry
     from plmdiff.models.zymctrl import load_zymctrl_tokenizer, new_gpt2, zymctrl_config_dict
     from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
@@ -319,7 +326,13 @@ def zymctrl_shape_benchmark(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    settings = ExtractionSettings(token_layers=ZYM_SAE_LAYERS, batch_tokens=args.batch_tokens)
+    settings = ExtractionSettings.from_config(
+        {
+            **section_defaults("activations"),
+            "token_layers": list(ZYM_SAE_LAYERS),
+            "batch_tokens": args.batch_tokens,
+        }
+    )
     extractor = ResidualExtractor(
         model,
         pooled_layers=list(range(config.n_layer + 1)),

@@ -4,7 +4,7 @@ Both sides train the same sae-lens BatchTopK SAE (same seed, batch size, steps, 
 standardisation, background prefetch of batches) with plmdiff.sae.training.train; only the data
 source differs:
 
-- parquet: plmdiff.activations.store.iter_tokens over float16 zstd token shards written by the
+- parquet: plmdiff.activations.loader.iter_tokens over float16 zstd token shards written by the
   activations stage's TokenWriter (row groups read in random order, shuffle buffer, loop=True),
   never more than the buffer in memory;
 - memory: every token already in one float32 tensor, batches by random permutation.
@@ -68,7 +68,7 @@ def write_shards(root: Path, d_model: int, n_tokens: int, parts: int, seed: int 
     The vectors have what residual streams have (a large common offset, a few heavy dimensions,
     per-token scale); speed does not depend on it, but the SAE then trains on sensible data.
     """
-    from plmdiff.activations.store import TokenWriter
+    from plmdiff.activations.writers import TokenWriter
 
     rng = np.random.default_rng(seed)
     layer_dir = root / f"d{d_model}" / "layer_03"
@@ -105,7 +105,7 @@ def memory_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torc
 
 
 def load_all(layer_dir: Path) -> torch.Tensor:
-    from plmdiff.activations.store import iter_token_batches
+    from plmdiff.activations.readers import iter_token_batches
 
     parts = [b.act for b in iter_token_batches([layer_dir], batch_rows=1 << 16)]
     return torch.from_numpy(np.concatenate(parts).astype(np.float32))
@@ -141,7 +141,7 @@ def train_once(size: Size, source: Iterator[torch.Tensor], steps: int, device: s
 
 
 def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
-    from plmdiff.activations.store import iter_tokens
+    from plmdiff.activations.loader import iter_tokens
 
     t0 = time.perf_counter()
     layer_dir = write_shards(root, size.d_model, args.tokens, args.parts)

@@ -1,4 +1,4 @@
-"""Benchmark: plmdiff.sampling.generate.sample_sequences vs the ZymCTRL lab's generation loop, one run.
+"""Benchmark: plmdiff.sampling.loop.sample_sequences vs the ZymCTRL lab's generation loop, one run.
 
 The lab's loop (AI4PDLab DPO_pLM / ProtRL `seq_gen.py`): `model.generate` on 20 copies of the
 prompt, `do_sample=True, top_k=9, repetition_penalty=1.2, eos_token_id=1, pad_token_id=0`, until
@@ -120,10 +120,14 @@ def our_loop(
 ) -> tuple[int, float, list]:
     import torch
 
-    from plmdiff.sampling.generate import SamplingSettings, sample_sequences
+    from plmdiff.config.sections import section_defaults
+    from plmdiff.sampling.loop import sample_sequences
+    from plmdiff.sampling.settings import SamplingSettings
     from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
-    settings = SamplingSettings(max_length=max_length, batch_size=batch_size)
+    settings = SamplingSettings.from_config(
+        {**section_defaults("sampling"), "max_length": max_length, "batch_size": batch_size}
+    )
     start = time.perf_counter()
     samples = sample_sequences(
         model, tokenizer, ZYMCTRL_FORMAT, ZYMCTRL_IDS, range(n), settings, 1234, device

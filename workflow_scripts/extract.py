@@ -1,25 +1,22 @@
-"""Rule extract: embed one part of a model's FASTA; pooled part + one token part per layer."""
+"""Rule extract: embed one part of a model's FASTA (plmdiff.activations.job.extract)."""
 
-import torch
-
-from plmdiff.activations.extraction import ExtractionSettings, extract_part
-from plmdiff.core.runtime import resolve_device, setup_logging
-from plmdiff.models.checkpoints import CheckpointRecord
-from plmdiff.models.text import PromptFormat
+from plmdiff.activations.job import extract
+from plmdiff.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-extract_part(
+extract(
     fasta_path=snakemake.input.fasta,
-    record=CheckpointRecord.read(snakemake.input.record),
+    record_path=snakemake.input.record,
     checkpoint_dir=snakemake.params.checkpoint,
     embedder=snakemake.wildcards.embedder,
     model=snakemake.wildcards.model,
     part=int(snakemake.wildcards.part),
-    fmt=PromptFormat.from_config(snakemake.params.prompt),
-    settings=ExtractionSettings.from_config(snakemake.params.activations),
+    prompt_section=snakemake.params.prompt,
+    activations_section=snakemake.params.activations,
     pooled_path=snakemake.output.pooled,
-    token_paths=dict(zip(snakemake.params.token_layers, snakemake.output.tokens, strict=True)),
-    device=resolve_device(snakemake.params.device),
+    token_layers=snakemake.params.token_layers,
+    token_paths=snakemake.output.tokens,
+    device=snakemake.params.device,
     allow_pickle=snakemake.params.allow_pickle,
+    threads=snakemake.threads,
 )

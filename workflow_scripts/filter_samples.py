@@ -1,25 +1,15 @@
-"""Rule filter_samples: validity, length window and duplicates; FASTA plus stats JSON."""
+"""Rule filter_samples: FASTA plus stats JSON of one model (plmdiff.sampling.job.filter_samples)."""
 
-import logging
-
-from plmdiff.core.fasta import write_fasta
-from plmdiff.core.runtime import setup_logging, write_json
-from plmdiff.sampling.filtering import FilterSettings, check_enough, fasta_entries, filter_model
+from plmdiff.core.runtime import setup_logging
+from plmdiff.sampling.job import filter_samples
 
 setup_logging(snakemake.log[0])
-model = snakemake.wildcards.model
-settings = FilterSettings.from_config(snakemake.params.filter)
-result, stats = filter_model(
-    model,
+filter_samples(
+    snakemake.wildcards.model,
     snakemake.input.samples,
-    settings,
-    base_model=snakemake.params.base,
-    base_shard_paths=snakemake.input.base_samples,
+    snakemake.params.filter,
+    snakemake.params.base,
+    snakemake.input.base_samples,
+    snakemake.output.fasta,
+    snakemake.output.stats,
 )
-try:
-    check_enough(model, result, settings.min_sequences)
-except Exception as exc:
-    logging.getLogger("plmdiff").error("%s", exc)
-    raise
-write_fasta(snakemake.output.fasta, fasta_entries(model, result.kept))
-write_json(snakemake.output.stats, stats)

@@ -1,17 +1,17 @@
-"""Rule sample: draw one shard of a model's sequences (every output, truncated ones included)."""
+"""Rule sample: draw one shard of a model's sequences (plmdiff.sampling.job.sample)."""
 
 from plmdiff.core.runtime import setup_logging
-from plmdiff.sampling.generate import sample_shard, write_samples
+from plmdiff.sampling.job import sample
 
 setup_logging(snakemake.log[0])
-table = sample_shard(
+sample(
     snakemake.input.record,
     snakemake.wildcards.model,
     int(snakemake.wildcards.shard),
     snakemake.params.sampling,
     snakemake.params.prompt,
+    snakemake.output[0],
     device=snakemake.params.device,
     allow_pickle=snakemake.params.allow_pickle,
     threads=snakemake.threads,
 )
-write_samples(snakemake.output[0], table)

@@ -1,10 +1,10 @@
-"""Rule sampling_summary: one table and one figure over all models' samples."""
+"""Rule sampling_summary: one table and one figure (plmdiff.sampling.job.sampling_summary)."""
 
 from plmdiff.core.runtime import setup_logging
-from plmdiff.sampling.summary import write_sampling_summary
+from plmdiff.sampling.job import sampling_summary
 
 setup_logging(snakemake.log[0])
-write_sampling_summary(
+sampling_summary(
     snakemake.params.models,
     snakemake.input.stats,
     snakemake.input.fasta,

@@ -2,7 +2,7 @@
 
 import torch
 
-from plmdiff.activations.store import pooled_layers
+from plmdiff.activations.readers import pooled_layers
 from plmdiff.core.runtime import setup_logging
 from plmdiff.probes.plots import plot_cosine_grid, plot_sanity_stats, plot_tsne_grid
 from plmdiff.probes.probes import load_round_embeddings

@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from plmdiff.activations.store import count_tokens, load_pooled, read_metadata, token_seq_ids
+from plmdiff.activations.loader import count_tokens
+from plmdiff.activations.readers import load_pooled, read_metadata, token_seq_ids
 from plmdiff.core.fasta import SequenceEntry, read_fasta, write_fasta
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
 from tests.conftest import run_snakemake, tiny_config, write_config

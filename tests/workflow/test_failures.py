@@ -267,7 +267,8 @@ def study(tiny_checkpoints, tmp_path_factory):
 
 
 def test_sampling_oom_halves_the_batch_and_gives_the_same_shard(study, monkeypatch, caplog):
-    from plmdiff.sampling.generate import sample_shard, write_samples
+    from plmdiff.sampling.io import write_samples
+    from plmdiff.sampling.job import sample_shard
 
     config, record, record_path, root = study
     sampling = {
@@ -339,7 +340,7 @@ def test_extraction_oom_halves_the_batch_and_writes_the_same_parts(study, monkey
 
 def test_a_single_sequence_that_does_not_fit_is_an_error(study, monkeypatch):
     """OOM splitting stops at one sequence: the error reaches the rule (and its retry)."""
-    from plmdiff.sampling.generate import sample_shard
+    from plmdiff.sampling.job import sample_shard
 
     config, record, record_path, _ = study
     _oom_above(monkeypatch, 0)

@@ -10,7 +10,7 @@ import pytest
 
 from plmdiff.core.fasta import read_fasta, sequence_id
 from plmdiff.sampling.filtering import OUTCOMES
-from plmdiff.sampling.generate import shard_indices
+from plmdiff.sampling.io import shard_indices
 from tests.conftest import run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]

@@ -1,6 +1,6 @@
 """Residual-stream extraction: embed FASTA sequences with a checkpoint, pool, and store as Parquet.
 
-The `extract` rule's logic. For each sequence of one part of a model's FASTA:
+The `extract` rule's logic (its entry function: plmdiff.activations.job.extract). For each sequence of one part of a model's FASTA:
 
 - pooled, every stored layer: `last` = the last residue token, `mean` = the mean over residue
   tokens (never the control tag, special tokens or position 0);
@@ -42,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from plmdiff.activations.store import POOLINGS, PooledWriter, TokenWriter, pooled_column
+from plmdiff.activations.format import POOLINGS, pooled_column
+from plmdiff.activations.writers import PooledWriter, TokenWriter
+from plmdiff.config.sections import from_section
 from plmdiff.core.errors import CheckpointError, DataError
 from plmdiff.core.fasta import SequenceEntry, read_fasta
 from plmdiff.core.oom import map_with_oom_split
@@ -63,41 +65,57 @@ MAX_LISTED_TRUNCATIONS = 100
 # ----------------------------------------------------------------------------- settings
 
 
+def _layer_list(layers: str | Sequence[int]) -> tuple[int, ...] | None:
+    """activations.layers: 'all' -> None (every layer 0..L), else the indices ascending."""
+    return None if layers == "all" else tuple(sorted(int(x) for x in layers))
+
+
+def _sorted_layers(layers: Sequence[int]) -> tuple[int, ...]:
+    return tuple(sorted(int(x) for x in layers))
+
+
+def _ordered_poolings(poolings: Sequence[str]) -> tuple[str, ...]:
+    """The configured poolings in POOLINGS order, the column order of the pooled files."""
+    return tuple(p for p in POOLINGS if p in poolings)
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """The `activations` config section, as extraction needs it."""
+    """The `activations` config section, as extraction needs it (defaults: config/schema.yaml)."""
 
-    layers: tuple[int, ...] | None = None  # None: all, 0..L
-    token_layers: tuple[int, ...] = ()
-    poolings: tuple[str, ...] = POOLINGS
-    dtype: str = "float16"
-    batch_tokens: int = 16384
-    shards: int = 1
-    rows_per_file: int = 16384
-    truncate: bool = False
-    gpus: int = 1
+    layers: tuple[int, ...] | None  # None: all, 0..L
+    token_layers: tuple[int, ...]
+    poolings: tuple[str, ...]
+    dtype: str
+    batch_tokens: int
+    shards: int
+    rows_per_file: int
+    truncate: bool
+    gpus: int
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ExtractionSettings:
-        layers = section.get("layers", "all")
-        return cls(
-            layers=None if layers == "all" else tuple(sorted(int(x) for x in layers)),
-            token_layers=tuple(sorted(int(x) for x in section.get("token_layers", []))),
-            poolings=tuple(p for p in POOLINGS if p in section.get("pooling", POOLINGS)),
-            dtype=section.get("dtype", "float16"),
-            batch_tokens=int(section.get("batch_tokens", 16384)),
-            shards=int(section.get("shards", 1)),
-            rows_per_file=int(section.get("rows_per_file", 16384)),
-            truncate=bool(section.get("truncate", False)),
-            gpus=int(section.get("gpus", 1)),
+        """From the validated `activations` section."""
+        return from_section(
+            cls,
+            section,
+            "activations",
+            rename={"poolings": "pooling"},
+            convert={
+                "layers": _layer_list,
+                "token_layers": _sorted_layers,
+                "poolings": _ordered_poolings,
+            },
         )
 
     def pooled_layers(self, n_layers: int) -> list[int]:
+        """The layers stored pooled, checked against an embedder of `n_layers` blocks."""
         layers = list(range(n_layers + 1)) if self.layers is None else list(self.layers)
         _check_layers("activations.layers", layers, n_layers)
         return layers
 
     def checked_token_layers(self, n_layers: int) -> list[int]:
+        """The layers stored per token, checked against an embedder of `n_layers` blocks."""
         _check_layers("activations.token_layers", self.token_layers, n_layers)
         return list(self.token_layers)
 

@@ -22,7 +22,7 @@ from plmdiff.demo.settings import BaseModelConfig
 from plmdiff.models.lm_training import LMTrainingConfig, mean_nll, train_causal_lm
 from plmdiff.models.text import PromptFormat, SpecialIds, is_canonical
 from plmdiff.models.zymctrl import gpt2_config, new_gpt2
-from plmdiff.sampling.generate import Sample
+from plmdiff.sampling.settings import Sample
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from plmdiff.core.runtime import atomic_path
 from plmdiff.demo.reward import RewardSpec, score_sequence
 from plmdiff.demo.settings import DPOSettings, demo_seed
 from plmdiff.models.text import PromptFormat, SpecialIds
-from plmdiff.sampling.generate import Sample, SamplingSettings, sample_sequences
+from plmdiff.sampling.loop import sample_sequences
+from plmdiff.sampling.settings import Sample, SamplingSettings
 
 log = logging.getLogger(__name__)
 

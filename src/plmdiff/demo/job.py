@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import read_json, resolve_device, seed_everything, write_json
 from plmdiff.demo.base_model import (
@@ -24,9 +25,16 @@ from plmdiff.demo.summary import plot_summary, samples_long_table, summarise
 from plmdiff.models.checkpoints import load_model, load_tokenizer, special_token_ids
 from plmdiff.models.text import PromptFormat, SpecialIds
 from plmdiff.models.zymctrl import load_zymctrl_tokenizer, save_checkpoint
-from plmdiff.sampling.generate import SamplingSettings, sample_sequences
+from plmdiff.sampling.loop import sample_sequences
+from plmdiff.sampling.settings import SamplingSettings
 
 log = logging.getLogger(__name__)
+
+
+def _sampling_settings(sampling: Mapping[str, Any]) -> SamplingSettings:
+    """The demo rules pass only the sampling keys that change samples (SAMPLING_KEYS of
+    plmdiff.demo.settings); the others (batch_size) take the schema's defaults."""
+    return SamplingSettings.from_config({**section_defaults("sampling"), **sampling})
 
 
 def _special(tokenizer: Any, fmt: PromptFormat) -> SpecialIds:
@@ -64,7 +72,7 @@ def run_train_base(
         fmt,
         special,
         range(cfg.report_samples),
-        SamplingSettings.from_config(sampling),
+        _sampling_settings(sampling),
         demo_seed(seed, "base-report", 0),
         torch_device,
     )
@@ -103,7 +111,7 @@ def run_dpo_round(
         _special(tokenizer, fmt),
         iteration,
         settings,
-        SamplingSettings.from_config(sampling),
+        _sampling_settings(sampling),
         reward_spec(base_report, settings),
         torch_device,
     )
@@ -128,7 +136,7 @@ def run_summary(
     fmt = PromptFormat.from_config(prompt)
     torch_device = resolve_device(device)
     spec = reward_spec(base_report, settings)
-    sampling_settings = SamplingSettings.from_config(sampling)
+    sampling_settings = _sampling_settings(sampling)
     rounds = []
     for i, directory in enumerate(checkpoint_dirs):
         tokenizer = load_tokenizer(directory)

@@ -412,7 +412,7 @@ def compute_feature_stats(
     """
     import torch
 
-    from plmdiff.activations.store import iter_token_batches
+    from plmdiff.activations.readers import iter_token_batches
 
     sae = sae.to(device).eval()
     d_sae = int(sae.cfg.d_sae)
@@ -580,7 +580,7 @@ def held_out_sequences(
     """Sequences of the SAE's held-out fold (None = all: k == 1 or held_out disabled)."""
     if not held_out or k <= 1:
         return None
-    from plmdiff.activations.store import token_seq_ids
+    from plmdiff.activations.readers import token_seq_ids
     from plmdiff.sae.folds import fold_split
 
     return list(fold_split(token_seq_ids(list(layer_dirs)), k, seed, fold)[1])

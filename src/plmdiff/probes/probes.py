@@ -219,7 +219,7 @@ def load_round_embeddings(
     clusters: str | Path | None = None,
 ) -> RoundEmbeddings:
     """Read one pooling of `layers` (default: every stored layer) from the pooled files."""
-    from plmdiff.activations.store import load_pooled, pooled_layers
+    from plmdiff.activations.readers import load_pooled, pooled_layers
     from plmdiff.probes.clustering import groups_for, read_clusters
 
     layers = pooled_layers(pooled_paths[0]) if layers is None else list(layers)

@@ -139,7 +139,7 @@ def _train_or_import(
         standardize = normalisation == LAYER_NORM
         sae = training_sae_from(base, s, seed=job.seed("sae-init"))
         tokens, lr, source = s.finetune_tokens, s.finetune_lr, "fine-tuned"
-    from plmdiff.activations.store import count_tokens, iter_tokens
+    from plmdiff.activations.loader import count_tokens, iter_tokens
 
     available = count_tokens(job.layer_dirs, train_ids)
     # A buffer larger than the data would re-read it epoch after epoch just to fill up.
@@ -242,7 +242,8 @@ def _spliced_loss(job: SAEJob, sae: Any, eval_ids: list[str], device: Any) -> di
 
 def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
     """Train (or fine-tune, or import) one SAE, evaluate it, write every output. Returns the metrics."""
-    from plmdiff.activations.store import iter_tokens, token_d_model, token_seq_ids
+    from plmdiff.activations.loader import iter_tokens
+    from plmdiff.activations.readers import token_d_model, token_seq_ids
     from plmdiff.sae.metrics import plot_training_curves, reconstruction_metrics
 
     s = job.settings

@@ -2,7 +2,7 @@
 
 sae-lens does the SAE work (its training SAEs, its `SAETrainer`, its on-disk format); this module
 feeds it token activations from any iterator of [batch, d_in] tensors (the Parquet shards of
-`plmdiff.activations.store.iter_tokens` in the workflow, an in-memory tensor in tests) and records
+`plmdiff.activations.loader.iter_tokens` in the workflow, an in-memory tensor in tests) and records
 training curves.
 
 Input normalisation 'unit_norm' is the study's per-token standardisation (Zym_SAEs'

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from plmdiff.core.errors import ConfigError, DataError
+from plmdiff.config.sections import from_section
+from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import SequenceEntry
 from plmdiff.models.text import is_canonical
 
@@ -29,41 +30,32 @@ OUTCOMES = ("truncated", "invalid", "too_short", "too_long", "duplicate", "kept"
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
+def _quantile_pair(relative_to_base: Mapping[str, float] | None) -> tuple[float, float] | None:
+    """filter.relative_to_base as (lower_quantile, upper_quantile); None when disabled."""
+    if relative_to_base is None:
+        return None
+    return (
+        float(relative_to_base["lower_quantile"]),
+        float(relative_to_base["upper_quantile"]),
+    )
+
+
 @dataclass(frozen=True)
 class FilterSettings:
-    """The `filter` config section."""
+    """The `filter` config section (defaults and ranges: config/schema.yaml; the cross-key
+    checks min <= max and lower < upper quantile: plmdiff.config.schema.check_semantics)."""
 
-    min_length: int | None = None
-    max_length: int | None = None
-    relative_to_base: tuple[float, float] | None = None
-    dedupe: bool = True
-    min_sequences: int = 100
+    min_length: int | None
+    max_length: int | None
+    relative_to_base: tuple[float, float] | None  # (lower, upper) quantile of base lengths
+    dedupe: bool
+    min_sequences: int
 
     @classmethod
     def from_config(cls, filter_section: Mapping[str, Any]) -> FilterSettings:
-        rel = filter_section.get("relative_to_base")
-        relative = None
-        if rel is not None:
-            relative = (
-                float(rel.get("lower_quantile", 0.05)),
-                float(rel.get("upper_quantile", 0.95)),
-            )
-            if relative[0] > relative[1]:
-                raise ConfigError(
-                    f"filter.relative_to_base: lower_quantile {relative[0]} is above "
-                    f"upper_quantile {relative[1]}; use lower <= upper"
-                )
-        lo, hi = filter_section.get("min_length"), filter_section.get("max_length")
-        if lo is not None and hi is not None and lo > hi:
-            raise ConfigError(
-                f"filter: min_length {lo} is above max_length {hi}; use min_length <= max_length"
-            )
-        return cls(
-            min_length=lo,
-            max_length=hi,
-            relative_to_base=relative,
-            dedupe=bool(filter_section.get("dedupe", True)),
-            min_sequences=int(filter_section.get("min_sequences", 100)),
+        """From the validated `filter` section."""
+        return from_section(
+            cls, filter_section, "filter", convert={"relative_to_base": _quantile_pair}
         )
 
 
@@ -220,7 +212,7 @@ def filter_stats(model: str, result: FilterResult, window: LengthWindow) -> dict
 
 
 def fasta_entries(model: str, kept: Iterable[RawSample]) -> list[SequenceEntry]:
-    """FASTA entries with the design.md header fields model=, ppl=, len=."""
+    """FASTA entries with the header fields model=, ppl=, len= (README.md, Sampling)."""
     return [
         SequenceEntry(
             s.seq_id,

@@ -1,4 +1,4 @@
-"""The sampling summary over models: one table row per model and one figure (rule `sampling_summary`).
+"""The sampling summary over models: one table row per model and one figure (plmdiff.sampling.job).
 
 Length distributions are those of each model's VALID samples (ended, canonical), before the
 length window, with the window drawn on top: the window cuts them, so the kept lengths alone would
@@ -9,13 +9,14 @@ stage uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from plmdiff.core.runtime import atomic_path, read_json, save_figure
+from plmdiff.core.fasta import SequenceEntry
+from plmdiff.core.runtime import save_figure
 from plmdiff.sampling.filtering import OUTCOMES, is_valid, read_samples
 
 SUMMARY_QUANTILES = ("q05", "median", "q95", "mean")
@@ -48,6 +49,19 @@ def sample_frame(model: str, shard_paths: Sequence[str]) -> pd.DataFrame:
             "ppl": [s.ppl for s in valid],
         }
     )
+
+
+def kept_ppl_frame(kept: Mapping[str, Iterable[SequenceEntry]]) -> pd.DataFrame:
+    """Perplexities of each model's kept sequences (its FASTA entries' `ppl=` field), nan dropped."""
+    frame = pd.DataFrame(
+        [
+            {"model": model, "ppl": float(entry.fields.get("ppl", "nan"))}
+            for model, entries in kept.items()
+            for entry in entries
+        ],
+        columns=["model", "ppl"],
+    )
+    return frame[frame["ppl"].map(lambda v: not math.isnan(v))]
 
 
 def summary_figure(
@@ -130,32 +144,3 @@ def summary_figure(
     for axis in (axes[0, 1], axes[1, 0], axes[1, 1]):
         axis.tick_params(axis="x", rotation=30)
     save_figure(fig, *paths)
-
-
-def write_sampling_summary(
-    models: Sequence[str],
-    stats_paths: Sequence[str],
-    fasta_paths: Sequence[str],
-    shard_paths: Mapping[str, Sequence[str]],
-    tsv_path: str,
-    figure_paths: Sequence[str],
-) -> pd.DataFrame:
-    """The `sampling_summary` rule: table (TSV) and figure (PNG, SVG) over all models."""
-    from plmdiff.core.fasta import read_fasta
-
-    stats = [read_json(p) for p in stats_paths]
-    table = summary_table(stats)
-    valid = pd.concat([sample_frame(m, shard_paths[m]) for m in models], ignore_index=True)
-    kept_ppl = pd.DataFrame(
-        [
-            {"model": m, "ppl": float(e.fields.get("ppl", "nan"))}
-            for m, path in zip(models, fasta_paths, strict=True)
-            for e in read_fasta(path)
-        ],
-        columns=["model", "ppl"],
-    )
-    kept_ppl = kept_ppl[kept_ppl["ppl"].map(lambda v: not math.isnan(v))]
-    with atomic_path(tsv_path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    summary_figure(table, valid, kept_ppl, figure_paths)
-    return table

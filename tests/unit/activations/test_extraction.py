@@ -21,13 +21,14 @@ from plmdiff.activations.extraction import (
     prepare_sequences,
     shard_sequences,
 )
-from plmdiff.activations.store import (
+from plmdiff.activations.readers import (
     iter_token_batches,
     load_pooled,
     pooled_layers,
     read_metadata,
 )
-from plmdiff.core.errors import DataError
+from plmdiff.config.sections import section_defaults
+from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.core.fasta import SequenceEntry, write_fasta
 from plmdiff.models.checkpoints import (
     CheckpointRecord,
@@ -77,11 +78,30 @@ def sequences() -> list[SequenceEntry]:
     ]
 
 
+def extraction_settings(**section) -> ExtractionSettings:
+    """Settings from the schema's `activations` defaults with `section`'s keys changed."""
+    return ExtractionSettings.from_config({**section_defaults("activations"), **section})
+
+
+def test_settings_from_config():
+    s = extraction_settings(layers=[3, 0], token_layers=[2, 1], pooling=["mean", "last"])
+    assert (s.layers, s.token_layers, s.poolings) == ((0, 3), (1, 2), ("last", "mean"))
+    assert extraction_settings(pooling=["mean"]).poolings == ("mean",)
+    defaults = extraction_settings()
+    assert defaults.layers is None and defaults.pooled_layers(2) == [0, 1, 2]
+    assert (defaults.token_layers, defaults.dtype, defaults.shards) == ((), "float16", 1)
+    with pytest.raises(ConfigError, match=r"activations\.pooling is missing"):
+        ExtractionSettings.from_config(
+            {k: v for k, v in section_defaults("activations").items() if k != "pooling"}
+        )
+    with pytest.raises(DataError, match=r"activations\.token_layers: layer 5 does not exist"):
+        extraction_settings(token_layers=[5]).checked_token_layers(4)
+
+
 def run_extract(tmp, checkpoint, record, entries, *, fmt=ZYMCTRL_FORMAT, part=0, **settings):
     fasta = tmp / "in.fasta"
     write_fasta(fasta, entries)
-    options = {"token_layers": (1, N_LAYER), "batch_tokens": 300, **settings}
-    s = ExtractionSettings(**options)
+    s = extraction_settings(**{"token_layers": (1, N_LAYER), "batch_tokens": 300, **settings})
     token_paths = {
         layer: tmp / f"layer_{layer:02d}" / f"part-{part:05d}.parquet" for layer in s.token_layers
     }
@@ -350,10 +370,10 @@ def test_oom_halves_the_batch_and_keeps_every_sequence(checkpoint, record, seque
 
 
 def test_writer_failure_leaves_no_outputs(tmp_path, checkpoint, record, sequences, monkeypatch):
-    from plmdiff.activations import store as activation_store
+    from plmdiff.activations import writers
 
     calls = {"n": 0}
-    original = activation_store.TokenWriter.write
+    original = writers.TokenWriter.write
 
     def failing(self, *args, **kwargs):
         calls["n"] += 1
@@ -361,7 +381,7 @@ def test_writer_failure_leaves_no_outputs(tmp_path, checkpoint, record, sequence
             raise OSError("disk full")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(activation_store.TokenWriter, "write", failing)
+    monkeypatch.setattr(writers.TokenWriter, "write", failing)
     with pytest.raises(OSError, match="disk full"):
         run_extract(tmp_path, checkpoint, record, sequences, batch_tokens=200)
     assert not [p for p in tmp_path.rglob("*.parquet")]
@@ -375,6 +395,7 @@ KILLED_EXTRACTION = textwrap.dedent(
     from plmdiff.activations import extraction
     from plmdiff.models.checkpoints import CheckpointRecord
     from plmdiff.activations.extraction import ExtractionSettings, extract_part
+    from plmdiff.config.sections import section_defaults
     from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT
 
     original = extraction._write_token_rows
@@ -386,7 +407,8 @@ KILLED_EXTRACTION = textwrap.dedent(
     extract_part(
         fasta_path=sys.argv[1], record=CheckpointRecord.read(sys.argv[2]), checkpoint_dir=sys.argv[4],
         embedder="r0", model="r1", part=0, fmt=ZYMCTRL_FORMAT,
-        settings=ExtractionSettings(token_layers=(1,), batch_tokens=300, rows_per_file=10),
+        settings=ExtractionSettings.from_config({**section_defaults("activations"),
+            "token_layers": [1], "batch_tokens": 300, "rows_per_file": 10}),
         pooled_path=out / "pooled" / "part-00000.parquet",
         token_paths={1: out / "layer_01" / "part-00000.parquet"},
     )

@@ -38,7 +38,7 @@ from plmdiff.demo.settings import (
     resolve_family_fasta,
 )
 from plmdiff.demo.summary import mean_se, paired_p_value, plot_summary, summarise
-from plmdiff.sampling.generate import Sample
+from plmdiff.sampling.settings import Sample
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, family_sequences
 
 # Two in-register hexapeptide repeats: L-G-x-x-S-x then I-A-x-x-T-x.

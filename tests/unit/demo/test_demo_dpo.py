@@ -20,7 +20,8 @@ from plmdiff.demo.reward import RewardSpec
 from plmdiff.demo.settings import BaseModelConfig, DPOSettings
 from plmdiff.models.checkpoints import load_model, load_tokenizer
 from plmdiff.models.zymctrl import load_zymctrl_tokenizer, save_checkpoint
-from plmdiff.sampling.generate import SamplingSettings, sample_sequences
+from plmdiff.sampling.loop import sample_sequences
+from plmdiff.sampling.settings import SamplingSettings
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,9 @@ BASE = BaseModelConfig.from_section(
         "max_train_length": 200,
     }
 )
-SAMPLING = SamplingSettings(max_length=256, batch_size=64)
+SAMPLING = SamplingSettings.from_config(
+    {**section_defaults("sampling"), "max_length": 256, "batch_size": 64}
+)
 SPEC = RewardSpec(length_target=175, family_density=0.05)
 SETTINGS = DPOSettings.from_section(
     {

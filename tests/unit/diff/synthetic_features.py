@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plmdiff.activations.store import TokenWriter
+from plmdiff.activations.writers import TokenWriter
 from plmdiff.sae.training import save_sae
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"

@@ -37,6 +37,7 @@ def study(tiny_checkpoints, tmp_path_factory) -> dict:
     """FASTA, checkpoint records and token shards (2 parts, layer 1) as the upstream rules
     write them, for models r0 (base) and r1."""
     from plmdiff.activations.extraction import ExtractionSettings, extract_part
+    from plmdiff.config.sections import section_defaults
     from plmdiff.core.fasta import SequenceEntry, write_fasta
     from plmdiff.core.runtime import write_json
     from plmdiff.models.checkpoints import inspect_checkpoint
@@ -44,7 +45,13 @@ def study(tiny_checkpoints, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("sae_job")
     seqs = [s[:50] for s in family_sequences(limit=80)]
     settings = ExtractionSettings.from_config(
-        {"layers": [LAYER], "token_layers": [LAYER], "shards": 2, "rows_per_file": 500}
+        {
+            **section_defaults("activations"),
+            "layers": [LAYER],
+            "token_layers": [LAYER],
+            "shards": 2,
+            "rows_per_file": 500,
+        }
     )
     out = {"root": root, "fasta": {}, "records": {}, "tokens": {}}
     record = inspect_checkpoint(tiny_checkpoints["r0"], "r0", ZYMCTRL_FORMAT)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.core.fasta import read_fasta, write_fasta
 from plmdiff.sampling.filtering import (
@@ -20,7 +22,15 @@ from plmdiff.sampling.filtering import (
     length_window,
     read_samples,
 )
-from plmdiff.sampling.generate import Sample, samples_table, write_samples
+from plmdiff.sampling.io import samples_table, write_samples
+from plmdiff.sampling.settings import Sample
+
+DEFAULTS = FilterSettings.from_config(section_defaults("filter"))
+
+
+def filter_settings(**changes):
+    """The schema's filter settings with `changes` (relative_to_base as a quantile pair)."""
+    return replace(DEFAULTS, **changes)
 
 
 def raw(index, sequence, ended=True, ppl=2.0, model="m"):
@@ -37,22 +47,18 @@ def write_shard(path, model, shard, rows):
 
 
 def test_settings_from_config():
-    s = FilterSettings.from_config(
-        {
-            "min_length": 5,
-            "max_length": None,
-            "relative_to_base": {"lower_quantile": 0.1, "upper_quantile": 0.9},
-            "dedupe": False,
-            "min_sequences": 3,
-        }
-    )
-    assert s == FilterSettings(5, None, (0.1, 0.9), False, 3)
-    with pytest.raises(ConfigError, match="min_length 9 is above max_length 4"):
-        FilterSettings.from_config({"min_length": 9, "max_length": 4})
-    with pytest.raises(ConfigError, match=r"lower_quantile 0\.9 is above upper_quantile 0\.1"):
-        FilterSettings.from_config(
-            {"relative_to_base": {"lower_quantile": 0.9, "upper_quantile": 0.1}}
-        )
+    section = {
+        **section_defaults("filter"),
+        "min_length": 5,
+        "relative_to_base": {"lower_quantile": 0.1, "upper_quantile": 0.9},
+        "dedupe": False,
+        "min_sequences": 3,
+    }
+    assert FilterSettings.from_config(section) == FilterSettings(5, None, (0.1, 0.9), False, 3)
+    disabled = FilterSettings.from_config(section_defaults("filter"))
+    assert disabled.relative_to_base is None and disabled.min_sequences == 100
+    with pytest.raises(ConfigError, match=r"filter\.dedupe is missing"):
+        FilterSettings.from_config({k: v for k, v in section.items() if k != "dedupe"})
 
 
 def test_counts_add_up_and_every_outcome_is_seen():
@@ -81,30 +87,30 @@ def test_counts_add_up_and_every_outcome_is_seen():
 
 
 def test_absolute_window_edges_are_inclusive():
-    window = length_window(FilterSettings(min_length=5, max_length=8))
+    window = length_window(filter_settings(min_length=5, max_length=8))
     assert (window.low, window.high) == (5, 8)
     lengths = {n: window.classify(n) for n in (4, 5, 8, 9)}
     assert lengths == {4: "too_short", 5: None, 8: None, 9: "too_long"}
-    unbounded = length_window(FilterSettings())
+    unbounded = length_window(filter_settings())
     assert (unbounded.low, unbounded.high) == (1, None)
     assert unbounded.classify(0) == "too_short" and unbounded.classify(10_000) is None
 
 
 def test_relative_window_edges():
     base = list(range(10, 21))  # 10..20: quantiles fall on integers at 0.1 steps
-    w = length_window(FilterSettings(relative_to_base=(0.1, 0.9)), base, "b")
+    w = length_window(filter_settings(relative_to_base=(0.1, 0.9)), base, "b")
     assert (w.base_lower, w.base_upper) == (11.0, 19.0)
     assert (w.low, w.high) == (11, 19)
     assert [w.classify(n) for n in (10, 11, 19, 20)] == ["too_short", None, None, "too_long"]
     # fractional quantiles: 10.5 -> lengths >= 11, 19.5 -> lengths <= 19
-    w = length_window(FilterSettings(relative_to_base=(0.05, 0.95)), base, "b")
+    w = length_window(filter_settings(relative_to_base=(0.05, 0.95)), base, "b")
     assert (w.base_lower, w.base_upper) == (10.5, 19.5) and (w.low, w.high) == (11, 19)
     # quantiles 0 and 1 keep exactly the base range
-    w = length_window(FilterSettings(relative_to_base=(0.0, 1.0)), base, "b")
+    w = length_window(filter_settings(relative_to_base=(0.0, 1.0)), base, "b")
     assert (w.low, w.high) == (10, 20)
     # absolute bounds intersect the relative window
     w = length_window(
-        FilterSettings(min_length=15, max_length=30, relative_to_base=(0.1, 0.9)), base, "b"
+        filter_settings(min_length=15, max_length=30, relative_to_base=(0.1, 0.9)), base, "b"
     )
     assert (w.low, w.high) == (15, 19)
     assert w.to_json()["base_model"] == "b"
@@ -112,7 +118,7 @@ def test_relative_window_edges():
 
 def test_relative_window_without_valid_base_samples_fails():
     with pytest.raises(DataError, match="base model 'r0' has none"):
-        length_window(FilterSettings(relative_to_base=(0.05, 0.95)), [], "r0")
+        length_window(filter_settings(relative_to_base=(0.05, 0.95)), [], "r0")
 
 
 def test_dedupe_keeps_the_first_by_index():
@@ -147,7 +153,7 @@ def test_min_sequences_failure_names_model_and_counts():
 
 def test_never_ending_and_empty_results_explain_themselves(tmp_path):
     never = write_shard(tmp_path / "n.parquet", "m", 0, [(i, "MKV" * 9, False) for i in range(4)])
-    result, stats = filter_model("m", [never], FilterSettings(min_sequences=1))
+    result, stats = filter_model("m", [never], filter_settings(min_sequences=1))
     assert stats["counts"] == {
         "sampled": 4,
         "truncated": 4,
@@ -161,7 +167,7 @@ def test_never_ending_and_empty_results_explain_themselves(tmp_path):
     with pytest.raises(DataError, match="no sample emitted the end token"):
         check_enough("m", result, 1)
     empty = write_shard(tmp_path / "e.parquet", "m", 1, [])
-    result, stats = filter_model("m", [empty], FilterSettings(min_sequences=1))
+    result, stats = filter_model("m", [empty], filter_settings(min_sequences=1))
     assert stats["counts"]["sampled"] == 0
     with pytest.raises(DataError, match="nothing was sampled"):
         check_enough("m", result, 1)
@@ -186,7 +192,7 @@ def test_filter_model_reads_shards_and_uses_base_quantiles(tmp_path):
         (4, "A" * 11, True),
     ]
     model = [write_shard(tmp_path / "m0.parquet", "m", 0, rows)]
-    settings = FilterSettings(relative_to_base=(0.1, 0.9), min_sequences=1)
+    settings = filter_settings(relative_to_base=(0.1, 0.9), min_sequences=1)
     result, stats = filter_model("m", model, settings, base_model="b", base_shard_paths=base)
     assert stats["window"]["low"] == 11 and stats["window"]["high"] == 19
     assert stats["counts"] == {

@@ -1,0 +1,88 @@
+"""plmdiff.activations.job: the `extract` and `gather_pooled` entry functions, from config sections."""
+
+from __future__ import annotations
+
+import pytest
+
+from plmdiff.activations.job import extract, gather_pooled
+from plmdiff.activations.readers import load_pooled, read_metadata, token_files
+from plmdiff.config.sections import section_defaults
+from plmdiff.core.errors import DataError
+from plmdiff.core.fasta import SequenceEntry, write_fasta
+from plmdiff.core.runtime import write_json
+from plmdiff.models.checkpoints import inspect_checkpoint
+from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, family_sequences
+
+PROMPT = {"format": "zymctrl", "label": "4.2.1.1"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("activations_job")
+    fasta = root / "r1.fasta"
+    seqs = [s[: 20 + 3 * i] for i, s in enumerate(family_sequences(limit=9))]
+    write_fasta(fasta, [SequenceEntry(f"r1_000_{i:05d}", s) for i, s in enumerate(seqs)])
+    record = root / "r0.json"
+    write_json(record, inspect_checkpoint(tiny_checkpoints["r0"], "r0", ZYMCTRL_FORMAT).to_json())
+    return root, fasta, record, tiny_checkpoints["r0"], len(seqs)
+
+
+def run(inputs, out, part, token_layers=(1,), **section):
+    _, fasta, record, checkpoint, _ = inputs
+    return extract(
+        fasta_path=fasta,
+        record_path=record,
+        checkpoint_dir=checkpoint,
+        embedder="base",
+        model="r1",
+        part=part,
+        prompt_section=PROMPT,
+        activations_section={
+            **section_defaults("activations"),
+            "token_layers": [1],
+            "shards": 2,
+            **section,
+        },
+        pooled_path=out / f"pooled.part-{part}.parquet",
+        token_layers=list(token_layers),
+        token_paths=[
+            out / f"layer_{layer:02d}" / f"part-{part:05d}.parquet" for layer in token_layers
+        ],
+        device="cpu",
+        allow_pickle=False,
+        threads=1,
+    )
+
+
+def test_two_parts_gathered_hold_every_sequence_once(inputs, tmp_path):
+    n_sequences = inputs[4]
+    summaries = [run(inputs, tmp_path, part) for part in (0, 1)]
+    assert sum(s.n_sequences for s in summaries) == n_sequences
+    assert len(token_files([tmp_path / "layer_01"])) == 2
+    parts = [tmp_path / f"pooled.part-{part}.parquet" for part in (0, 1)]
+    assert gather_pooled(parts, tmp_path / "pooled.parquet") == n_sequences
+    matrix = load_pooled([tmp_path / "pooled.parquet"], 1, "mean")
+    assert sorted(matrix.seq_id) == [f"r1_000_{i:05d}" for i in range(n_sequences)]
+    meta = read_metadata(tmp_path / "pooled.parquet")
+    assert (meta["embedder"], meta["n_parts"], meta["n_sequences"]) == ("base", 2, n_sequences)
+
+
+def test_token_outputs_must_match_the_token_layers(inputs, tmp_path):
+    with pytest.raises(DataError, match=r"1 token outputs for token layers \[1, 2\]"):
+        extract(
+            fasta_path=inputs[1],
+            record_path=inputs[2],
+            checkpoint_dir=inputs[3],
+            embedder="base",
+            model="r1",
+            part=0,
+            prompt_section=PROMPT,
+            activations_section=section_defaults("activations"),
+            pooled_path=tmp_path / "p.parquet",
+            token_layers=[1, 2],
+            token_paths=[tmp_path / "layer_01" / "part-00000.parquet"],
+            device="cpu",
+            allow_pickle=False,
+            threads=None,
+        )
+    assert not list(tmp_path.iterdir())
