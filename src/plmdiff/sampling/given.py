@@ -2,27 +2,34 @@
 files) replaces its sampling (`models[].fasta`, ARCHITECTURE.md "Sequences").
 
 The given sequences are normalised by one documented rule and written as the model's sample shard,
-so the length filter, deduplication and statistics of `filter_samples` apply to them unchanged:
+(shard 0, `plmdiff.sampling.io`), so the length filter, deduplication and statistics of
+`filter_samples` apply to them unchanged:
 - files are read leniently: text before the first header is skipped; a header's first word is
-  the source ID (kept as `source_id`), the rest is ignored; IDs are made unique as `{model}_{file:03d}_{record:05d}` in file and record order;
+  the source ID (kept as `source_id`), the rest is ignored; IDs are made unique as `{model}_000_{index:05d}`, numbered in file and record order;
 - residues are upper-cased, white space is dropped, gap characters (`-`, `.`) of aligned FASTA are
   removed and one trailing stop (`*`) is dropped;
 - any other character outside the 20 canonical amino acids (X, B, Z, U, O, J, digits, an inner `*`)
   is kept, so the filter counts the sequence as `invalid`, exactly as for sampled sequences;
-- every given sequence counts as ended (it was complete where it was made) and has no perplexity.
+- every given sequence counts as ended (it was complete where it was made); it has no perplexity
+  and no generated tokens (`ppl` NaN, `n_tokens` 0). `source_id` and `source_file` columns keep
+  where each sequence came from.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 from Bio import SeqIO
 
 from plmdiff.core.errors import DataError
-from plmdiff.core.fasta import sequence_id
+from plmdiff.sampling.io import samples_table
+from plmdiff.sampling.settings import Sample
 
 GAP_CHARACTERS = "-."
 STOP = "*"
@@ -31,7 +38,6 @@ _WHITESPACE = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class GivenSequence:
-    seq_id: str
     index: int
     source_id: str
     source_file: str
@@ -49,7 +55,7 @@ def normalise_residues(text: str) -> str:
 def read_given_sequences(model: str, files: Sequence[str | Path]) -> list[GivenSequence]:
     """Every record of `files`, normalised, with unique IDs (see the module docstring)."""
     out: list[GivenSequence] = []
-    for file_index, path in enumerate(files):
+    for path in files:
         try:
             # fasta-pearson: text before the first header (a comment, a blank line) is allowed.
             records = list(SeqIO.parse(str(path), "fasta-pearson"))
@@ -62,10 +68,9 @@ def read_given_sequences(model: str, files: Sequence[str | Path]) -> list[GivenS
             raise DataError(
                 f"FASTA file {path} of model '{model}' holds no record (expected '>' headers)"
             )
-        for record_index, record in enumerate(records):
+        for record in records:
             out.append(
                 GivenSequence(
-                    seq_id=sequence_id(model, file_index, record_index),
                     index=len(out),
                     source_id=record.id,
                     source_file=str(path),
@@ -73,3 +78,13 @@ def read_given_sequences(model: str, files: Sequence[str | Path]) -> list[GivenS
                 )
             )
     return out
+
+
+def given_samples_table(
+    model: str, given: Sequence[GivenSequence], metadata: Mapping[str, Any]
+) -> pa.Table:
+    """The given sequences as the model's sample shard 0, with their sources."""
+    samples = [Sample(g.index, g.sequence, True, 0, math.nan) for g in given]
+    table = samples_table(samples, model, 0, metadata)
+    table = table.append_column("source_id", pa.array([g.source_id for g in given], pa.string()))
+    return table.append_column("source_file", pa.array([g.source_file for g in given], pa.string()))

@@ -1,4 +1,5 @@
-"""The sampling stage's rule entry functions: `sample`, `filter_samples`, `sampling_summary`.
+"""The sampling stage's rule entry functions: `sample`, `import_fasta`, `filter_samples`,
+`sampling_summary`.
 
 Each takes what its rule script unpacks from `snakemake` (paths, wildcards, validated config
 sections), runs the stage's logic (plmdiff.sampling.loop, .filtering, .summary) and writes the
@@ -27,6 +28,7 @@ from plmdiff.sampling.filtering import (
     fasta_entries,
     filter_model,
 )
+from plmdiff.sampling.given import given_samples_table, read_given_sequences
 from plmdiff.sampling.io import samples_table, shard_indices, write_samples
 from plmdiff.sampling.loop import sample_sequences
 from plmdiff.sampling.rng import model_seed
@@ -119,6 +121,14 @@ def sample(
         threads=threads,
     )
     write_samples(out_path, table)
+
+
+def import_fasta(model: str, fasta_files: Sequence[str], out_path: str) -> None:
+    """Rule `import_fasta`: a model's own FASTA (models[].fasta) as its sample shard 0."""
+    given = read_given_sequences(model, fasta_files)
+    log.info("model %s: %d given sequences from %d file(s)", model, len(given), len(fasta_files))
+    metadata = {"source": "models[].fasta", "files": list(map(str, fasta_files))}
+    write_samples(out_path, given_samples_table(model, given, metadata))
 
 
 def filter_samples(
