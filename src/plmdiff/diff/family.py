@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from plmdiff.diff.alignment import Matching, hungarian_match
 from plmdiff.diff.analyses import Analysis
+from plmdiff.diff.feature_stats import FeatureStats, StoredFeatureStats
 from plmdiff.diff.settings import DiffConfig
 from plmdiff.diff.stability import (
     STABILITY_COLUMNS,
@@ -34,7 +34,7 @@ def diff_family(
     analyses: Sequence[Analysis],
     models: Sequence[str],
     folds: Sequence[int],
-    stats: Mapping[tuple[str, int], Any],
+    stats: Mapping[tuple[str, int], FeatureStats | StoredFeatureStats],
     decoders: Mapping[tuple[str, int], np.ndarray],
     cfg: DiffConfig,
     *,
@@ -42,9 +42,9 @@ def diff_family(
 ) -> FamilyResult:
     """Diff every analysis of a family on every fold; fold 0 is the reference replica.
 
-    `stats[(scheme, fold)]` is a `plmdiff.diff.feature_stats.FeatureStats` (or its stored form); `decoders[(scheme, fold)]`
-    its SAE's decoder [d_sae, d_in]. `union_decoders[fold]`, when given, are the per-round
-    fine-tuned decoders the pooled SAE is compared with.
+    `stats[(scheme, fold)]` are the feature stats of that SAE (loaded or stored);
+    `decoders[(scheme, fold)]` its decoder [d_sae, d_in]. `union_decoders[fold]`, when given,
+    are the per-round fine-tuned decoders the pooled SAE is compared with.
     """
     folds = list(folds)
     ref_fold = folds[0]
