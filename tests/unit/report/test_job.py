@@ -1,0 +1,37 @@
+"""The report rule's entry: the items report_items() (rules/report.smk) hands over, as JSON."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from plmdiff.core.errors import DataError
+from plmdiff.report.job import run_report
+
+CONFIG = {"models": [{"name": "r0", "checkpoint": "ckpt/r0"}], "prompt": {"label": "4.2.1.1"}}
+
+
+def test_run_report_renders_the_rule_items(tmp_path):
+    table = tmp_path / "summary.tsv"
+    pd.DataFrame({"model": ["r0"], "kept": [10]}).to_csv(table, sep="\t", index=False)
+    caption = tmp_path / "caption.rst"
+    caption.write_text("Kept **{{ snakemake.wildcards.model }}** sequences.")
+    items = [
+        {
+            "stage": "sampling",
+            "path": str(table),
+            "caption": str(caption),
+            "wildcards": {"model": "r0"},
+        }
+    ]
+    out = tmp_path / "report/index.html"
+    page = run_report(items, CONFIG, out)
+    assert out.read_text() == page
+    assert "Kept <b>r0</b> sequences." in page and "<td style" in page
+
+
+def test_run_report_names_a_bad_item(tmp_path):
+    with pytest.raises(DataError, match="unknown stage"):
+        run_report(
+            [{"stage": "nope", "path": str(tmp_path / "x.tsv")}], CONFIG, tmp_path / "i.html"
+        )
