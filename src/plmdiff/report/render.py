@@ -4,7 +4,9 @@ The `report` rule hands over the outputs of every stage's final rules as `Report
 stage, the caption template its rule gives `report()`, the wildcards that made it). Figures are
 embedded as base64 PNG, tables rendered from their TSV, and captions rendered from the same
 `report/*.rst` templates that `snakemake --report` uses, so both reports say the same thing.
-Only the standard library, numpy and pandas are needed (the `report` conda environment).
+The page skeleton and its style sheet are package data (templates/page.html, report.css); this
+module renders what goes into them. Only the standard library, numpy and pandas are needed (the
+`report` conda environment).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ its outputs, and the helpers that unpack what the rules hand over."""
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
@@ -10,6 +12,9 @@ import pandas as pd
 import pytest
 
 from plmdiff.config import paths
+from plmdiff.config.sections import section_defaults
+from plmdiff.core import runtime
+from plmdiff.diff.feature_stats import FeatureStats
 from plmdiff.diff.job import (
     RULE_OUTPUTS,
     DiffOutputs,
@@ -19,6 +24,8 @@ from plmdiff.diff.job import (
     union_by_fold,
 )
 from tests.unit.diff.synthetic_features import PLANT, diff_config
+
+SCRIPTS = Path(__file__).resolve().parents[3] / "workflow_scripts"
 
 
 def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
@@ -103,3 +110,55 @@ def test_feature_stats_outputs_must_be_siblings(planted, tmp_path):
             device="cpu",
             metadata={},
         )
+
+
+def _run_script(name, monkeypatch, **snakemake):
+    """Run workflow_scripts/<name> as Snakemake would, with a stand-in `snakemake` object."""
+    monkeypatch.setattr(runtime, "setup_logging", lambda log: None)  # keep pytest's logging
+    stub = SimpleNamespace(log=["rule.log"], **snakemake)
+    runpy.run_path(str(SCRIPTS / name), init_globals={"snakemake": stub})
+
+
+def test_rule_scripts_hand_over_to_the_job(planted, tmp_path, monkeypatch):
+    keys = [("base", 0), ("base", 1)]
+    output = SimpleNamespace(**{n: str(tmp_path / "diff" / n) for n in RULE_OUTPUTS.values()})
+    _run_script(
+        "diff.py",
+        monkeypatch,
+        wildcards=SimpleNamespace(family="base"),
+        params=SimpleNamespace(
+            models=list(PLANT.models),
+            schemes=["base"],
+            folds=[0, 1],
+            stats_keys=keys,
+            union_keys=[],
+            diff={**section_defaults("diff"), "top_n": 4},
+        ),
+        input=SimpleNamespace(
+            stats=[planted["stats_paths"][k] for k in keys],
+            saes=[planted["sae_paths"][k] for k in keys],
+            union=[],
+        ),
+        output=output,
+    )
+    tsv = pd.read_csv(output.features, sep="\t")
+    assert len(tsv) == 4 and tsv.loc[0, "feature"] == PLANT.planted
+
+    stats = paths.feature_stats_siblings(tmp_path / "features/fold_0.parquet")
+    _run_script(
+        "feature_stats.py",
+        monkeypatch,
+        wildcards=SimpleNamespace(embedder="r0", layer="01", scheme="base", fold="0"),
+        params=SimpleNamespace(
+            token_dirs={m: str(d[0]) for m, d in planted["dirs"].items()},
+            diff={**section_defaults("diff"), "top_examples": 2},
+            kfold=2,
+            fold_seed=0,
+            device="cpu",
+        ),
+        input=SimpleNamespace(sae=planted["sae_paths"][("base", 0)], base_sae=[]),
+        output={k: str(p) for k, p in stats.items()},
+    )
+    fs = FeatureStats.read(stats["stats"])
+    assert fs.metadata["held_out"] and fs.metadata["scheme"] == "base"
+    assert fs.metadata["top_examples"] == 2 and fs.d_sae == PLANT.d_in
