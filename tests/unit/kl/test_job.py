@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from plmdiff.config.sections import section_defaults
+from plmdiff.core import runtime
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import SequenceEntry, write_fasta
 from plmdiff.core.runtime import write_json
@@ -16,6 +21,7 @@ from plmdiff.models.checkpoints import inspect_checkpoint
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, family_sequences
 
 MODELS = ["r0", "r1"]
+SCRIPTS = Path(__file__).resolve().parents[3] / "workflow_scripts"
 
 
 def _fasta(path, model, n=4):
@@ -104,3 +110,51 @@ def test_missing_fasta_is_named(tiny_checkpoints, tmp_path):
             table_path=tmp_path / "t.parquet",
             top_path=tmp_path / "t.tsv",
         )
+
+
+def _run_script(name, monkeypatch, **snakemake):
+    """Run workflow_scripts/<name> as Snakemake would, with a stand-in `snakemake` object."""
+    monkeypatch.setattr(runtime, "setup_logging", lambda log: None)  # keep pytest's logging
+    stub = SimpleNamespace(log=["rule.log"], **snakemake)
+    runpy.run_path(str(SCRIPTS / name), init_globals={"snakemake": stub})
+
+
+def test_rule_scripts_hand_over_to_the_job(tiny_checkpoints, tmp_path, monkeypatch):
+    record = tmp_path / "r0.json"
+    write_json(record, inspect_checkpoint(tiny_checkpoints["r0"], "r0", ZYMCTRL_FORMAT).to_json())
+    tables = []
+    for model in MODELS:
+        tables.append(tmp_path / f"{model}.parquet")
+        _run_script(
+            "kl.py",
+            monkeypatch,
+            wildcards=SimpleNamespace(model=model),
+            params=SimpleNamespace(
+                checkpoint=tiny_checkpoints[model],
+                base="r0",
+                base_checkpoint=tiny_checkpoints["r0"],
+                prompt={"format": ZYMCTRL_FORMAT.format, "label": ZYMCTRL_FORMAT.label},
+                kl=section_defaults("kl"),
+                device="cpu",
+                allow_pickle=False,
+            ),
+            input=SimpleNamespace(
+                own=_fasta(tmp_path / f"{model}.fasta", model),
+                base=_fasta(tmp_path / "base.fasta", "r0"),
+                record=record,
+            ),
+            output=SimpleNamespace(table=tables[-1], top=tmp_path / f"{model}.top.tsv"),
+        )
+    out = SimpleNamespace(
+        tsv=tmp_path / "summary.tsv", png=tmp_path / "kl.png", svg=tmp_path / "kl.svg"
+    )
+    _run_script(
+        "kl_summary.py",
+        monkeypatch,
+        input=[str(t) for t in tables],
+        params=SimpleNamespace(models=MODELS),
+        output=out,
+    )
+    summary = pd.read_csv(out.tsv, sep="\t")
+    assert summary["set"].tolist() == [OWN, BASE_SET, OWN, BASE_SET]
+    assert (summary.loc[summary["round"] == 0, "max"] == 0).all() and out.svg.stat().st_size > 0
