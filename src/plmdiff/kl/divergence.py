@@ -1,10 +1,10 @@
 """How far each model moved from the base: per-token KL(model || base) on the same sequences.
 
-Both models score the same scoring texts (`plmdiff.models.text.encode_sequences`) in the same batches;
-at every position that predicts a residue or `<end>`, KL(P_model || P_base) is summed over the
-whole vocabulary. Each model is scored on two sequence sets: its own samples and the base's,
-`kl.max_sequences` of each, chosen by a hash of the sequence ID (deterministic, independent of
-file order). The base against itself gives exactly 0, which the rule checks.
+Both models score the same scoring texts (`plmdiff.models.text.encode_sequences`) in the same
+batches; at every position that predicts a residue or `<end>`, KL(P_model || P_base) is summed
+over the whole vocabulary. Each model is scored on two sequence sets: its own samples and the
+base's, `kl.max_sequences` of each, chosen by a hash of the sequence ID (deterministic,
+independent of file order). The base against itself gives exactly 0, which the rule checks.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def sequence_kl(
 ) -> list[np.ndarray]:
     """Per sequence, KL(model || base) at each position predicting a residue (and `<end>`).
 
-    `encoded` are `plmdiff.models.text.EncodedSequence`; position t's logits predict token t + 1, so the
-    residues start..stop-1 are predicted at start-1..stop-2 and `<end>` (token `stop`) at stop-1.
+    `encoded` are `plmdiff.models.text.EncodedSequence`; position t's logits predict token t + 1,
+    so the residues start..stop-1 are predicted at start-1..stop-2 and `<end>` (token `stop`) at
+    stop-1.
     """
     import torch
 

@@ -1,4 +1,4 @@
-"""The report rule's entry: the items report_items() (rules/report_items.smk) hands over, as JSON."""
+"""The report rule's entry: the items that report_items() (rules/report_items.smk) hands over."""
 
 from __future__ import annotations
 
