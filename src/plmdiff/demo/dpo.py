@@ -12,13 +12,11 @@ import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from plmdiff.core.errors import ConfigError
-from plmdiff.core.runtime import atomic_path
 from plmdiff.demo.reward import RewardSpec, score_sequence
 from plmdiff.demo.settings import DPOSettings, demo_seed
 from plmdiff.models.text import PromptFormat, SpecialIds
@@ -268,8 +266,3 @@ def dpo_round(
         device,
     )
     return RoundResult(iteration, scored, pairs, history)
-
-
-def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
