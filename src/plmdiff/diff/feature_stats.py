@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,8 @@ class FeatureStatsPaths:
         return cls(**feature_stats_siblings(stats_path))
 
     def files(self) -> dict[str, Path]:
-        return {
-            "stats": self.stats,
-            "sequences": self.sequences,
-            "fires": self.fires,
-            "top": self.top,
-        }
+        """Key (as in FEATURE_STATS_SUFFIXES) -> path, the stats table first."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
