@@ -7,18 +7,7 @@
 rule feature_stats:
     input:
         sae=sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}"),
-        base_sae=lambda wildcards: (
-            []
-            if wildcards.scheme == paths.BASE_SCHEME
-            else [
-                sae_dir(
-                    wildcards.embedder,
-                    wildcards.layer,
-                    paths.BASE_SCHEME,
-                    wildcards.fold,
-                )
-            ]
-        ),
+        base_sae=sae_base_input,
         tokens=lambda wildcards: [
             part
             for m in STUDY.embedded_models(wildcards.embedder)

@@ -1,6 +1,11 @@
 # Stage: report. One local job gathers the final outputs of every stage into a standalone HTML
 # page (figures embedded) that opens without Snakemake; `snakemake --report` builds the
 # Snakemake report from the same figures and captions.
+
+
+include: "report_items.smk"
+
+
 rule report:
     input:
         [item["path"] for item in report_items()],

@@ -1,7 +1,8 @@
 """Rule feature_stats: encode every model's held-out tokens with one SAE, summarise each feature."""
 
+from plmdiff.config.paths import FEATURE_STATS_SUFFIXES
 from plmdiff.core.runtime import setup_logging
-from plmdiff.diff.feature_stats import run_feature_stats
+from plmdiff.diff.job import run_feature_stats
 
 setup_logging(snakemake.log[0])
 wildcards, params = snakemake.wildcards, snakemake.params
@@ -9,7 +10,7 @@ run_feature_stats(
     snakemake.input.sae,
     snakemake.input.base_sae[0] if snakemake.input.base_sae else None,
     dict(params.token_dirs),
-    {k: snakemake.output[k] for k in ("stats", "sequences", "fires", "top")},
+    {k: snakemake.output[k] for k in FEATURE_STATS_SUFFIXES},
     dict(params.diff),
     kfold=params.kfold,
     fold_seed=params.fold_seed,

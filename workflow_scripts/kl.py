@@ -1,7 +1,8 @@
 """Rule kl: per-token KL(model || base) on the model's own and the base's samples."""
 
 from plmdiff.core.runtime import setup_logging
-from plmdiff.kl.kl import run_kl
+from plmdiff.kl.divergence import BASE_SET, OWN
+from plmdiff.kl.job import run_kl
 
 setup_logging(snakemake.log[0])
 params = snakemake.params
@@ -10,7 +11,7 @@ run_kl(
     params.checkpoint,
     params.base,
     params.base_checkpoint,
-    {"own": snakemake.input.own, "base": snakemake.input.base},
+    {OWN: snakemake.input.own, BASE_SET: snakemake.input.base},
     snakemake.input.record,
     prompt=params.prompt,
     kl_section=params.kl,

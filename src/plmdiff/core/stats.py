@@ -1,8 +1,9 @@
-"""Multiple-testing correction shared by the stages that test many layers or features."""
+"""Ranks and multiple-testing correction shared by the stages that test many layers or features."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats as sps
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
@@ -24,3 +25,8 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     out[order] = adjusted
     q[tested] = out
     return q
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata's 'average')."""
+    return sps.rankdata(values, method="average")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,7 +17,6 @@ from typing import Any
 import pandas as pd
 
 from plmdiff.core.errors import ConfigError
-from plmdiff.core.runtime import atomic_path
 from plmdiff.demo.reward import RewardSpec, score_sequence
 from plmdiff.demo.settings import DPOSettings, demo_seed
 from plmdiff.models.text import PromptFormat, SpecialIds
@@ -269,8 +267,3 @@ def dpo_round(
         device,
     )
     return RoundResult(iteration, scored, pairs, history)
-
-
-def write_tsv(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")

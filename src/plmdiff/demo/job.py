@@ -12,13 +12,14 @@ from typing import Any
 from plmdiff.config.sections import section_defaults
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import read_json, resolve_device, seed_everything, write_json
+from plmdiff.core.tables import write_table
 from plmdiff.demo.base_model import (
     BaseModelReport,
     describe_samples,
     train_base_model,
     training_sequences,
 )
-from plmdiff.demo.dpo import dpo_round, score_samples, write_tsv
+from plmdiff.demo.dpo import dpo_round, score_samples
 from plmdiff.demo.reward import RewardSpec
 from plmdiff.demo.settings import BaseModelConfig, DPOSettings, demo_seed
 from plmdiff.demo.summary import plot_summary, samples_long_table, summarise
@@ -116,7 +117,7 @@ def run_dpo_round(
         torch_device,
     )
     save_checkpoint(policy.cpu(), tokenizer, checkpoint_dir)
-    write_tsv(result.samples_table(), samples_tsv)
+    write_table(result.samples_table(), samples_tsv)
     write_json(training_json, _finite(result.training_record()))
 
 
@@ -155,8 +156,8 @@ def run_summary(
         rounds.append(score_samples(samples, spec))
         log.info("round %d: mean reward %.4f", i, sum(s.reward for s in rounds[-1]) / len(samples))
     table = summarise(rounds)
-    write_tsv(table, summary_tsv)
-    write_tsv(samples_long_table(rounds), samples_tsv)
+    write_table(table, summary_tsv)
+    write_table(samples_long_table(rounds), samples_tsv)
     plot_summary(table, summary_png, spec.length_target)
 
 

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from plmdiff.diff.feature_stats import PAD_RESIDUE
+# Residue letter of window positions outside the sequence (feature_stats writes it, its
+# activation is NaN there).
+PAD_RESIDUE = "-"
 
 EXAMPLE_COLUMNS = [
     "analysis",

@@ -4,7 +4,7 @@ One pass over the token shards, sequence by sequence, on the GPU when there is o
 feature and model it counts firing tokens and sequences, sums activations, and keeps the top
 activating sequences with a window of per-residue activations around the maximum, so that later
 stages (diff, report) never re-encode. It also keeps the sparse per-sequence firing counts that
-the trend test of `plmdiff.diff.diff` needs.
+the trend test of `plmdiff.diff.statistics` needs.
 
 By default only the sequences held out of the SAE's fold are encoded (`diff.held_out`): an SAE
 fits its own training tokens better than new ones, so evaluating the base SAE on base training
@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,32 +36,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plmdiff.activations.readers import iter_token_batches, token_seq_ids
+from plmdiff.config.paths import feature_stats_siblings
 from plmdiff.core.errors import DataError
-from plmdiff.core.runtime import atomic_path
+from plmdiff.core.tables import write_parquet
+from plmdiff.diff.alignment import rowwise_cosine
+from plmdiff.diff.examples import PAD_RESIDUE
+from plmdiff.diff.settings import FeatureStatsConfig
+from plmdiff.sae.folds import fold_split
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = b"plmdiff.diff.feature_stats"
-PAD_RESIDUE = "-"
-
-
-@dataclass(frozen=True)
-class FeatureStatsConfig:
-    batch_tokens: int = 8192
-    top_examples: int = 5
-    example_window: int = 12
-
-    @classmethod
-    def from_config(cls, diff_section: Mapping[str, Any]) -> FeatureStatsConfig:
-        return cls(
-            batch_tokens=int(diff_section.get("batch_tokens", cls.batch_tokens)),
-            top_examples=int(diff_section.get("top_examples", cls.top_examples)),
-            example_window=int(diff_section.get("example_window", cls.example_window)),
-        )
 
 
 @dataclass(frozen=True)
 class FeatureStatsPaths:
+    """The four files of one feature_stats job (`plmdiff.config.paths.feature_stats_siblings`)."""
+
     stats: Path
     sequences: Path
     fires: Path
@@ -70,14 +62,11 @@ class FeatureStatsPaths:
     @classmethod
     def of(cls, stats_path: str | os.PathLike) -> FeatureStatsPaths:
         """The four files of one feature_stats job, named after its main output."""
-        path = Path(stats_path)
-        stem = str(path)[: -len(".parquet")] if path.suffix == ".parquet" else str(path)
-        return cls(
-            stats=path,
-            sequences=Path(f"{stem}.seqs.parquet"),
-            fires=Path(f"{stem}.fires.parquet"),
-            top=Path(f"{stem}.top.parquet"),
-        )
+        return cls(**feature_stats_siblings(stats_path))
+
+    def files(self) -> dict[str, Path]:
+        """Key (as in FEATURE_STATS_SUFFIXES) -> path, the stats table first."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -95,18 +84,18 @@ class FeatureStats:
     def write(self, stats_path: str | os.PathLike) -> FeatureStatsPaths:
         paths = FeatureStatsPaths.of(stats_path)
         meta = {METADATA_KEY: json.dumps(self.metadata).encode()}
-        _write_parquet(self.sequences, paths.sequences, meta)
+        write_parquet(self.sequences, paths.sequences, metadata=meta)
         fires = self.fires.sort_values(["seq_index", "feature"], kind="stable")
-        _write_parquet(fires, paths.fires, meta, row_group_size=1 << 18)
-        _write_parquet(_top_to_arrow(self.top), paths.top, meta)
+        write_parquet(fires, paths.fires, metadata=meta, row_group_size=1 << 18)
+        write_parquet(_top_to_arrow(self.top), paths.top, metadata=meta)
         # The main file last: Snakemake (and a reader) sees the job done only when all exist.
-        _write_parquet(self.stats, paths.stats, meta)
+        write_parquet(self.stats, paths.stats, metadata=meta)
         return paths
 
     @classmethod
     def read(cls, stats_path: str | os.PathLike) -> FeatureStats:
         paths = FeatureStatsPaths.of(stats_path)
-        for path in (paths.stats, paths.sequences, paths.fires, paths.top):
+        for path in paths.files().values():
             if not path.is_file():
                 raise DataError(f"feature stats file {path} does not exist (rule feature_stats)")
         table = pq.read_table(paths.stats)
@@ -148,7 +137,7 @@ class StoredFeatureStats:
 
     def __init__(self, stats_path: str | os.PathLike) -> None:
         self.paths = FeatureStatsPaths.of(stats_path)
-        for path in (self.paths.stats, self.paths.sequences, self.paths.fires, self.paths.top):
+        for path in self.paths.files().values():
             if not path.is_file():
                 raise DataError(f"feature stats file {path} does not exist (rule feature_stats)")
         raw = (pq.read_schema(self.paths.stats).metadata or {}).get(METADATA_KEY)
@@ -189,20 +178,6 @@ class StoredFeatureStats:
             self.paths.fires, filters=[("seq_index", ">=", lo), ("seq_index", "<=", hi)]
         ).to_pandas()
         return rows[rows["seq_index"].isin(ids)].reset_index(drop=True)
-
-
-def _write_parquet(
-    frame: pd.DataFrame | pa.Table,
-    path: Path,
-    meta: dict[bytes, bytes],
-    row_group_size: int | None = None,
-) -> None:
-    table = (
-        frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-    )
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
 
 
 def _top_to_arrow(top: pd.DataFrame) -> pa.Table:
@@ -381,8 +356,6 @@ class _ModelAccumulator:
 
 def decoder_change(decoder: np.ndarray, base_decoder: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(cosine, norm ratio) of each decoder row to the same row of the base SAE's decoder."""
-    from plmdiff.diff.alignment import rowwise_cosine
-
     cos = rowwise_cosine(decoder, base_decoder)
     base_norm = np.linalg.norm(base_decoder, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -411,8 +384,6 @@ def compute_feature_stats(
     decoder direction change and norm ratio of fine-tuned SAEs.
     """
     import torch
-
-    from plmdiff.activations.readers import iter_token_batches
 
     sae = sae.to(device).eval()
     d_sae = int(sae.cfg.d_sae)
@@ -580,52 +551,4 @@ def held_out_sequences(
     """Sequences of the SAE's held-out fold (None = all: k == 1 or held_out disabled)."""
     if not held_out or k <= 1:
         return None
-    from plmdiff.activations.readers import token_seq_ids
-    from plmdiff.sae.folds import fold_split
-
     return list(fold_split(token_seq_ids(list(layer_dirs)), k, seed, fold)[1])
-
-
-def run_feature_stats(
-    sae_path: str | os.PathLike,
-    base_sae_path: str | os.PathLike | None,
-    token_dirs: Mapping[str, str | os.PathLike],
-    outputs: Mapping[str, str],
-    diff_section: Mapping[str, Any],
-    *,
-    kfold: int,
-    fold_seed: int,
-    fold: int,
-    device: Any,
-    metadata: Mapping[str, Any],
-) -> FeatureStats:
-    """The feature_stats rule: encode every model's (held-out) tokens with one SAE, write all."""
-    from plmdiff.core.runtime import resolve_device
-    from plmdiff.sae.training import load_sae
-
-    expected = FeatureStatsPaths.of(outputs["stats"])
-    for name in ("sequences", "fires", "top"):
-        if str(getattr(expected, name)) != str(outputs[name]):
-            raise ValueError(f"output {name} must be {getattr(expected, name)}")
-    dev = resolve_device(device)
-    held_out = bool(diff_section.get("held_out", True)) and kfold > 1
-    dirs = {m: [d] for m, d in token_dirs.items()}
-    seq_ids = {m: held_out_sequences(d, kfold, fold_seed, fold, held_out) for m, d in dirs.items()}
-    base = sae_decoder(load_sae(base_sae_path)) if base_sae_path else None
-    fs = compute_feature_stats(
-        load_sae(sae_path, dev),
-        dirs,
-        FeatureStatsConfig.from_config(diff_section),
-        device=dev,
-        base_decoder=base,
-        seq_ids=seq_ids,
-        metadata={
-            **metadata,
-            "held_out": held_out,
-            "kfold": kfold,
-            "fold": fold,
-            "sae": str(sae_path),
-        },
-    )
-    fs.write(outputs["stats"])
-    return fs

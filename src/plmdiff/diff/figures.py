@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from plmdiff.core.runtime import save_figure
-from plmdiff.diff.diff import DiffConfig
+from plmdiff.diff.settings import DiffConfig
 
 COLORS = {"changed, stable": "#d62728", "changed, not stable": "#ff9896", "not changed": "#9e9e9e"}
 MAX_TRAJECTORIES = 8

@@ -4,7 +4,9 @@ The `report` rule hands over the outputs of every stage's final rules as `Report
 stage, the caption template its rule gives `report()`, the wildcards that made it). Figures are
 embedded as base64 PNG, tables rendered from their TSV, and captions rendered from the same
 `report/*.rst` templates that `snakemake --report` uses, so both reports say the same thing.
-Only the standard library, numpy and pandas are needed (the `report` conda environment).
+The page skeleton and its style sheet are package data (templates/page.html, report.css); this
+module renders what goes into them. Only the standard library, numpy and pandas are needed (the
+`report` conda environment).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from string import Template
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,6 +32,7 @@ import pandas as pd
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.runtime import atomic_path
+from plmdiff.diff.examples import html_window
 
 log = logging.getLogger(__name__)
 
@@ -375,8 +381,6 @@ def _change_class(value: Any) -> str:
 
 def diff_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
     """Per (embedder, layer, family): the top features, volcano, trajectories, top examples."""
-    from plmdiff.diff.examples import html_window
-
     groups: dict[tuple[str, ...], dict[str, ReportItem]] = {}
     for item in items:
         key = tuple(item.wildcards.get(k, "") for k in ("embedder", "layer", "family"))
@@ -513,42 +517,21 @@ def section_html(stage: str, items: Sequence[ReportItem], config: Mapping[str, A
 # ----------------------------------------------------------------------------- page
 
 
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#222;
-     line-height:1.45;background:#fafafa}
-header{background:#1f3a5f;color:#fff;padding:18px 32px}
-header h1{margin:0;font-size:1.6em} header p{margin:4px 0 0;opacity:.85}
-nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:8px 32px;z-index:2}
-nav a{margin-right:14px;color:#1f3a5f;text-decoration:none;font-size:.92em}
-nav a.absent{color:#aaa}
-main{padding:8px 32px 48px;max-width:1400px}
-section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:6px 20px 16px;
-        margin:18px 0}
-h2{border-bottom:2px solid #1f3a5f;padding-bottom:4px} h3{margin-top:22px;color:#1f3a5f}
-p.lead{font-size:1.02em} .question{color:#555;font-style:italic;margin-top:-6px}
-.table-wrap{overflow-x:auto;margin:6px 0}
-table{border-collapse:collapse;font-size:.85em}
-th,td{border:1px solid #ddd;padding:3px 7px;vertical-align:top;white-space:nowrap}
-thead th{background:#eef2f7;position:sticky;top:0} table.kv th{text-align:left;background:#f4f4f4}
-td.mark{background:#ffe0b2;font-weight:600;color:#a14d00}
-td.up{color:#b71c1c;font-weight:600} td.down{color:#0d47a1;font-weight:600}
-td.dir{color:#6a1b9a;font-weight:600}
-.na{color:#aaa}
-figure{margin:14px 12px 14px 0;display:inline-block;max-width:100%;vertical-align:top}
-figure img{max-width:100%;max-height:560px;border:1px solid #eee}
-.pair{display:flex;flex-wrap:wrap;gap:12px} .pair figure{flex:1 1 560px;max-width:49%}
-.fig-title{font-weight:600;margin-bottom:4px}
-.caption,figcaption{font-size:.88em;color:#444;max-width:1100px}
-.caption p{margin:4px 0}
-.note{font-size:.8em;color:#777}
-code{background:#f3f3f3;padding:0 3px;border-radius:3px}
-code.window{font-size:1.15em;letter-spacing:2px;background:none}
-code.window span{padding:2px 0} code.window span.peak{font-weight:700;border-bottom:3px solid #000}
-table.examples td{padding:4px 8px} .ex{margin:2px 0}
-details{margin:10px 0} summary{cursor:pointer;font-weight:600;color:#1f3a5f}
-details.caption-fold summary{font-weight:400;font-size:.85em;color:#777}
-.absent-stage{color:#888}
-"""
+@cache
+def template(name: str) -> str:
+    """A file of the package's templates/ directory (package data: found in any install)."""
+    return resources.files("plmdiff.report").joinpath("templates", name).read_text("utf-8")
+
+
+def page_html(title: str, subtitle: str, nav: Sequence[str], body: Sequence[str]) -> str:
+    """The page skeleton (templates/page.html) around the sections, the style sheet inlined."""
+    return Template(template("page.html")).substitute(
+        title=html.escape(title),
+        css=template("report.css"),
+        subtitle=subtitle,
+        nav="".join(nav),
+        body="".join(body),
+    )
 
 
 def build_report(
@@ -593,16 +576,11 @@ def build_report(
         f"{len(models)} models ({html.escape(' → '.join(models))}) · label "
         f"{html.escape(str(config.get('prompt', {}).get('label', '')))} · generated {when}"
     )
-    page = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{html.escape(title)}</h1><p>{subtitle}</p></header>"
-        f"<nav>{''.join(nav)}</nav><main>{''.join(body)}</main></body></html>\n"
-    )
+    page = page_html(title, subtitle, nav, body)
     with atomic_path(out_path) as tmp:
         tmp.write_text(page)
     return page
 
 
-def read_items(data: Sequence[Mapping[str, Any]]) -> list[ReportItem]:
+def read_items(data: Iterable[Mapping[str, Any]]) -> list[ReportItem]:
     return [ReportItem.from_json(d) for d in data]

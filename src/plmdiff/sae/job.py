@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from plmdiff.core.errors import DataError
-from plmdiff.core.runtime import atomic_path, derive_seed, resolve_device, write_json
+from plmdiff.core.runtime import derive_seed, resolve_device, write_json
+from plmdiff.core.tables import write_table
 from plmdiff.models.text import EncodedSequence, PromptFormat
 from plmdiff.sae.folds import fold_split
 from plmdiff.sae.training import (
@@ -331,8 +332,7 @@ def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
     }
     write_json(outputs.metrics, _clean(metrics))
     curves = curves if len(curves) else pd.DataFrame(columns=CURVE_COLUMNS)
-    with atomic_path(outputs.curves_tsv) as tmp:
-        curves.to_csv(tmp, sep="\t", index=False)
+    write_table(curves, outputs.curves_tsv, float_format=None)
     plot_training_curves(
         curves,
         outputs.curves_png,

@@ -14,9 +14,27 @@ import numpy as np
 import torch
 
 from plmdiff.activations.writers import TokenWriter
-from plmdiff.sae.training import save_sae
+from plmdiff.config.sections import section_defaults
+from plmdiff.diff.feature_stats import (
+    FeatureStats,
+    compute_feature_stats,
+    held_out_sequences,
+    sae_decoder,
+)
+from plmdiff.diff.settings import DiffConfig, FeatureStatsConfig
+from plmdiff.sae.training import load_sae, save_sae
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def diff_config(**overrides: object) -> DiffConfig:
+    """The diff settings of the schema's defaults, with `overrides` (as a config would set)."""
+    return DiffConfig.from_config({**section_defaults("diff"), **overrides})
+
+
+def stats_config(**overrides: object) -> FeatureStatsConfig:
+    """The feature_stats settings of the schema's defaults, with `overrides`."""
+    return FeatureStatsConfig.from_config({**section_defaults("diff"), **overrides})
 
 
 @dataclass(frozen=True)
@@ -99,18 +117,13 @@ def permuted_noisy(
     return perm, (other / np.linalg.norm(other, axis=1, keepdims=True)).astype(np.float32)
 
 
+PLANT = Plant()
+K, SEED = 2, 0  # fold replicas of the planted study's SAE, and the fold split's seed
+
+
 def build_planted(root: Path, plant: Plant = Plant(), k: int = 2, seed: int = 0) -> dict:
     """Token dirs of every round, two fold replicas of the base SAE (the second a permuted,
     perturbed copy) and their feature stats written as the feature_stats rule writes them."""
-    from plmdiff.diff.feature_stats import (
-        FeatureStats,
-        FeatureStatsConfig,
-        compute_feature_stats,
-        held_out_sequences,
-        sae_decoder,
-    )
-    from plmdiff.sae.training import load_sae
-
     atoms = dictionary(plant.d_in)
     dirs = write_tokens(root / "acts", plant, atoms)
     perm, atoms1 = permuted_noisy(atoms, seed=1)
@@ -118,7 +131,7 @@ def build_planted(root: Path, plant: Plant = Plant(), k: int = 2, seed: int = 0)
         0: save_dictionary_sae(root / "sae0", atoms),
         1: save_dictionary_sae(root / "sae1", atoms1),
     }
-    cfg = FeatureStatsConfig(batch_tokens=100, top_examples=3, example_window=4)
+    cfg = stats_config(batch_tokens=100, top_examples=3, example_window=4)
     stats, decoders, paths = {}, {}, {}
     for fold, path in saes.items():
         sae = load_sae(path)

@@ -1,4 +1,4 @@
-"""Statistics of the feature diff: BH, the sparse Spearman test, fold change, calls, ranking."""
+"""Statistics of the feature diff: the sparse Spearman test, fold change, calls, ranking."""
 
 from __future__ import annotations
 
@@ -9,31 +9,16 @@ from scipy import stats
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.stats import benjamini_hochberg
-from plmdiff.diff.diff import (
-    DiffConfig,
+from plmdiff.diff.statistics import (
     RoundEvidence,
     analyse_rounds,
-    family_analyses,
+    change_kind,
     log2_fold_change,
     rank_features,
     sparse_spearman,
+    spearman_p_value,
 )
-
-
-def test_bh_matches_scipy_reference():
-    rng = np.random.default_rng(0)
-    p = np.concatenate([rng.uniform(size=300), rng.uniform(0, 1e-4, size=30), [0.0, 1.0, 1.0]])
-    np.testing.assert_allclose(benjamini_hochberg(p), stats.false_discovery_control(p), rtol=1e-12)
-
-
-def test_bh_ignores_untested_features():
-    p = np.array([0.01, np.nan, 0.04, 0.03, np.nan])
-    q = benjamini_hochberg(p)
-    assert np.isnan(q[[1, 4]]).all()
-    np.testing.assert_allclose(q[[0, 2, 3]], stats.false_discovery_control(p[[0, 2, 3]]))
-    assert np.isnan(benjamini_hochberg(np.array([np.nan]))).all()
-    with pytest.raises(ValueError):
-        benjamini_hochberg(np.array([1.5]))
+from tests.unit.diff.synthetic_features import diff_config
 
 
 def _dense(seq_index, feature, value, n, f):
@@ -126,7 +111,7 @@ def test_analyse_rounds_calls_a_planted_trend_and_not_a_flat_feature():
             ]
         )
         ev.append(_evidence(model, rates))
-    cfg = DiffConfig(min_abs_log2_fold_change=1.0, fdr=0.05)
+    cfg = diff_config(min_abs_log2_fold_change=1.0, fdr=0.05)
     table = analyse_rounds(ev, 3, cfg, analysis="base")
     assert table.loc[0, "changed"] and table.loc[0, "spearman_rho"] > 0.5
     assert table.loc[0, "q_value"] < 1e-6
@@ -147,43 +132,43 @@ def test_direction_change_is_called_for_fine_tuned_families():
         "r2": _evidence("r0", np.zeros((1, 3)), cos=np.array([1.0, 0.5, 0.99])).stats,
     }
     table = analyse_rounds(
-        ev, 3, DiffConfig(min_direction_change=0.1), analysis="per_model", direction=direction
+        ev, 3, diff_config(min_direction_change=0.1), analysis="per_model", direction=direction
     )
     assert table["changed"].tolist() == [False, True, False]
     assert table.loc[1, "direction_change"] == pytest.approx(0.5)
     assert table.loc[2, "dir_change_r1"] == pytest.approx(0.05)
     assert table.loc[2, "dir_change_r2"] == pytest.approx(0.01)
-    plain = analyse_rounds(ev, 3, DiffConfig(min_direction_change=0.1), analysis="base")
+    plain = analyse_rounds(ev, 3, diff_config(min_direction_change=0.1), analysis="base")
     assert not plain["changed"].any() and plain["direction_change"].isna().all()
 
 
 def test_bad_inputs_are_named():
     ev = _evidence("r0", np.zeros((3, 3)))
     with pytest.raises(DataError, match="base and at least one round"):
-        analyse_rounds([ev], 3, DiffConfig(), analysis="base")
+        analyse_rounds([ev], 3, diff_config(), analysis="base")
     with pytest.raises(DataError, match="one row per feature"):
         analyse_rounds(
             [ev, _evidence("r1", np.zeros((3, 3)))],
             4,
-            DiffConfig(),
+            diff_config(),
             analysis="base",
         )
-    with pytest.raises(DataError, match="fine-tuned SAE of r2"):
-        family_analyses("per_model", ["base", "ft_r1"], ["r0", "r1", "r2"])
-    with pytest.raises(DataError, match="unknown diff family"):
-        family_analyses("nope", ["base"], ["r0", "r1"])
 
 
-def test_family_analyses():
-    models = ["r0", "r1", "r2"]
-    (base,) = family_analyses("base", ["base"], models)
-    assert base.evaluator == {"r0": "base", "r1": "base", "r2": "base"} and not base.direction
-    (pm,) = family_analyses("per_model", ["base", "ft_r1", "ft_r2"], models)
-    # one SAE (the last round's) encodes every round; each round's decoder change is reported
-    assert pm.evaluator == {"r0": "ft_r2", "r1": "ft_r2", "r2": "ft_r2"} and pm.reference == "base"
-    assert pm.direction == {"r1": "ft_r1", "r2": "ft_r2"}
-    assert pm.schemes == ["ft_r2", "base", "ft_r1"]
-    pooled = family_analyses("pooled", ["base", "pooled_early", "pooled_late"], models)
-    assert [a.name for a in pooled] == ["pooled_early", "pooled_late"]
-    assert pooled[0].schemes == ["pooled_early"]
-    assert pooled[0].direction == {"pooled_early": "pooled_early"}
+def test_spearman_p_value_needs_three_sequences():
+    assert np.isnan(spearman_p_value(np.array([0.5, 0.0]), 2)).all()
+    p = spearman_p_value(np.array([0.0, np.nan, 1.0]), 10)
+    assert p[0] == pytest.approx(1.0) and np.isnan(p[1]) and p[2] == 0.0
+
+
+def test_change_kind_names_the_call():
+    table = pd.DataFrame(
+        {
+            "q_value": [0.01, 0.01, 0.5, 0.5, np.nan],
+            "log2_fold_change": [2.0, -2.0, 3.0, 0.0, 5.0],
+            "direction_change": [np.nan, 0.0, 0.0, 0.5, np.nan],
+            "changed": [True, True, False, True, False],
+        }
+    )
+    kinds = change_kind(table, diff_config(fdr=0.05, min_direction_change=0.1))
+    assert kinds.tolist() == ["up", "down", "", "direction", ""]

@@ -13,15 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import DataError
-from plmdiff.diff.diff import DiffConfig, DiffOutputs, run_diff
-from plmdiff.kl.kl import kl_frame, run_kl_summary
+from plmdiff.core.fasta import SequenceEntry
+from plmdiff.diff.job import DiffOutputs, run_diff
+from plmdiff.diff.settings import DiffConfig
+from plmdiff.kl.divergence import kl_frame
+from plmdiff.kl.job import run_kl_summary
 from plmdiff.report.render import (
     SECTIONS,
     ReportItem,
     build_report,
+    page_html,
     render_template,
     rst_to_html,
+    template,
 )
 from tests.unit.diff.synthetic_features import Plant, build_planted
 
@@ -181,7 +187,7 @@ def items(tmp_path_factory) -> list[ReportItem]:
         [0, 1],
         planted["stats_paths"],
         planted["sae_paths"],
-        DiffConfig.from_config(CONFIG["diff"]),
+        DiffConfig.from_config({**section_defaults("diff"), **CONFIG["diff"]}),
         outputs,
     )
     wc = {"embedder": "r0", "layer": "01", "family": "base"}
@@ -207,8 +213,6 @@ def items(tmp_path_factory) -> list[ReportItem]:
         out.append(ReportItem(stage, str(d / name), caption=cap, wildcards=wc))
 
     rng = np.random.default_rng(0)
-    from plmdiff.core.fasta import SequenceEntry
-
     frames = []
     for r, m in enumerate(MODELS):
         entries = [SequenceEntry(f"{m}_000_{i:05d}", "MKV" * 5, {"model": m}) for i in range(4)]
@@ -331,13 +335,11 @@ def test_caption_rendering(jinja, monkeypatch):
     )
 
 
-def test_example_windows_mark_active_residues():
-    from plmdiff.diff.examples import html_window, marked_text
-
-    acts = [np.nan, 0.0, 1.5, 0.5, np.nan]
-    assert marked_text("-abc-", acts) == "a[B]C"
-    window = html_window("-abc-", acts, window_start=9)
-    assert window.count("<span") == 3  # positions outside the sequence are not drawn
-    assert 'class="peak"' in window and 'title="residue 12: 1.5"' in window
-    assert 'title="residue 11">a<' in window
-    assert marked_text("ab", [0.0, 0.0]) == "ab"
+def test_page_skeleton_and_style_are_package_data():
+    skeleton, css = template("page.html"), template("report.css")
+    assert skeleton.startswith("<!DOCTYPE html>") and "$body" in skeleton
+    assert "section{" in css and "$" not in css
+    page = page_html("a <b> title", "sub", ['<a href="#x">x</a>'], ["<section>$1</section>"])
+    assert "<title>a &lt;b&gt; title</title>" in page and css in page
+    assert '<nav><a href="#x">x</a></nav>' in page and "<section>$1</section>" in page
+    assert page.endswith("</html>\n")

@@ -1,10 +1,10 @@
 """How far each model moved from the base: per-token KL(model || base) on the same sequences.
 
-Both models score the same scoring texts (`plmdiff.models.text.encode_sequences`) in the same batches;
-at every position that predicts a residue or `<end>`, KL(P_model || P_base) is summed over the
-whole vocabulary. Each model is scored on two sequence sets: its own samples and the base's,
-`kl.max_sequences` of each, chosen by a hash of the sequence ID (deterministic, independent of
-file order). The base against itself gives exactly 0, which the rule checks.
+Both models score the same scoring texts (`plmdiff.models.text.encode_sequences`) in the same
+batches; at every position that predicts a residue or `<end>`, KL(P_model || P_base) is summed
+over the whole vocabulary. Each model is scored on two sequence sets: its own samples and the
+base's, `kl.max_sequences` of each, chosen by a hash of the sequence ID (deterministic,
+independent of file order). The base against itself gives exactly 0, which the rule checks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +21,16 @@ import pandas as pd
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import SequenceEntry
+from plmdiff.core.oom import map_with_oom_split
+from plmdiff.kl.settings import KLConfig
 from plmdiff.models.anatomy import ConfigShape
+from plmdiff.models.checkpoints import load_model, load_tokenizer
+from plmdiff.models.text import encode_sequences
 
 log = logging.getLogger(__name__)
 
 OWN, BASE_SET = "own", "base"
 PERCENTILES = (5, 25, 50, 75, 95)
-
-
-@dataclass(frozen=True)
-class KLConfig:
-    max_sequences: int = 500
-    batch_tokens: int = 16384
-    top_sequences: int = 20
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> KLConfig:
-        known = cls.__dataclass_fields__
-        return cls(**{k: int(v) for k, v in section.items() if k in known})
 
 
 def select_sequences(entries: Sequence[SequenceEntry], n: int) -> list[SequenceEntry]:
@@ -86,12 +77,11 @@ def sequence_kl(
 ) -> list[np.ndarray]:
     """Per sequence, KL(model || base) at each position predicting a residue (and `<end>`).
 
-    `encoded` are `plmdiff.models.text.EncodedSequence`; position t's logits predict token t + 1, so the
-    residues start..stop-1 are predicted at start-1..stop-2 and `<end>` (token `stop`) at stop-1.
+    `encoded` are `plmdiff.models.text.EncodedSequence`; position t's logits predict token t + 1,
+    so the residues start..stop-1 are predicted at start-1..stop-2 and `<end>` (token `stop`) at
+    stop-1.
     """
     import torch
-
-    from plmdiff.core.oom import map_with_oom_split
 
     # Inputs stop before `<end>`: the last logits needed (at stop - 1) predict it, and the
     # scoring text's trailing tokens would push a full-length sample past the context.
@@ -164,9 +154,6 @@ def score_model(
     allow_pickle: bool = False,
 ) -> pd.DataFrame:
     """Per-sequence KL(model || base) on every named sequence set."""
-    from plmdiff.models.checkpoints import load_model, load_tokenizer
-    from plmdiff.models.text import encode_sequences
-
     tokenizer = load_tokenizer(model_dir)
     base_vocab = load_tokenizer(base_dir).get_vocab()
     if tokenizer.get_vocab() != base_vocab:
@@ -274,118 +261,3 @@ def position_profile(frames: Sequence[pd.DataFrame], bins: int = 20) -> pd.DataF
                 }
             )
     return pd.DataFrame(out)
-
-
-def plot_kl_by_round(
-    frames: Sequence[pd.DataFrame], models: Sequence[str], paths: Sequence[str | os.PathLike]
-) -> None:
-    """Per-sequence mean KL by round (both sequence sets), and mean KL along the sequence."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from plmdiff.core.runtime import save_figure
-
-    data = pd.concat(frames, ignore_index=True)
-    data["set"] = data["set"].map({OWN: "model's own samples", BASE_SET: "base samples"})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.2, 1]})
-    sns.boxplot(
-        data=data,
-        x="model",
-        y="kl_mean",
-        hue="set",
-        order=list(models),
-        ax=axes[0],
-        fliersize=2,
-        showmeans=True,
-        meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "black"},
-    )
-    axes[0].set(
-        xlabel="round (model)",
-        ylabel="mean KL(model || base) per sequence [nats]",
-        title="KL to the base by round",
-    )
-    axes[0].legend(title=None, fontsize=8)
-    prof = position_profile(frames)
-    prof = prof[prof["set"] == OWN]
-    if not prof.empty:
-        sns.lineplot(
-            data=prof,
-            x="position",
-            y="kl",
-            hue="model",
-            hue_order=list(models),
-            ax=axes[1],
-            marker="o",
-            markersize=3,
-        )
-    axes[1].set(
-        xlabel="relative position (0 = first residue, 1 = <end>)",
-        ylabel="mean KL per token [nats]",
-        title="Along the sequence (own samples)",
-    )
-    fig.tight_layout()
-    save_figure(fig, *paths, dpi=130)
-
-
-def run_kl(
-    model: str,
-    model_dir: str | os.PathLike,
-    base: str,
-    base_dir: str | os.PathLike,
-    fastas: Mapping[str, str | os.PathLike],
-    record: str | os.PathLike,
-    *,
-    prompt: Mapping[str, Any],
-    kl_section: Mapping[str, Any],
-    device: Any,
-    allow_pickle: bool,
-    table_path: str | os.PathLike,
-    top_path: str | os.PathLike,
-) -> pd.DataFrame:
-    """The kl rule: score the model's and the base's samples, write the table and top list."""
-    from plmdiff.core.fasta import read_fasta
-    from plmdiff.core.runtime import atomic_path, resolve_device
-    from plmdiff.models.checkpoints import CheckpointRecord
-    from plmdiff.models.text import PromptFormat
-
-    cfg = KLConfig.from_config(kl_section)
-    sets = {name: list(read_fasta(path)) for name, path in fastas.items()}
-    frame = score_model(
-        model_dir,
-        base_dir,
-        sets,
-        model_name=model,
-        fmt=PromptFormat.from_config(prompt),
-        special=CheckpointRecord.read(record).special_ids,
-        cfg=cfg,
-        device=resolve_device(device),
-        allow_pickle=allow_pickle,
-    )
-    if model == base:
-        check_self_kl(frame, model)
-    with atomic_path(table_path) as tmp:
-        frame.to_parquet(tmp, index=False, compression="zstd")
-    with atomic_path(top_path) as tmp:
-        top_sequences(frame, cfg.top_sequences).to_csv(
-            tmp, sep="\t", index=False, float_format="%.4g"
-        )
-    return frame
-
-
-def run_kl_summary(
-    tables: Sequence[str | os.PathLike],
-    models: Sequence[str],
-    summary_path: str | os.PathLike,
-    figure_paths: Sequence[str | os.PathLike],
-) -> pd.DataFrame:
-    from plmdiff.core.runtime import atomic_path
-
-    frames = [pd.read_parquet(t) for t in tables]
-    summary = summarise(frames, models)
-    with atomic_path(summary_path) as tmp:
-        summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-    plot_kl_by_round(frames, models, figure_paths)
-    return summary

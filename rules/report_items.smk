@@ -1,0 +1,88 @@
+# The report stage's Snakefile helpers (included by rules/report.smk): which outputs of which
+# rules the standalone report shows. They read Snakemake's `workflow` and `rules` objects, so
+# they live in Snakefile code; in a file of their own, since `snakemake --lint` wants rules and
+# functions apart.
+
+from itertools import product
+
+# (report section, rule, wildcard values): the rules whose outputs the report shows. A rule that
+# does not exist in this workflow (stage not built, demo disabled) is simply left out.
+REPORT_RULES = [
+    ("overview", "check_checkpoint", {"model": MODELS}),
+    ("sampling", "sampling_summary", {}),
+    ("demo", "demo_summary", {}),
+    ("probes", "probes", {"embedder": EMBEDDERS, "pooling": POOLINGS}),
+    ("sanity", "sanity", {"embedder": EMBEDDERS}),
+    (
+        "sae",
+        "train_sae",
+        {
+            "embedder": EMBEDDERS,
+            "layer": SAE_LAYERS,
+            "scheme": SAE_SCHEMES,
+            "fold": FOLDS,
+        },
+    ),
+    (
+        "diff",
+        "diff",
+        {"embedder": EMBEDDERS, "layer": SAE_LAYERS, "family": SAE_FAMILIES},
+    ),
+    ("kl", "kl_summary", {}),
+    ("kl", "kl", {"model": MODELS}),
+]
+REPORT_SUFFIXES = (".tsv", ".png", ".json")
+# Outputs a report() category sends to another section than their rule's.
+REPORT_CATEGORY_SECTIONS = {"Stability": "stability"}
+
+
+def _report_caption(flags):
+    obj = flags.get("report")
+    if obj is None or obj.caption is None:
+        return None, None
+    caption = obj.caption
+    path = (
+        caption.get_path_or_uri(True)
+        if hasattr(caption, "get_path_or_uri")
+        else caption
+    )
+    return str(path), obj.category
+
+
+def report_items():
+    """Every file the standalone report shows: section, path, caption template, wildcards."""
+    items = []
+    for section, name, values in REPORT_RULES:
+        if not has_rule(name) or (
+            name == "demo_summary" and not config["demo"]["enabled"]
+        ):
+            continue
+        smk_rule = workflow.get_rule(name)
+        names = sorted(smk_rule.wildcard_names)
+        if any(not values.get(w) for w in names):
+            continue
+        combos = product(*[[str(v) for v in values[w]] for w in names])
+        patterns = list(getattr(rules, name).output)
+        for combo in combos:
+            wc = dict(zip(names, combo))
+            for pattern, spec in zip(patterns, smk_rule.output):
+                if spec.flags.get("directory"):
+                    continue
+                # str(): a rule's output patterns are Snakemake file objects, which params
+                # must not carry (they are pickled into the job's script).
+                path = str(pattern).format(**wc)
+                if (
+                    not path.endswith(REPORT_SUFFIXES)
+                    and Path(path).name != "examples.parquet"
+                ):
+                    continue
+                caption, category = _report_caption(spec.flags)
+                items.append(
+                    {
+                        "stage": REPORT_CATEGORY_SECTIONS.get(category, section),
+                        "path": path,
+                        "caption": caption,
+                        "wildcards": wc,
+                    }
+                )
+    return items

@@ -1,0 +1,103 @@
+"""One diff family: every analysis on every fold replica, ranked, with its stability rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from plmdiff.diff.alignment import Matching, hungarian_match
+from plmdiff.diff.analyses import Analysis
+from plmdiff.diff.feature_stats import FeatureStats, StoredFeatureStats
+from plmdiff.diff.settings import DiffConfig
+from plmdiff.diff.stability import (
+    STABILITY_COLUMNS,
+    add_replication,
+    fold_stability_rows,
+    pooled_union_rows,
+    scheme_alignment_rows,
+)
+from plmdiff.diff.statistics import RoundEvidence, analyse_rounds, change_kind, rank_features
+
+
+@dataclass
+class FamilyResult:
+    features: pd.DataFrame  # every feature of fold 0 of every analysis, ranked, + replication
+    fold_tables: dict[tuple[str, int], pd.DataFrame]
+    matchings: dict[tuple[str, int], Matching]  # (analysis, fold): fold-0 features
+    stability: pd.DataFrame
+
+
+def diff_family(
+    analyses: Sequence[Analysis],
+    models: Sequence[str],
+    folds: Sequence[int],
+    stats: Mapping[tuple[str, int], FeatureStats | StoredFeatureStats],
+    decoders: Mapping[tuple[str, int], np.ndarray],
+    cfg: DiffConfig,
+    *,
+    union_decoders: Mapping[int, Sequence[np.ndarray]] | None = None,
+) -> FamilyResult:
+    """Diff every analysis of a family on every fold; fold 0 is the reference replica.
+
+    `stats[(scheme, fold)]` are the feature stats of that SAE (loaded or stored);
+    `decoders[(scheme, fold)]` its decoder [d_sae, d_in]. `union_decoders[fold]`, when given,
+    are the per-round fine-tuned decoders the pooled SAE is compared with.
+    """
+    folds = list(folds)
+    ref_fold = folds[0]
+    features, stability = [], []
+    tables: dict[tuple[str, int], pd.DataFrame] = {}
+    matchings: dict[tuple[str, int], Matching] = {}
+    by_reference: dict[tuple[str, int], Matching] = {}
+    for an in analyses:
+        for fold in folds:
+            evidence = []
+            for model in models:
+                fs = stats[(an.evaluator[model], fold)]
+                evidence.append(
+                    RoundEvidence(
+                        model=model,
+                        scheme=an.evaluator[model],
+                        stats=fs.model_stats(model),
+                        sequences=fs.model_sequences(model),
+                        fires=fs.model_fires(model),
+                    )
+                )
+            d_sae = stats[(an.reference, fold)].d_sae
+            # Decoder stats are per SAE (the same rows for every model): any model's will do.
+            direction = {
+                label: stats[(scheme, fold)].model_stats(models[0])
+                for label, scheme in an.direction.items()
+            }
+            tables[(an.name, fold)] = analyse_rounds(
+                evidence, d_sae, cfg, analysis=an.name, direction=direction
+            )
+        ref = tables[(an.name, ref_fold)]
+        for fold in folds[1:]:
+            # Analyses that share a reference dictionary share its (costly) matching.
+            if (an.reference, fold) not in by_reference:
+                by_reference[(an.reference, fold)] = hungarian_match(
+                    decoders[(an.reference, ref_fold)], decoders[(an.reference, fold)]
+                )
+            matchings[(an.name, fold)] = by_reference[(an.reference, fold)]
+        table = add_replication(
+            ref,
+            [tables[(an.name, f)] for f in folds[1:]],
+            [matchings[(an.name, f)] for f in folds[1:]],
+            cfg,
+        )
+        table["change"] = change_kind(table, cfg)
+        features.append(rank_features(table))
+        stability += fold_stability_rows(an, folds, tables, matchings, cfg)
+        stability += scheme_alignment_rows(an, ref_fold, decoders, cfg)
+        if union_decoders and an.is_pooled:
+            stability += pooled_union_rows(an, folds, decoders, union_decoders, cfg)
+    return FamilyResult(
+        features=pd.concat(features, ignore_index=True),
+        fold_tables=tables,
+        matchings=matchings,
+        stability=pd.DataFrame(stability, columns=STABILITY_COLUMNS),
+    )

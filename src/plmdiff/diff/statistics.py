@@ -1,0 +1,239 @@
+"""Which SAE features changed across rounds: fold change, trend test, FDR, the call, the rank.
+
+The unit of the trend test is the sequence: for every feature, the Spearman correlation between
+a sequence's round index (0 = base, 1..R = rounds) and the fraction of that sequence's residues
+on which the feature fires. Sequences are independent samples of their model, so under the null
+"the feature fires alike in every round" the round labels are exchangeable and the test has a
+real null. Features that fire in fewer than `min_firing_sequences` sequences are not tested
+(their p-value is NaN and they do not count towards the Benjamini-Hochberg m): the number of
+firing sequences does not depend on the round labels, so this filter keeps the FDR valid while
+removing tests that could never reach significance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from plmdiff.core.errors import DataError
+from plmdiff.core.stats import average_ranks, benjamini_hochberg
+from plmdiff.diff.settings import DiffConfig
+
+
+@dataclass(frozen=True)
+class SpearmanResult:
+    rho: np.ndarray
+    p_value: np.ndarray
+    n_nonzero: np.ndarray
+
+
+def sparse_spearman(
+    x: np.ndarray,
+    seq_index: np.ndarray,
+    feature: np.ndarray,
+    value: np.ndarray,
+    n_features: int,
+) -> SpearmanResult:
+    """Spearman correlation of `x` (one value per sequence) with every feature's sparse column.
+
+    Feature j's column is `value` at rows `seq_index[feature == j]` and 0 elsewhere (values must
+    be positive). Ranks use averages for ties, as scipy.stats.spearmanr, and so does the p-value
+    (t distribution with n - 2 degrees of freedom); the work is O(non-zeros), never n x features.
+    """
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    seq_index = np.asarray(seq_index, dtype=np.int64)
+    feature = np.asarray(feature, dtype=np.int64)
+    value = np.asarray(value, dtype=float)
+    if np.any(value <= 0):
+        raise ValueError("sparse_spearman needs strictly positive non-zero values")
+    rx = average_ranks(x)
+    rxc = rx - rx.mean()
+    sxx = float(np.sum(rxc**2))
+
+    nnz = np.bincount(feature, minlength=n_features).astype(float)
+    zeros = n - nnz
+    zero_rank = (zeros + 1) / 2
+    frame = pd.DataFrame({"f": feature, "v": value})
+    within = frame.groupby("f", sort=False)["v"].rank(method="average").to_numpy()
+    rank = within + zeros[feature]
+    cov = np.bincount(
+        feature, weights=rxc[seq_index] * (rank - zero_rank[feature]), minlength=n_features
+    )
+    sum_sq = np.bincount(feature, weights=rank**2, minlength=n_features) + zeros * zero_rank**2
+    syy = sum_sq - n * ((n + 1) / 2) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = cov / np.sqrt(sxx * syy)
+    rho[(syy <= 1e-9) | (sxx <= 1e-9)] = np.nan
+    rho = np.clip(rho, -1.0, 1.0)
+    p = spearman_p_value(rho, n)
+    return SpearmanResult(rho=rho, p_value=p, n_nonzero=nnz.astype(np.int64))
+
+
+def spearman_p_value(rho: np.ndarray, n: int) -> np.ndarray:
+    """Two-sided p-value of Spearman's rho (t approximation, as scipy.stats.spearmanr)."""
+    rho = np.asarray(rho, dtype=float)
+    if n < 3:
+        return np.full(rho.shape, np.nan)
+    dof = n - 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = rho * np.sqrt(dof / ((1.0 - rho) * (1.0 + rho)))
+    p = 2 * sps.t.sf(np.abs(t), dof)
+    return np.where(np.isnan(rho), np.nan, p)
+
+
+def log2_fold_change(
+    count_a: np.ndarray,
+    tokens_a: float,
+    count_b: np.ndarray,
+    tokens_b: float,
+    pseudocount: float,
+) -> np.ndarray:
+    """log2 of firing frequency in b over a, with `pseudocount` tokens added to each count."""
+    freq_a = (np.asarray(count_a, dtype=float) + pseudocount) / (tokens_a + pseudocount)
+    freq_b = (np.asarray(count_b, dtype=float) + pseudocount) / (tokens_b + pseudocount)
+    return np.log2(freq_b / freq_a)
+
+
+@dataclass(frozen=True)
+class RoundEvidence:
+    """What one SAE says about one model's held-out sequences (from feature_stats outputs).
+
+    `stats`: one row per feature (n_fire, n_tokens, frequency, mean_act, sequence_fraction,
+    dec_cos_to_base, dec_norm_ratio); `sequences`: seq_index, seq_id, n_tokens of this model's
+    sequences; `fires`: sparse (seq_index, feature, n_fire) restricted to those sequences.
+    """
+
+    model: str
+    scheme: str
+    stats: pd.DataFrame
+    sequences: pd.DataFrame
+    fires: pd.DataFrame
+
+
+def analyse_rounds(
+    evidence: Sequence[RoundEvidence],
+    d_sae: int,
+    cfg: DiffConfig,
+    *,
+    analysis: str,
+    direction: Mapping[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """One row per feature: frequencies per round, log2FC last vs base, trend test, q, call.
+
+    `evidence` is ordered by round (base first). `direction` maps a label (a round, or a pooled
+    scheme) to the feature stats of a fine-tuned SAE: its decoder direction change (1 - cosine
+    to the base SAE's row) and norm ratio become columns, and the last label's enter the call.
+    """
+    if len(evidence) < 2:
+        raise DataError(f"analysis '{analysis}' needs the base and at least one round")
+    table = pd.DataFrame({"analysis": analysis, "feature": np.arange(d_sae, dtype=np.int64)})
+    xs, seqs, feats, rates = [], [], [], []
+    offset = 0
+    for r, ev in enumerate(evidence):
+        st = _per_feature(ev.stats, d_sae, f"scheme '{ev.scheme}' for model '{ev.model}'")
+        table[f"freq_{ev.model}"] = st["frequency"].to_numpy()
+        table[f"mean_act_{ev.model}"] = st["mean_act"].to_numpy()
+        table[f"seqfrac_{ev.model}"] = st["sequence_fraction"].to_numpy()
+        seq = ev.sequences.reset_index(drop=True)
+        local = pd.Series(np.arange(len(seq)), index=seq["seq_index"].to_numpy())
+        fires = ev.fires[ev.fires["seq_index"].isin(local.index)]
+        idx = local.loc[fires["seq_index"].to_numpy()].to_numpy()
+        n_tok = seq["n_tokens"].to_numpy().astype(float)
+        xs.append(np.full(len(seq), r, dtype=float))
+        seqs.append(idx + offset)
+        feats.append(fires["feature"].to_numpy())
+        rates.append(fires["n_fire"].to_numpy() / n_tok[idx])
+        offset += len(seq)
+
+    base, last = evidence[0], evidence[-1]
+    b = _per_feature(base.stats, d_sae, f"scheme '{base.scheme}' for model '{base.model}'")
+    lst = _per_feature(last.stats, d_sae, f"scheme '{last.scheme}' for model '{last.model}'")
+    table["log2_fold_change"] = log2_fold_change(
+        b["n_fire"].to_numpy(),
+        float(b["n_tokens"].iloc[0]),
+        lst["n_fire"].to_numpy(),
+        float(lst["n_tokens"].iloc[0]),
+        cfg.pseudocount,
+    )
+    x = np.concatenate(xs)
+    result = sparse_spearman(
+        x, np.concatenate(seqs), np.concatenate(feats), np.concatenate(rates), d_sae
+    )
+    tested = result.n_nonzero >= cfg.min_firing_sequences
+    p = np.where(tested, result.p_value, np.nan)
+    table["n_sequences"] = len(x)
+    table["n_firing_sequences"] = result.n_nonzero
+    table["spearman_rho"] = result.rho
+    table["p_value"] = p
+    table["q_value"] = benjamini_hochberg(p)
+    table["tested"] = tested & ~np.isnan(p)
+    table["direction_change"] = np.nan
+    table["norm_ratio"] = np.nan
+    for label, frame in (direction or {}).items():
+        rows = _per_feature(frame, d_sae, f"decoder stats of '{label}'")
+        table[f"dir_change_{label}"] = 1.0 - rows["dec_cos_to_base"].to_numpy()
+        table[f"norm_ratio_{label}"] = rows["dec_norm_ratio"].to_numpy()
+        table["direction_change"] = table[f"dir_change_{label}"]
+        table["norm_ratio"] = table[f"norm_ratio_{label}"]
+    table["changed"] = call_changed(table, cfg, direction=bool(direction))
+    return table
+
+
+def _per_feature(frame: pd.DataFrame, d_sae: int, what: str) -> pd.DataFrame:
+    """The stats rows of one model, indexed 0..d_sae-1 (every feature present exactly once)."""
+    rows = frame.set_index("feature").sort_index()
+    if len(rows) != d_sae or not np.array_equal(rows.index.to_numpy(), np.arange(d_sae)):
+        raise DataError(
+            f"feature stats of {what} do not hold one row "
+            f"per feature 0..{d_sae - 1} ({len(rows)} rows)"
+        )
+    return rows
+
+
+def call_changed(table: pd.DataFrame, cfg: DiffConfig, *, direction: bool) -> np.ndarray:
+    """Significant trend with a large enough fold change, or (fine-tuned SAEs) a moved decoder."""
+    q = table["q_value"].to_numpy()
+    lfc = table["log2_fold_change"].to_numpy()
+    by_frequency = (q <= cfg.fdr) & (np.abs(lfc) >= cfg.min_abs_log2_fold_change)
+    by_frequency &= ~np.isnan(q)
+    if not direction:
+        return by_frequency
+    moved = table["direction_change"].to_numpy() >= cfg.min_direction_change
+    return by_frequency | np.nan_to_num(moved, nan=False).astype(bool)
+
+
+def change_kind(table: pd.DataFrame, cfg: DiffConfig) -> pd.Series:
+    """'up', 'down', 'direction' or '' per feature, for tables people read."""
+    q = table["q_value"].to_numpy()
+    lfc = table["log2_fold_change"].to_numpy()
+    freq = (q <= cfg.fdr) & (np.abs(lfc) >= cfg.min_abs_log2_fold_change)
+    kind = np.where(freq & (lfc > 0), "up", np.where(freq & (lfc < 0), "down", ""))
+    moved = np.nan_to_num(table["direction_change"].to_numpy(), nan=0.0)
+    moved = moved >= cfg.min_direction_change
+    kind = np.where((kind == "") & moved & table["changed"].to_numpy(), "direction", kind)
+    return pd.Series(kind, index=table.index)
+
+
+def rank_features(table: pd.DataFrame) -> pd.DataFrame:
+    """Changed features first, then by |log2FC|, decoder direction change and q-value.
+
+    Returns the table sorted, with a 1-based `rank` column (ties broken by feature index).
+    """
+    key = pd.DataFrame(
+        {
+            "changed": ~table["changed"].to_numpy(),
+            "abs_lfc": -np.abs(table["log2_fold_change"].to_numpy()),
+            "dir": -np.nan_to_num(table["direction_change"].to_numpy(), nan=0.0),
+            "q": np.nan_to_num(table["q_value"].to_numpy(), nan=2.0),
+            "feature": table["feature"].to_numpy(),
+        }
+    )
+    order = np.lexsort([key[c].to_numpy() for c in ("feature", "q", "dir", "abs_lfc", "changed")])
+    out = table.iloc[order].reset_index(drop=True)
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    return out
