@@ -35,9 +35,11 @@ ZYMCTRL_IDS = SpecialIds(
     end=SPECIAL_TOKENS["<end>"],
 )
 
-# Decoder families of the plain-format test checkpoints, by config.json `model_type`.
-Family = Literal["llama", "gpt_neox", "opt"]
-FAMILIES: tuple[Family, ...] = ("llama", "gpt_neox", "opt")
+# Decoder families of the plain-format test checkpoints, by config.json `model_type`. The
+# LLaMA-style ones share one config recipe (their configs name the same keys).
+Family = Literal["llama", "mistral", "qwen2", "gpt_neox", "opt"]
+LLAMA_STYLE: tuple[Family, ...] = ("llama", "mistral", "qwen2")
+FAMILIES: tuple[Family, ...] = (*LLAMA_STYLE, "gpt_neox", "opt")
 
 # The per-residue tokenizer's vocabulary: specials first (ids 0..3), then one token per letter,
 # so non-canonical residues (X, B, Z, U, O) encode as themselves rather than as <unk>.
@@ -132,16 +134,18 @@ def decoder_config(
 ) -> Any:
     """A tiny config of `family` with the tokenizer's special ids.
 
-    LLaMA-style models get half as many KV heads as query heads (grouped-query attention), so
-    the KV-cache and attention paths that differ from GPT-2's are exercised.
+    LLaMA-style models (LLaMA, Mistral, Qwen2) get half as many KV heads as query heads
+    (grouped-query attention), so the KV-cache and attention paths that differ from GPT-2's
+    are exercised.
     """
-    from transformers import GPTNeoXConfig, LlamaConfig, OPTConfig
+    from transformers import AutoConfig, GPTNeoXConfig, OPTConfig
 
-    if n_embd % n_head or (family == "llama" and n_head % 2):
-        raise ValueError(f"n_head={n_head} must divide n_embd={n_embd} (and be even for llama)")
+    if n_embd % n_head or (family in LLAMA_STYLE and n_head % 2):
+        raise ValueError(f"n_head={n_head} must divide n_embd={n_embd} (and be even for {family})")
     ids = {"bos_token_id": special.bos, "eos_token_id": special.eos, "pad_token_id": special.pad}
-    if family == "llama":
-        return LlamaConfig(
+    if family in LLAMA_STYLE:
+        return AutoConfig.for_model(
+            family,
             vocab_size=vocab_size,
             hidden_size=n_embd,
             intermediate_size=2 * n_embd,

@@ -20,7 +20,14 @@ from plmdiff.testing.checkpoints import (
 
 N_LAYERS, WIDTH, HEADS, CONTEXT = 3, 32, 4, 64
 # (family, expected KV heads): LLaMA-style test models use grouped-query attention.
-EXPECTED_KV_HEADS = {"gpt2": HEADS, "llama": HEADS // 2, "gpt_neox": HEADS, "opt": HEADS}
+EXPECTED_KV_HEADS = {
+    "gpt2": HEADS,
+    "llama": HEADS // 2,
+    "mistral": HEADS // 2,
+    "qwen2": HEADS // 2,
+    "gpt_neox": HEADS,
+    "opt": HEADS,
+}
 
 
 def tiny_model(family: str) -> Any:
