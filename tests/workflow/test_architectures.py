@@ -78,7 +78,7 @@ def test_intake_records_the_architecture(study):
 def test_sampling_writes_ended_sequences(study):
     _, root = study
     for model in MODELS:
-        entries = read_fasta(root / paths.fasta(model))
+        entries = list(read_fasta(root / paths.fasta(model)))
         assert len(entries) >= OVERRIDES["filter"]["min_sequences"]
         assert all(e.sequence.isalpha() and e.sequence.isupper() for e in entries)
 
@@ -87,7 +87,7 @@ def test_pooled_activations_hold_every_layer(study):
     _, root = study
     for model in MODELS:
         table = pq.read_table(root / paths.pooled("r0", model))
-        n_fasta = len(read_fasta(root / paths.fasta(model)))
+        n_fasta = len(list(read_fasta(root / paths.fasta(model))))
         assert table.num_rows == n_fasta
         for pooling in ("last", "mean"):
             layers = {c for c in table.column_names if c.startswith(f"{pooling}_")}
