@@ -63,7 +63,8 @@ def study(request, tmp_path_factory) -> tuple[str, Path]:
         for i, model in enumerate(MODELS)
     }
     configfile = write_config(root / "config.yaml", tiny_config(checkpoints, **OVERRIDES))
-    run_snakemake(root, configfile, "--cores", "2")
+    # 3 minutes on 2 idle cores; the timeout leaves room for a busy CI machine.
+    run_snakemake(root, configfile, "--cores", "2", timeout=1800)
     return family, root
 
 
