@@ -1,7 +1,8 @@
 """How protein sequences become model text, and back.
 
 ZymCTRL's training text is `{label}<sep><start>{SEQ}<end><|endoftext|>` and its generation prompt
-`{label}<sep><start>` (AI4PDLab/DPO_pLM). `plain` models see BOS + sequence. Token positions
+`{label}<sep><start>` (AI4PDLab/DPO_pLM). `plain` models see BOS + sequence + EOS and are prompted
+with BOS alone; generation stops at EOS, so training and scoring text end with it too. Token positions
 that hold residues are tracked explicitly, because pooling must never include the control tag,
 special tokens or position 0.
 """
@@ -99,7 +100,8 @@ def encode_sequences(
     a tokenizer that merges residues is rejected rather than silently misaligned.
     """
     prefix = prompt_ids(tokenizer, fmt, ids)
-    suffix = [ids.end, ids.eos] if fmt.format == "zymctrl" else []
+    # The stop token ends the scoring text, so a model trained on it learns to end sequences.
+    suffix = [ids.end, ids.eos] if fmt.format == "zymctrl" else [ids.eos]
     out = []
     for seq in sequences:
         residues = list(tokenizer.encode(seq, add_special_tokens=False))

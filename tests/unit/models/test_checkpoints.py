@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from plmdiff.core.errors import CheckpointError
 from plmdiff.models.checkpoints import CheckpointRecord, inspect_checkpoint, load_model
 from plmdiff.models.text import PromptFormat
-from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT
+from plmdiff.testing.checkpoints import PLAIN_FORMAT, ZYMCTRL_FORMAT, make_tiny_plain_checkpoint
 
 
 @pytest.fixture
@@ -134,3 +134,22 @@ def test_zymctrl_format_needs_control_tokens(ckpt):
         inspect_checkpoint(ckpt, "r0", ZYMCTRL_FORMAT)
     record = inspect_checkpoint(ckpt, "r0", PromptFormat("plain", ""))
     assert record.special_tokens["sep"] is None
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "opt"])
+def test_plain_checkpoints_of_other_families_pass_intake(tmp_path, family):
+    """The builders' checkpoints hold their tokenizer's BOS, EOS and PAD, as intake reads them."""
+    ckpt = make_tiny_plain_checkpoint(tmp_path / family, family, train_steps=0)
+    record = inspect_checkpoint(ckpt, "r0", PLAIN_FORMAT)
+    assert record.model_type == family and record.n_layers == 2 and record.d_model == 32
+    assert record.weights_format == "safetensors" and record.vocab_size == 29
+    assert record.special_tokens == {
+        "pad": 0,
+        "eos": 2,
+        "bos": 1,
+        "sep": None,
+        "start": None,
+        "end": None,
+    }
+    with pytest.raises(CheckpointError, match=r"lacks <sep>, <start>, <end>"):
+        inspect_checkpoint(ckpt, "r0", ZYMCTRL_FORMAT)

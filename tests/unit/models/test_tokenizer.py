@@ -6,9 +6,15 @@ import pytest
 from tokenizers import Tokenizer
 
 from plmdiff.models.checkpoints import load_tokenizer
-from plmdiff.models.text import encode_sequences
+from plmdiff.models.text import decode_residues, encode_sequences
 from plmdiff.models.zymctrl import load_zymctrl_tokenizer
-from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
+from plmdiff.testing.checkpoints import (
+    PLAIN_FORMAT,
+    ZYMCTRL_FORMAT,
+    ZYMCTRL_IDS,
+    residue_tokenizer,
+    special_ids_of,
+)
 from tests.conftest import SHARED
 
 TEXTS = [
@@ -59,3 +65,22 @@ def test_residue_span_excludes_tag_and_specials():
     assert enc.ids == tok.encode(TEXTS[0], add_special_tokens=False)
     assert (enc.start, enc.stop) == (9, 12)
     assert tok.decode(enc.ids[enc.start : enc.stop]).replace(" ", "") == "MKV"
+
+
+def test_plain_text_is_bos_residues_eos():
+    """Plain models are prompted with BOS and stop at EOS, so their text ends with EOS."""
+    tok = residue_tokenizer()
+    special = special_ids_of(tok)
+    assert (special.pad, special.bos, special.eos) == (0, 1, 2)
+    (enc,) = encode_sequences(tok, PLAIN_FORMAT, special, ["MKV"])
+    residues = tok.encode("MKV", add_special_tokens=False)
+    assert enc.ids == [special.bos, *residues, special.eos]
+    assert (enc.start, enc.stop) == (1, 4)
+    assert decode_residues(tok, enc.ids, special) == "MKV"
+
+
+def test_residue_tokenizer_keeps_one_token_per_residue():
+    tok = residue_tokenizer()
+    seq = "ACDEFGHIKLMNPQRSTVWYXBZUO"
+    ids = tok.encode(seq, add_special_tokens=False)
+    assert len(ids) == len(seq) and tok.unk_token_id not in ids
