@@ -169,7 +169,8 @@ def _mmseqs_clusters(
         {"seq_id": [e.seq_id for e in entries], "cluster": [cluster_of[e.seq_id] for e in entries]}
     )
     return Clusters(
-        table, f"mmseqs2 {version} at {settings.identity:g} identity, {settings.coverage:g} coverage"
+        table,
+        f"mmseqs2 {version} at {settings.identity:g} identity, {settings.coverage:g} coverage",
     )
 
 

@@ -605,7 +605,10 @@ def probe_sweep(
 
     design = build_design(y, groups, settings)
     layer_fit = _fit_feature_sets(
-        [_standardise(m) for m in mats], design, settings, {**run, **_design_tensors(design, device)}
+        [_standardise(m) for m in mats],
+        design,
+        settings,
+        {**run, **_design_tensors(design, device)},
     )
     baseline_fits: dict[str, _SetFit] = {}
     if baselines:
@@ -715,7 +718,9 @@ def _summarise(
     oof, correct = _oof_correct(layer_fit, y)
 
     names = list(baseline_fits)
-    base_scores = {name: _scores(fit, _scheme_rows(fit, GROUPED)) for name, fit in baseline_fits.items()}
+    base_scores = {
+        name: _scores(fit, _scheme_rows(fit, GROUPED)) for name, fit in baseline_fits.items()
+    }
     base_ungrouped = {
         name: _scores(fit, _scheme_rows(fit, UNGROUPED)) for name, fit in baseline_fits.items()
     }

@@ -39,9 +39,9 @@ from plmdiff.core.errors import ConfigError
 from plmdiff.core.runtime import atomic_path, derive_seed
 from plmdiff.core.stats import (
     benjamini_hochberg,
+    bias_corrected_interval,
     cluster_bootstrap_counts,
     min_permutation_p,
-    bias_corrected_interval,
     permutation_p,
     permute_clusters,
     westfall_young,
@@ -188,9 +188,7 @@ def _cell_sums(Z: np.ndarray, y: np.ndarray, groups: np.ndarray, K: int) -> _Cel
     rows = torch.zeros(cells.size, dtype=torch.float64).index_add_(
         0, index, torch.ones(len(y), dtype=torch.float64)
     )
-    squares = torch.zeros(cells.size, dtype=torch.float64).index_add_(
-        0, index, Zt.pow(2).sum(1)
-    )
+    squares = torch.zeros(cells.size, dtype=torch.float64).index_add_(0, index, Zt.pow(2).sum(1))
     return _CellSums(cells // K, cells % K, sums, rows, squares, int(codes.max()) + 1)
 
 
@@ -204,7 +202,9 @@ def bootstrap_round_statistics(
     draw gives NaN distances in it.
     """
     cells = _cell_sums(Z, y, groups, K)
-    _, draws = cluster_bootstrap_counts(np.arange(cells.n_clusters), n_boot, np.random.default_rng(seed))
+    _, draws = cluster_bootstrap_counts(
+        np.arange(cells.n_clusters), n_boot, np.random.default_rng(seed)
+    )
     member = torch.zeros(len(cells.round), K, dtype=torch.float64)
     member[torch.arange(len(cells.round)), torch.from_numpy(cells.round)] = 1.0
     ratios, distances = np.empty(n_boot), np.empty((n_boot, K, K))
@@ -337,7 +337,10 @@ def crossfit_distances(
     total, used = np.zeros((K, K)), np.zeros((K, K))
     for _ in range(CROSS_FIT_SPLITS):
         half = rng.integers(0, 2, size=int(codes.max()) + 1)[codes]
-        a, b = round_means(Z[half == 0], y[half == 0], K), round_means(Z[half == 1], y[half == 1], K)
+        a, b = (
+            round_means(Z[half == 0], y[half == 0], K),
+            round_means(Z[half == 1], y[half == 1], K),
+        )
         estimate = np.einsum("ijd,ijd->ij", a[:, None] - a[None], b[:, None] - b[None])
         ok = ~np.isnan(estimate)
         total[ok] += estimate[ok]
