@@ -364,7 +364,7 @@ def test_settings_from_schema_defaults():
     assert 1 / (probe.margin_permutations + 1) <= 0.001
     assert probe.grid == (0.01, 0.1, 1.0, 10.0)
     assert ProbeSettings.from_config({**section, "C": 2.0}).grid == (2.0,)
-    with pytest.raises(ConfigError, match="probes.bootstrap is missing"):
+    with pytest.raises(ConfigError, match=r"probes\.bootstrap is missing"):
         ProbeSettings.from_config({k: v for k, v in section.items() if k != "bootstrap"})
 
 
