@@ -27,8 +27,8 @@ rule cluster_sequences:
         # Only the clustering keys: a changed probe setting must not redo the clustering.
         probes={k: v for k, v in config["probes"].items() if k.startswith("cluster_")},
     message:
-        "Clustering the sequences of all models at "
-        "{params.probes[cluster_identity]} identity"
+        "Clustering the sequences of all models (cluster_method "
+        "{params.probes[cluster_method]}, identity {params.probes[cluster_identity]})"
     script:
         "../workflow_scripts/cluster_sequences.py"
 
