@@ -1,21 +1,21 @@
-"""Benchmark: batched torch probes (plmdiff.probes.probes.cv_accuracy) vs scikit-learn, one run.
+"""Benchmark: the whole probe sweep (plmdiff.probes.probes.probe_sweep) vs scikit-learn.
 
 Same synthetic embeddings (anisotropic, power-law spectrum, a few massive dimensions, round
 signal rising with depth), same folds, same C, same stopping rule (max |gradient| <= tol or
-max_iter) on both sides; scikit-learn is the usual
-`make_pipeline(StandardScaler(), LogisticRegression(C=C))` looped over layers and folds.
+max_iter) on both sides. plmdiff runs what the `probes` rule runs: every layer on grouped and
+plain folds and on the schema's default number of label permutations (99), the length,
+composition, dipeptide and layer-0 baselines, balanced accuracy from pooled out-of-fold
+predictions, cluster-bootstrap intervals and the margin tests. scikit-learn is the usual
+`make_pipeline(StandardScaler(), LogisticRegression(C=C))`; looping it over every one of those
+fits would take the better part of a day on 2 cores, so it fits the real-label grouped folds of
+every --sklearn-every-th layer and of the baselines, and its time for the whole sweep is those
+fits' mean time per fit times the number of fits the sweep makes (printed). Balanced accuracies
+are compared on the layers it fitted (same folds, pooled predictions).
 
-Prints the wall-clock ratio and the largest per-layer difference of mean accuracy (in
-percentage points). Both sides get max_iter=1000 by default because on embeddings this
-anisotropic scikit-learn's lbfgs needs a few hundred iterations to converge; with its default
-100 it stops early and its accuracies are a few points off the optimum (--sklearn-max-iter 100
-shows it: its own ConvergenceWarnings are counted).
-
-Default size: 4000 sequences x 512 dims x 8 rounds x 37 layers x 5 folds, C=0.1 (the
-middle of the default C grid): the study's ratio of sequences to dimensions (10k x 1280), at a
-size where scikit-learn takes a few minutes on 2 cores. --full is the issue's size, where
-scikit-learn alone takes the better part of an hour. Wall-clock and process CPU time are both
-printed: on a shared machine the CPU-time ratio is the steadier of the two.
+Both sides get max_iter=1000 by default because on embeddings this anisotropic scikit-learn's
+lbfgs needs a few hundred iterations to converge. Default size: 4000 sequences x 512 dims x 8
+rounds x 37 layers x 5 folds, C=0.1; --full is 10k x 1280. Wall-clock and process CPU time are
+both printed: on a shared machine the CPU-time ratio is the steadier of the two.
 
     .venv/bin/python bench/probes.py [--threads 2] [--full] [--device cpu]
 """
@@ -38,9 +38,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=37)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--C", type=float, default=0.1)
+    parser.add_argument("--permutations", type=int, default=None, help="default: the schema's")
     parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--sklearn-max-iter", type=int, default=None)
     parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--sklearn-every", type=int, default=4, help="fit every n-th layer")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--full", action="store_true", help="10k sequences x 1280 dims")
@@ -50,80 +51,121 @@ def main() -> None:
         args.sequences, args.dims = 10_000, 1280
 
     import torch
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    from plmdiff.probes.logreg import SolverSettings
-    from plmdiff.probes.probes import cv_accuracy, stratified_folds
+    from plmdiff.config.sections import section_defaults
+    from plmdiff.probes.baselines import AMINO_ACIDS, baseline_features
+    from plmdiff.probes.probes import GROUPED, ProbeSettings, build_design, probe_sweep
     from plmdiff.testing.synthetic import planted_embeddings
 
     torch.set_num_threads(args.threads)
-    # Signal from nothing at layer 0 to a clear one at the last, as in the study's table.
     signal = np.linspace(0.0, 0.105, args.layers) * np.sqrt(1280 / args.dims)
     data = planted_embeddings(
         args.sequences // args.rounds, args.rounds, args.dims, signal, seed=args.seed
     )
-    X, y = data.X, data.y
-    folds = stratified_folds(y, args.folds, args.seed)
+    X, y, n = data.X, data.y, len(data.y)
+    rng = np.random.default_rng(args.seed)
+    lengths = rng.normal(250 + 4 * y, 40).clip(50).astype(int)  # length drifts a little
+    sequences = ["".join(rng.choice(list(AMINO_ACIDS), size=k)) for k in lengths]
+    baselines = baseline_features(sequences, X[0])
+    section = {
+        **section_defaults("probes"),
+        "folds": args.folds,
+        "C": args.C,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "seed": args.seed,
+    }
+    if args.permutations is not None:
+        section["permutations"] = args.permutations
+    settings = ProbeSettings.from_config(section)
+    groups = np.arange(n)
     print(
-        f"data: {len(y)} sequences x {args.dims} dims x {args.rounds} rounds x "
-        f"{args.layers} layers x {args.folds} folds, C={args.C}, tol={args.tol}, "
-        f"{args.threads} threads, torch on {args.device}"
+        f"data: {n} sequences x {args.dims} dims x {args.rounds} rounds x {args.layers} layers x "
+        f"{args.folds} folds, C={args.C}, tol={args.tol}, {settings.permutations} permutations, "
+        f"baselines {', '.join(baselines)}, {settings.bootstrap} bootstrap, "
+        f"{settings.margin_permutations} margin flips, {args.threads} threads, torch on "
+        f"{args.device}"
     )
-
     # Warm-up on a sliver, so one-off library initialisation is not billed to either side.
-    cv_accuracy([X[0][:200]], y[:200], folds[:200] % 2, args.C, device=args.device)
+    sliver = np.arange(0, n, max(1, n // 200))  # every round, a few rows each
+    warm = ProbeSettings.from_config({**section, "permutations": 0, "folds": 2})
+    probe_sweep([X[0][sliver]], y[sliver], None, warm)
 
     started, cpu = time.perf_counter(), time.process_time()
-    ours, converged = cv_accuracy(
-        list(X),
-        y,
-        folds,
-        args.C,
-        SolverSettings(max_iter=args.max_iter, tol=args.tol),
-        device=args.device,
-    )
+    result = probe_sweep(list(X), y, groups, settings, baselines=baselines, device=args.device)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t_ours, cpu_ours = time.perf_counter() - started, time.process_time() - cpu
+    table = result.accuracy
+    layer_fits = args.layers * args.folds * (2 + settings.permutations)
+    baseline_fits = (len(baselines) - 1) * args.folds * 2  # layer_0 reuses the layer's fits
     print(
-        f"plmdiff (torch, batched): {t_ours:8.1f} s wall, {cpu_ours:8.1f} s CPU, "
-        f"converged {converged.mean():.0%} of fits"
+        f"plmdiff (torch, batched): {t_ours:8.1f} s wall, {cpu_ours:8.1f} s CPU for "
+        f"{layer_fits} layer fits + {baseline_fits} baseline fits; converged "
+        f"{table['converged'].mean():.0%}"
     )
 
-    sk_iter = args.sklearn_max_iter or args.max_iter
-    theirs = np.zeros_like(ours)
-    not_converged = 0
-    started, cpu = time.perf_counter(), time.process_time()
-    with threadpool_limits(args.threads), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        for layer in range(args.layers):
-            for f in range(args.folds):
-                train, test = folds != f, folds == f
-                model = make_pipeline(
-                    StandardScaler(), LogisticRegression(C=args.C, max_iter=sk_iter, tol=args.tol)
-                )
-                model.fit(X[layer][train], y[train])
-                theirs[layer, f] = model.score(X[layer][test], y[test])
-        not_converged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-    t_sklearn, cpu_sklearn = time.perf_counter() - started, time.process_time() - cpu
-    fits = args.layers * args.folds
-    print(
-        f"scikit-learn (lbfgs, max_iter={sk_iter}): {t_sklearn:8.1f} s wall, "
-        f"{cpu_sklearn:8.1f} s CPU, {not_converged} of {fits} fits hit max_iter"
-    )
+    # The real-label grouped folds of the sweep (the design is deterministic in the seed).
+    design = build_design(y, groups, settings, permutations=0)
+    folds = np.empty(n, dtype=int)
+    for split in design.splits:
+        if split.scheme == GROUPED and split.outer < 0:
+            folds[split.test] = split.fold
 
-    diff = np.abs(ours.mean(1) - theirs.mean(1)) * 100
-    print(f"per-layer mean accuracy, plmdiff:      {np.round(ours.mean(1), 3).tolist()}")
-    print(f"per-layer mean accuracy, scikit-learn: {np.round(theirs.mean(1), 3).tolist()}")
+    def fit_predict(features: np.ndarray) -> tuple[np.ndarray, float, float]:
+        pred = np.empty(n, dtype=int)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for f in range(args.folds):
+            train, test = folds != f, folds == f
+            model = make_pipeline(
+                StandardScaler(),
+                LogisticRegression(C=args.C, max_iter=args.max_iter, tol=args.tol),
+            )
+            model.fit(features[train], y[train])
+            pred[test] = model.predict(features[test])
+        return pred, time.perf_counter() - wall, time.process_time() - cpu
+
+    sampled = list(range(0, args.layers, args.sklearn_every))
+    ours_ba = table[table.features == "layer"].set_index("layer")["balanced_accuracy"]
+    diffs, layer_wall, layer_cpu = [], 0.0, 0.0
+    with threadpool_limits(args.threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layer in sampled:
+            pred, wall, cpu = fit_predict(X[layer])
+            layer_wall, layer_cpu = layer_wall + wall, layer_cpu + cpu
+            diffs.append(abs(balanced_accuracy_score(y, pred) - ours_ba.loc[layer]) * 100)
+        base_wall = base_cpu = 0.0
+        for name, features in baselines.items():
+            if name == "layer_0":
+                continue
+            pred, wall, cpu = fit_predict(features)
+            base_wall, base_cpu = base_wall + wall, base_cpu + cpu
+            ours = table.set_index("features").loc[name, "balanced_accuracy"]
+            diffs.append(abs(balanced_accuracy_score(y, pred) - ours) * 100)
+    per_fit_wall = layer_wall / (len(sampled) * args.folds)
+    per_fit_cpu = layer_cpu / (len(sampled) * args.folds)
+    t_sklearn = per_fit_wall * layer_fits + base_wall * 2
+    cpu_sklearn = per_fit_cpu * layer_fits + base_cpu * 2
+    print(
+        f"scikit-learn (lbfgs, max_iter={args.max_iter}): {len(sampled) * args.folds} layer fits "
+        f"measured, {per_fit_wall:.2f} s wall / {per_fit_cpu:.2f} s CPU per fit; the sweep's "
+        f"{layer_fits} layer fits + {baseline_fits} baseline fits: {t_sklearn:8.0f} s wall, "
+        f"{cpu_sklearn:8.0f} s CPU"
+    )
+    print(f"per-layer balanced accuracy, plmdiff: {np.round(ours_ba.to_numpy(), 3).tolist()}")
     print(
         f"speed ratio (scikit-learn / plmdiff): {t_sklearn / t_ours:.1f}x wall-clock, "
         f"{cpu_sklearn / cpu_ours:.1f}x CPU time"
     )
-    print(f"max per-layer |mean accuracy difference|: {diff.max():.2f} percentage points")
+    print(
+        f"max |balanced accuracy difference| over {len(sampled)} layers and "
+        f"{len(baselines) - 1} baselines: {max(diffs):.2f} percentage points"
+    )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ STUDY = wc.Study.from_config(config)
 MODELS = STUDY.models
 BASE = STUDY.base
 EMBEDDERS = STUDY.embedders
+# Probes and sanity checks compare rounds embedded by one model: with `self` each round's own
+# weights embed its own samples, and separating them would measure the models, not the rounds.
+ROUND_EMBEDDERS = [e for e in EMBEDDERS if e != SELF_EMBEDDER]
 SAE_LAYERS = STUDY.sae_layers
 SAE_SCHEMES = STUDY.sae_schemes
 SAE_FAMILIES = STUDY.sae_families
@@ -235,8 +238,10 @@ def all_targets():
     targets += [fasta(m) for m in MODELS]
     targets.append(paths.sampling_summary("tsv"))
     targets += [pooled(e, m) for e in EMBEDDERS for m in STUDY.embedded_models(e)]
-    targets += [probe_file(e, p, "accuracy.tsv") for e in EMBEDDERS for p in POOLINGS]
-    targets += [sanity_file(e, "variance.tsv") for e in EMBEDDERS]
+    targets += [
+        probe_file(e, p, "accuracy.tsv") for e in ROUND_EMBEDDERS for p in POOLINGS
+    ]
+    targets += [sanity_file(e, "variance.tsv") for e in ROUND_EMBEDDERS]
     targets += [
         diff_file(e, layer, fam, "features.tsv")
         for e in EMBEDDERS

@@ -1,8 +1,11 @@
 # Stage: probes and sanity checks on the pooled embeddings.
-# cluster_sequences groups near-identical sequences of all models (MMseqs2, or exact duplicates
-# when it is missing) so that probe folds never split a cluster. probes fits every layer's
-# round probe (grouped and plain folds, nested C, permutation null) as one batched GPU job per
-# (embedder, pooling); sanity runs the t-SNE, cosine, variance and trend checks per embedder.
+# cluster_sequences groups near-identical sequences of all models (MMseqs2; exact duplicates
+# only with cluster_method auto/exact, recorded in the table) so that probe folds, permutations
+# and bootstraps never split a cluster. probes fits every layer's round probe and the length /
+# composition / dipeptide / layer-0 baselines (grouped and plain folds, nested C, cluster
+# permutations) as one batched GPU job per (embedder, pooling); sanity runs the t-SNE, cosine,
+# distance, variance and trend checks per embedder. Neither runs for the `self` embedder
+# (ROUND_EMBEDDERS in common.smk).
 
 
 rule cluster_sequences:
@@ -24,8 +27,8 @@ rule cluster_sequences:
         # Only the clustering keys: a changed probe setting must not redo the clustering.
         probes={k: v for k, v in config["probes"].items() if k.startswith("cluster_")},
     message:
-        "Clustering the sequences of all models at "
-        "{params.probes[cluster_identity]} identity"
+        "Clustering the sequences of all models (cluster_method "
+        "{params.probes[cluster_method]}, identity {params.probes[cluster_identity]})"
     script:
         "../workflow_scripts/cluster_sequences.py"
 
@@ -34,6 +37,8 @@ rule probes:
     input:
         pooled=lambda wildcards: all_pooled(wildcards.embedder),
         clusters=clusters_table(),
+        # Sequences for the length and composition baselines.
+        fasta=[fasta(m) for m in MODELS],
     output:
         accuracy=report(
             probe_file("{embedder}", "{pooling}", "accuracy.tsv"),
@@ -78,6 +83,7 @@ rule probes:
 rule sanity:
     input:
         pooled=lambda wildcards: all_pooled(wildcards.embedder),
+        clusters=clusters_table(),
     output:
         variance=report(
             sanity_file("{embedder}", "variance.tsv"),
@@ -89,7 +95,11 @@ rule sanity:
             caption="../report/sanity_trend.rst",
             category="Sanity checks",
         ),
-        cosine=sanity_file("{embedder}", "cosine.tsv"),
+        cosine=report(
+            sanity_file("{embedder}", "cosine.tsv"),
+            caption="../report/sanity_distances.rst",
+            category="Sanity checks",
+        ),
         tsne=report(
             sanity_tsne("{embedder}"),
             caption="../report/sanity_tsne.rst",

@@ -11,8 +11,8 @@ REPORT_RULES = [
     ("overview", "check_checkpoint", {"model": MODELS}),
     ("sampling", "sampling_summary", {}),
     ("demo", "demo_summary", {}),
-    ("probes", "probes", {"embedder": EMBEDDERS, "pooling": POOLINGS}),
-    ("sanity", "sanity", {"embedder": EMBEDDERS}),
+    ("probes", "probes", {"embedder": ROUND_EMBEDDERS, "pooling": POOLINGS}),
+    ("sanity", "sanity", {"embedder": ROUND_EMBEDDERS}),
     (
         "sae",
         "train_sae",

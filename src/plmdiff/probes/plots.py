@@ -29,42 +29,60 @@ def _grid(n: int) -> tuple[int, int]:
 def plot_accuracy_per_layer(
     accuracy: pd.DataFrame, png: str | Path, svg: str | Path | None = None, title: str = ""
 ) -> None:
-    """Mean +/- std accuracy per layer, grouped and ungrouped folds, chance and permutation band."""
+    """Balanced accuracy per layer with 95% intervals, ungrouped folds, baselines, chance, null.
+
+    Layer rows have features == "layer"; every other row is a baseline, drawn as a horizontal
+    line across the layers. Filled markers: the layer beats the best baseline (margin_p_fwer <
+    0.05) and chance (permutation_p_fwer < 0.05).
+    """
     sns.set_theme(style="whitegrid", context="paper")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = accuracy["layer"].to_numpy()
-    if accuracy["permutation_mean"].notna().any():
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    layers = accuracy[accuracy["features"] == "layer"]
+    baselines = accuracy[accuracy["features"] != "layer"]
+    x = layers["layer"].to_numpy(dtype=float)
+    if layers["permutation_mean"].notna().any():
         ax.fill_between(
             x,
-            accuracy["permutation_q05"],
-            accuracy["permutation_q95"],
-            color="0.8",
+            layers["permutation_q05"].to_numpy(float),
+            layers["permutation_q95"].to_numpy(float),
+            color="0.85",
             alpha=0.7,
             label="permutation null, 5-95%",
         )
-        ax.plot(x, accuracy["permutation_mean"], color="0.5", lw=1, ls=":")
-    ax.axhline(accuracy["chance"].iloc[0], color="0.3", lw=1, ls="--", label="chance (majority)")
+    ax.axhline(layers["chance"].iloc[0], color="0.3", lw=1, ls="--", label="chance (1/K)")
     palette = sns.color_palette("deep")
-    for column, label, color in (
-        ("mean_accuracy_ungrouped", "stratified folds", palette[1]),
-        ("mean_accuracy", "cluster-grouped folds", palette[0]),
-    ):
-        std = accuracy[column.replace("mean", "std")]
-        ax.errorbar(
-            x,
-            accuracy[column],
-            yerr=std,
-            color=color,
-            marker="o",
-            ms=3,
-            lw=1.5,
-            capsize=2,
-            label=label,
+    for i, (_, row) in enumerate(baselines.iterrows()):
+        ax.axhline(
+            row["balanced_accuracy"],
+            color=palette[(i + 2) % len(palette)],
+            lw=1,
+            ls=(0, (4, 2)) if row["features"] != row["best_baseline"] else "-.",
+            label=f"baseline: {str(row['features']).replace('_', ' ')}",
         )
+    ax.plot(
+        x,
+        layers["balanced_accuracy_ungrouped"].to_numpy(float),
+        color=palette[1],
+        marker="o",
+        ms=3,
+        lw=1,
+        label="stratified folds (leakage check)",
+    )
+    y = layers["balanced_accuracy"].to_numpy(float)
+    err = np.abs(
+        np.stack([y - layers["balanced_accuracy_ci_low"], layers["balanced_accuracy_ci_high"] - y])
+    ).astype(float)
+    ax.errorbar(
+        x, y, yerr=err, color=palette[0], lw=1.5, capsize=2, label="cluster-grouped folds, 95% CI"
+    )
+    beats = (layers["margin_p_fwer"] < 0.05) & (layers["permutation_p_fwer"] < 0.05)
+    ax.scatter(x[beats], y[beats], color=palette[0], s=22, zorder=3, label="beats best baseline")
+    ax.scatter(x[~beats], y[~beats], facecolor="white", edgecolor=palette[0], s=22, zorder=3)
     ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("cross-validated accuracy")
-    ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_ylabel("balanced accuracy (out of fold)")
+    method = str(accuracy["cluster_method"].iloc[0])
+    ax.set_title(f"{title}\nfolds grouped by: {method}" if title else f"folds grouped by: {method}")
+    ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(fig, png, *([svg] if svg else []))
 
 
@@ -180,7 +198,10 @@ def plot_cosine_grid(
 
 
 def plot_sanity_stats(variance: pd.DataFrame, trend: pd.DataFrame, png: str | Path) -> None:
-    """Variance ratio and Mantel r per layer; filled markers where the BH q < 0.05."""
+    """Variance ratio and Mantel r per layer; filled markers where the family-wise p < 0.05.
+
+    A layer whose Mantel test cannot reach its alpha (too few rounds) is drawn as a cross.
+    """
     sns.set_theme(style="whitegrid", context="paper")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     for ax, frame, column, label, ref in (
@@ -188,24 +209,37 @@ def plot_sanity_stats(variance: pd.DataFrame, trend: pd.DataFrame, png: str | Pa
         (bottom, trend, "mantel_r", "Mantel r: |round gap| vs centroid distance", 0.0),
     ):
         ax.plot(frame["layer"], frame[column], color="0.4", lw=1)
-        significant = frame["permutation_q"] < 0.05
+        testable = frame["testable"].astype(bool) if "testable" in frame else True
+        significant = (frame["permutation_p_fwer"] < 0.05) & testable
         ax.scatter(
             frame["layer"][significant],
             frame[column][significant],
             color="C3",
             s=18,
             zorder=3,
-            label="permutation q < 0.05 (BH across layers)",
+            label="family-wise p < 0.05 (max statistic across layers)",
         )
         ax.scatter(
-            frame["layer"][~significant],
-            frame[column][~significant],
+            frame["layer"][~significant & testable],
+            frame[column][~significant & testable],
             facecolor="white",
             edgecolor="C3",
             s=18,
             zorder=3,
-            label="q >= 0.05",
+            label="p >= 0.05",
         )
+        untestable = ~np.asarray(testable, dtype=bool) & np.ones(len(frame), dtype=bool)
+        if untestable.any():
+            ax.scatter(
+                frame["layer"][untestable],
+                frame[column][untestable],
+                marker="x",
+                color="0.3",
+                s=18,
+                zorder=3,
+                label=f"untestable: min p {frame['min_p'].iloc[0]:.3g} > alpha",
+            )
+            ax.legend(frameon=False, fontsize=8)
         ax.axhline(ref, color="0.3", ls="--", lw=1)
         ax.set_ylabel(label, fontsize=8)
     top.legend(frameon=False, fontsize=8)

@@ -1,4 +1,4 @@
-"""Per-layer probes: which layers tell the rounds apart, honestly, and fast.
+"""Per-layer probes: which layers tell the rounds apart beyond length and composition.
 
 For every layer a multinomial logistic regression predicts the round of a sequence from its
 pooled embedding, under stratified K-fold cross-validation with standardised features (scaler
@@ -8,8 +8,16 @@ share one batched solve (plmdiff.probes.logreg):
 - grouped: stratified *group* K-fold, groups = sequence-identity clusters, so near-identical
   sequences (mode collapse across rounds) never sit on both sides of a split. The headline.
 - ungrouped: plain stratified K-fold on the real labels, for comparison (leakage shows as a gap).
-- permutation: the grouped pipeline, nested C choice included, on labels permuted between
-  clusters; its mean fold accuracy per permutation is the null distribution of the headline.
+- permutation: the grouped pipeline, nested C choice included, on labels permuted with whole
+  clusters as units (plmdiff.core.stats.permute_clusters); the null of the headline.
+
+The headline is the balanced accuracy (mean per-round recall, chance 1/K) of the out-of-fold
+predictions pooled over the folds, so folds weigh by their size and imbalanced rounds do not
+inflate it; plain accuracy, per-round recall and a cluster-bootstrap interval sit beside it.
+Every layer's permutation p is adjusted across layers by the max statistic (Westfall-Young)
+over the shared permutations. Baselines (plmdiff.probes.baselines: length, composition,
+dipeptides, layer 0) are probed on the same folds, and each layer's margin over the best of
+them is tested by cluster-wise swaps of the two probes' hits (plmdiff.probes.inference).
 """
 
 from __future__ import annotations
@@ -24,70 +32,97 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import StratifiedKFold
 
-from plmdiff.core.errors import ConfigError, DataError
-from plmdiff.core.runtime import derive_seed
-from plmdiff.core.stats import benjamini_hochberg
+from plmdiff.activations.readers import load_pooled, pooled_layers
+from plmdiff.config.sections import from_section
+from plmdiff.core.errors import DataError
+from plmdiff.core.fasta import read_fasta
+from plmdiff.core.runtime import atomic_path, derive_seed
+from plmdiff.core.stats import (
+    balanced_accuracy_from_counts,
+    benjamini_hochberg,
+    min_permutation_p,
+    permutation_p,
+    permute_clusters,
+    westfall_young,
+)
+from plmdiff.probes.baselines import LAYER0, sequences_for
+from plmdiff.probes.clustering import groups_for, read_cluster_method, read_clusters
+from plmdiff.probes.inference import bootstrap_balanced_accuracy, margin_test
 from plmdiff.probes.logreg import Problems, SolverSettings, fit_multinomial
 
 log = logging.getLogger(__name__)
 
 GROUPED, UNGROUPED, PERMUTED = "grouped", "ungrouped", "permutation"
+LAYER_FEATURES = "layer"
 
+# Per-round recall columns follow `balanced_accuracy_ci_high` as recall_<round>.
 ACCURACY_COLUMNS = [
+    "features",
     "layer",
-    "mean_accuracy",
+    "balanced_accuracy",
+    "balanced_accuracy_ci_low",
+    "balanced_accuracy_ci_high",
+    "std_balanced_accuracy",
+    "accuracy",
     "std_accuracy",
     "chance",
+    "majority_rate",
     "permutation_mean",
-    "permutation_p",
-    "permutation_q",
     "permutation_q05",
     "permutation_q95",
-    "mean_accuracy_ungrouped",
-    "std_accuracy_ungrouped",
+    "permutation_p",
+    "permutation_p_fwer",
+    "permutation_q",
+    "permutation_min_p",
+    "best_baseline",
+    "margin",
+    "margin_p",
+    "margin_p_fwer",
+    "margin_min_p",
+    "balanced_accuracy_ungrouped",
+    "accuracy_ungrouped",
     "C",
     "C_ungrouped",
     "converged",
     "n_sequences",
     "n_clusters",
+    "cluster_method",
 ]
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """The `probes` config section (cluster_identity belongs to plmdiff.probes.clustering)."""
+    """The probe keys of the `probes` section (defaults: config/schema.yaml).
 
-    folds: int = 5
-    permutations: int = 49
-    C: float | None = None
-    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-    inner_folds: int = 3
-    max_iter: int = 100
-    tol: float = 1e-4
-    seed: int = 0
+    The cluster_* keys belong to plmdiff.probes.clustering.ClusterSettings.
+    """
+
+    folds: int
+    permutations: int
+    margin_permutations: int
+    bootstrap: int
+    C: float | None
+    C_grid: tuple[float, ...]
+    inner_folds: int
+    max_iter: int
+    tol: float
+    seed: int
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ProbeSettings:
-        known = {"folds", "permutations", "C", "C_grid", "inner_folds", "max_iter", "tol", "seed"}
-        kwargs = {k: v for k, v in section.items() if k in known}
-        if "C_grid" in kwargs:
-            kwargs["C_grid"] = tuple(float(c) for c in kwargs["C_grid"])
-        settings = cls(**kwargs)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        if self.folds < 2:
-            raise ConfigError(f"probes.folds: {self.folds} is not accepted; expected >= 2")
-        if self.C is None and (not self.C_grid or min(self.C_grid) <= 0):
-            raise ConfigError("probes.C_grid: expected a non-empty list of numbers > 0")
-        if self.C is None and self.inner_folds < 2:
-            raise ConfigError(
-                f"probes.inner_folds: {self.inner_folds} is not accepted; expected >= 2"
-            )
+        return from_section(
+            cls,
+            section,
+            "probes",
+            convert={
+                "C_grid": lambda grid: tuple(float(c) for c in grid),
+                "C": lambda c: None if c is None else float(c),
+            },
+        )
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -157,43 +192,37 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def stratified_group_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold index per row, stratified by label, with every group inside one fold."""
-    if np.unique(groups).size < k:
+    """Fold index per row, stratified by label, with every group inside one fold.
+
+    The greedy rule of scikit-learn's StratifiedGroupKFold, in a loop cheap enough for the
+    hundred label permutations a sweep refolds: groups in random order, larger ones first, each
+    to the fold where it leaves the per-round counts closest (least squares) to an equal share.
+    scikit-learn's version takes about 2 s for 4,000 groups, which a sweep pays per permutation.
+    """
+    uniq, codes = np.unique(groups, return_inverse=True)
+    if uniq.size < k:
         raise DataError(
-            f"only {np.unique(groups).size} sequence clusters for {k} folds; lower probes.folds "
+            f"only {uniq.size} sequence clusters for {k} folds; lower probes.folds "
             "or probes.inner_folds, or raise probes.cluster_identity"
         )
-    folds = np.empty(len(y), dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for f, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
-            folds[test] = f
-    return folds
-
-
-def permute_between_clusters(
-    y: np.ndarray, groups: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """Labels permuted as runs over shuffled clusters: the null of 'no round signal'.
-
-    Rows are laid out cluster by cluster; the clusters are shuffled and the original label
-    sequence (in original cluster order) is laid over the shuffled layout. Round sizes are
-    kept exactly, and a cluster that held one round mostly still does, so the permuted data
-    keep the clumping of labels that grouped folds see. (Permuting rows freely would break
-    that clumping and give a null that is too narrow; permuting within clusters would keep
-    each cluster's round and is no null at all.)
-    """
-    _, codes = np.unique(groups, return_inverse=True)
-    order = np.argsort(codes, kind="stable")
-    shuffled_clusters = rng.permutation(codes.max() + 1)
-    rank = np.empty_like(shuffled_clusters)
-    rank[shuffled_clusters] = np.arange(shuffled_clusters.size)
-    within = np.arange(len(y)) - np.searchsorted(codes[order], codes[order])
-    new_order = order[np.lexsort((within, rank[codes[order]]))]
-    permuted = np.empty_like(y)
-    permuted[new_order] = y[order]
-    return permuted
+    y = np.asarray(y, dtype=np.int64)
+    counts = np.zeros((uniq.size, int(y.max()) + 1))
+    np.add.at(counts, (codes, y), 1.0)
+    rng = np.random.default_rng(seed % 2**32)
+    order = rng.permutation(uniq.size)
+    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
+    target = counts.sum(0) / k
+    fold_counts = np.zeros((k, counts.shape[1]))
+    excess = ((fold_counts - target) ** 2).sum(1)
+    assigned = np.empty(uniq.size, dtype=np.int64)
+    for g in order:
+        after = ((fold_counts + counts[g] - target) ** 2).sum(1)
+        # Ties (common for single sequences) go to the fold with fewer rows.
+        f = int(np.argmin(after - excess + 1e-9 * fold_counts.sum(1)))
+        assigned[g] = f
+        fold_counts[f] += counts[g]
+        excess[f] = after[f]
+    return assigned[codes]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -201,13 +230,19 @@ def permute_between_clusters(
 
 @dataclass
 class RoundEmbeddings:
-    """Pooled embeddings of every stored layer with each row's round and cluster."""
+    """Pooled embeddings of every stored layer with each row's round, cluster and sequence.
+
+    Rows are sorted by seq_id, so neither the number of extraction shards nor the order in
+    which batches finished (free memory decides it) changes the rows, the folds or a result.
+    """
 
     X: dict[int, np.ndarray]  # layer -> float32 [n, d]
     y: np.ndarray  # round index per row (position of its model in config models)
     rounds: list[str]  # config model names, in order
     seq_id: np.ndarray
     groups: np.ndarray | None  # cluster per row, when a cluster table was given
+    cluster_method: str  # how the clusters were made ("none" without a cluster table)
+    sequences: list[str] | None  # residues per row, when FASTA files were given
 
 
 def load_round_embeddings(
@@ -217,25 +252,31 @@ def load_round_embeddings(
     *,
     layers: Sequence[int] | None = None,
     clusters: str | Path | None = None,
+    fasta: Sequence[str | Path] | None = None,
 ) -> RoundEmbeddings:
     """Read one pooling of `layers` (default: every stored layer) from the pooled files."""
-    from plmdiff.activations.readers import load_pooled, pooled_layers
-    from plmdiff.probes.clustering import groups_for, read_clusters
-
     layers = pooled_layers(pooled_paths[0]) if layers is None else list(layers)
     X: dict[int, np.ndarray] = {}
-    seq_id = models = None
+    seq_id = models = order = None
     for layer in layers:
         matrix = load_pooled(pooled_paths, layer, pooling)
         if seq_id is None:
-            seq_id, models = matrix.seq_id, matrix.model
-        elif not np.array_equal(seq_id, matrix.seq_id):
+            order = np.argsort(matrix.seq_id, kind="stable")
+            seq_id, models = matrix.seq_id[order], matrix.model[order]
+        elif not np.array_equal(seq_id, matrix.seq_id[order]):
             raise DataError(f"pooled files {pooled_paths} list different rows for layer {layer}")
-        X[layer] = matrix.X
-    groups = None
+        X[layer] = matrix.X[order]
+    groups, method = None, "none"
     if clusters is not None:
         groups = np.asarray(groups_for(seq_id, read_clusters(clusters), str(clusters)))
-    return RoundEmbeddings(X, round_labels(models, rounds), list(rounds), seq_id, groups)
+        method = read_cluster_method(clusters)
+    sequences = None
+    if fasta is not None:
+        sequence_of = {e.seq_id: e.sequence for path in fasta for e in read_fasta(path)}
+        sequences = sequences_for(seq_id, sequence_of, ", ".join(map(str, fasta)))
+    return RoundEmbeddings(
+        X, round_labels(models, rounds), list(rounds), seq_id, groups, method, sequences
+    )
 
 
 # ----------------------------------------------------------------------------- design
@@ -267,13 +308,20 @@ class CVDesign:
         return [i for i, s in enumerate(self.splits) if s.outer >= 0]
 
 
-def build_design(y: np.ndarray, groups: np.ndarray, settings: ProbeSettings) -> CVDesign:
-    """Label vectors (real + permutations) and every outer and inner split of the sweep."""
+def build_design(
+    y: np.ndarray, groups: np.ndarray, settings: ProbeSettings, *, permutations: int | None = None
+) -> CVDesign:
+    """Label vectors (real + permutations) and every outer and inner split of the sweep.
+
+    permutations: overrides settings.permutations (0 for the baselines, which are compared
+    with the layers on the real labels only); the real-label folds do not depend on it.
+    """
     seed = settings.seed
+    n_perm = settings.permutations if permutations is None else permutations
     labels = [y]
-    for p in range(settings.permutations):
+    for p in range(n_perm):
         rng = np.random.default_rng(derive_seed(seed, "permutation", p))
-        labels.append(permute_between_clusters(y, groups, rng))
+        labels.append(permute_clusters(y, groups, rng))
     design = CVDesign(labels=np.stack(labels))
     schemes = [(GROUPED, 0), (UNGROUPED, 0)] + [(PERMUTED, p) for p in range(1, len(labels))]
     for scheme, p in schemes:
@@ -318,8 +366,6 @@ def default_memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
-    import psutil
-
     return int(min(psutil.virtual_memory().available * 0.25, 8 * 2**30))
 
 
@@ -336,6 +382,21 @@ def _chunks(
     return layers, n_problems
 
 
+@dataclass
+class _Solved:
+    """Test-fold results of P problems on L layers."""
+
+    hits: np.ndarray  # [L, P, K] correct test predictions per true class
+    counts: np.ndarray  # [P, K] test rows per class
+    converged: np.ndarray  # [L, P]
+    predictions: np.ndarray | None  # [L, P_kept, n] int8, -1 off the test rows
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """[L, P] test accuracy of each problem."""
+        return self.hits.sum(-1) / np.maximum(self.counts.sum(-1), 1)
+
+
 def _solve(
     X_layers: Sequence[np.ndarray],
     labels: torch.Tensor,
@@ -348,20 +409,24 @@ def _solve(
     solver: SolverSettings,
     device: torch.device,
     budget: int,
-    predictions: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Fit problems (split[p], label[p], C[l, p]) on every layer.
+    keep_predictions: np.ndarray | None = None,
+) -> _Solved:
+    """Fit problems (split[p], label[p], C[l, p]) on every layer; score their test rows.
 
-    Returns test accuracy [L, P], test-row predictions [L, P, n] when asked for (int8, -1 off
-    the test rows) and convergence [L, P].
+    keep_predictions: bool [P], the problems whose test-row predictions are returned.
     """
-    L, (n, d), P = len(X_layers), X_layers[0].shape, len(split)
-    acc = np.zeros((L, P))
+    L, (n, d), P, K = len(X_layers), X_layers[0].shape, len(split), n_classes
+    hits = np.zeros((L, P, K))
+    counts = np.zeros((P, K))
     converged = np.zeros((L, P), dtype=bool)
-    pred = np.full((L, P, n), -1, dtype=np.int8) if predictions else None
-    n_layers, n_problems = _chunks(L, P, n, d, n_classes, solver.history, budget)
+    kept = np.flatnonzero(keep_predictions) if keep_predictions is not None else np.array([], int)
+    slot = np.full(P, -1)
+    slot[kept] = np.arange(kept.size)
+    pred = np.full((L, kept.size, n), -1, dtype=np.int8) if kept.size else None
+    n_layers, n_problems = _chunks(L, P, n, d, K, solver.history, budget)
     for l0 in range(0, L, n_layers):
         layers = range(l0, min(L, l0 + n_layers))
+        ls = slice(l0, l0 + len(layers))
         X = torch.from_numpy(np.stack([X_layers[layer] for layer in layers])).to(device)
         for p0 in range(0, P, n_problems):
             ps = slice(p0, min(P, p0 + n_problems))
@@ -372,19 +437,28 @@ def _solve(
                 train=train[torch.from_numpy(uniq).to(device)],
                 split=torch.from_numpy(inverse).to(device),
                 label=torch.from_numpy(label[ps]).to(device),
-                C=torch.from_numpy(C[l0 : l0 + len(layers), ps]).to(device),
-                n_classes=n_classes,
+                C=torch.from_numpy(C[ls, ps]).to(device),
+                n_classes=K,
             )
             fit = fit_multinomial(X, problems, solver)
             predicted = fit.predict(X)  # [L', P', n]
             y_true = labels[problems.label]  # [P', n]
             mask = test[torch.from_numpy(split[ps]).to(device)]  # [P', n]
-            hits = ((predicted == y_true[None]) & mask[None]).sum(-1)
-            acc[l0 : l0 + len(layers), ps] = (hits / mask.sum(-1).clamp_min(1)).cpu().numpy()
-            converged[l0 : l0 + len(layers), ps] = fit.converged.cpu().numpy()
-            if pred is not None:
-                pred[l0 : l0 + len(layers), ps] = (
-                    torch.where(mask[None], predicted, -1).to(torch.int8).cpu().numpy()
+            hit = ((predicted == y_true[None]) & mask[None]).to(X.dtype)
+            per_class = torch.zeros(len(layers), hit.shape[1], K, dtype=X.dtype, device=device)
+            per_class.scatter_add_(2, y_true[None].expand_as(hit), hit)
+            hits[ls, ps] = per_class.cpu().numpy()
+            rows = torch.zeros(hit.shape[1], K, dtype=X.dtype, device=device)
+            counts[ps] = rows.scatter_add_(1, y_true, mask.to(X.dtype)).cpu().numpy()
+            converged[ls, ps] = fit.converged.cpu().numpy()
+            local = np.flatnonzero(slot[ps] >= 0)
+            if pred is not None and local.size:
+                chosen = torch.from_numpy(local).to(device)
+                pred[ls, slot[ps][local]] = (
+                    torch.where(mask[chosen][None], predicted[:, chosen], -1)
+                    .to(torch.int8)
+                    .cpu()
+                    .numpy()
                 )
             log.info(
                 "layers %d-%d, problems %d-%d of %d: median %d iterations, %.1fs",
@@ -396,7 +470,7 @@ def _solve(
                 int(fit.n_iter.median()),
                 time.perf_counter() - started,
             )
-    return acc, pred, converged
+    return _Solved(hits, counts, converged, pred)
 
 
 def cv_accuracy(
@@ -420,7 +494,7 @@ def cv_accuracy(
     n_folds = int(folds.max()) + 1
     train = np.stack([folds != f for f in range(n_folds)])
     mats = [_standardise(np.asarray(x, dtype=np.float32)) for x in X_layers]
-    acc, _, converged = _solve(
+    solved = _solve(
         mats,
         labels=torch.from_numpy(y[None]).to(device),
         train=torch.from_numpy(train).to(device),
@@ -433,7 +507,67 @@ def cv_accuracy(
         device=device,
         budget=budget,
     )
-    return acc, converged
+    return solved.accuracy, solved.converged
+
+
+def _standardise(X: np.ndarray) -> np.ndarray:
+    """Global z-scoring: exact under the per-fold scaler, and keeps float32 sums accurate."""
+    mean = X.mean(0, dtype=np.float64)
+    sd = X.std(0, dtype=np.float64)
+    sd[sd < 1e-12] = 1.0
+    return (X - mean.astype(np.float32)) * (1.0 / sd).astype(np.float32)
+
+
+@dataclass
+class _SetFit:
+    """Outer-split results of one family of feature sets (the layers, or one baseline)."""
+
+    outer: list[_Split]
+    solved: _Solved  # over the outer splits
+    chosen: np.ndarray  # [L, O] C used
+
+
+def _fit_feature_sets(
+    mats: Sequence[np.ndarray],
+    design: CVDesign,
+    settings: ProbeSettings,
+    run: dict[str, Any],
+) -> _SetFit:
+    """Nested C choice (when C is not fixed), then the outer fits of every feature set."""
+    grid = np.array(settings.grid)
+    L, outer, inner = len(mats), design.outer, design.inner
+    chosen = np.full((L, len(outer)), grid[0])
+    if settings.C is None:
+        # Nested CV: every inner split x every candidate C, one batch; scored by balanced
+        # accuracy pooled over the inner folds, the headline's own measure.
+        split = np.repeat(inner, len(grid))
+        cs = np.tile(grid, len(inner))
+        label = np.array([design.splits[s].label for s in split])
+        solved = _solve(mats, split=split, label=label, C=np.tile(cs, (L, 1)), **run)
+        owner = np.array([design.splits[s].outer for s in split])
+        for o_index, o in enumerate(outer):
+            scores = np.stack(
+                [
+                    balanced_accuracy_from_counts(
+                        solved.hits[:, (owner == o) & (cs == c)].sum(1),
+                        solved.counts[(owner == o) & (cs == c)].sum(0),
+                    )
+                    for c in grid
+                ],
+                1,
+            )
+            chosen[:, o_index] = grid[np.nan_to_num(scores, nan=-1).argmax(1)]  # smallest C
+    splits = [design.splits[s] for s in outer]
+    keep = np.array([s.scheme == GROUPED for s in splits])
+    solved = _solve(
+        mats,
+        split=np.array(outer),
+        label=np.array([s.label for s in splits]),
+        C=chosen,
+        keep_predictions=keep,
+        **run,
+    )
+    return _SetFit(splits, solved, chosen)
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -441,8 +575,8 @@ def cv_accuracy(
 
 @dataclass
 class ProbeResult:
-    accuracy: pd.DataFrame  # one row per layer, ACCURACY_COLUMNS
-    folds: pd.DataFrame  # layer, scheme, permutation, fold, accuracy, C
+    accuracy: pd.DataFrame  # one row per layer, then one per baseline (ACCURACY_COLUMNS)
+    folds: pd.DataFrame  # features, layer, scheme, permutation, fold, accuracies, C
     confusion: pd.DataFrame  # counts at the best layer (rows true round, columns predicted)
     best_layer: int
 
@@ -453,12 +587,20 @@ def probe_sweep(
     groups: np.ndarray | None,
     settings: ProbeSettings,
     *,
+    baselines: Mapping[str, np.ndarray] | None = None,
     class_names: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
+    cluster_method: str = "none",
     device: torch.device | str = "cpu",
     memory_budget: int | None = None,
 ) -> ProbeResult:
-    """Cross-validated round probes for every layer (X_layers: float [n, d] per layer)."""
+    """Cross-validated round probes for every layer (X_layers: float [n, d] per layer).
+
+    baselines: name -> feature matrix [n, d_b] (plmdiff.probes.baselines), probed on the same
+    folds as the layers; every layer is then compared with the best of them. A baseline named
+    `layer_0` that is the sweep's own layer 0 reuses that layer's fits. cluster_method: how
+    `groups` was made, recorded in every row of the table.
+    """
     if isinstance(X_layers, Mapping):
         layers = list(X_layers) if layers is None else list(layers)
         mats = [np.ascontiguousarray(X_layers[layer], dtype=np.float32) for layer in layers]
@@ -477,122 +619,252 @@ def probe_sweep(
     check_class_sizes(y, groups, settings.folds, class_names)
     device = torch.device(device)
     budget = default_memory_budget(device) if memory_budget is None else memory_budget
-    mats = [_standardise(m) for m in mats]
+    run: dict[str, Any] = dict(n_classes=K, solver=settings.solver(), device=device, budget=budget)
 
     design = build_design(y, groups, settings)
-    labels = torch.from_numpy(design.labels).to(device)
-    train = torch.from_numpy(np.stack([s.train for s in design.splits])).to(device)
-    test = torch.from_numpy(np.stack([s.test for s in design.splits])).to(device)
-    grid = np.array(settings.grid)
-    L, outer, inner = len(mats), design.outer, design.inner
-    solver = settings.solver()
-    run = dict(
-        labels=labels,
-        train=train,
-        test=test,
-        n_classes=K,
-        solver=solver,
-        device=device,
-        budget=budget,
+    layer_fit = _fit_feature_sets(
+        [_standardise(m) for m in mats],
+        design,
+        settings,
+        {**run, **_design_tensors(design, device)},
+    )
+    baseline_fits: dict[str, _SetFit] = {}
+    if baselines:
+        base_design = build_design(y, groups, settings, permutations=0)
+        tensors = _design_tensors(base_design, device)
+        for name, features in baselines.items():
+            features = np.ascontiguousarray(features, dtype=np.float32)
+            if features.shape[0] != n:
+                raise DataError(f"baseline '{name}' has {features.shape[0]} rows, expected {n}")
+            if name == LAYER0 and 0 in layers and features is not None:
+                baseline_fits[name] = _real_only(layer_fit, layers.index(0))
+                continue
+            baseline_fits[name] = _fit_feature_sets(
+                [_standardise(features)], base_design, settings, {**run, **tensors}
+            )
+    return _summarise(
+        layers, layer_fit, baseline_fits, y, groups, class_names, settings, cluster_method
     )
 
-    chosen = np.full((L, len(outer)), grid[0])
-    if settings.C is None:
-        # Nested CV: every inner split x every candidate C, one batch.
-        split = np.repeat(inner, len(grid))
-        cs = np.tile(grid, len(inner))
-        label = np.array([design.splits[s].label for s in split])
-        acc, _, _ = _solve(mats, split=split, label=label, C=np.tile(cs, (L, 1)), **run)
-        owner = np.array([design.splits[s].outer for s in split])
-        for o_index, o in enumerate(outer):
-            scores = np.stack([acc[:, (owner == o) & (cs == c)].mean(1) for c in grid], 1)
-            chosen[:, o_index] = grid[scores.argmax(1)]  # first maximum: smallest C
-    split = np.array(outer)
-    label = np.array([design.splits[s].label for s in outer])
-    acc, pred, converged = _solve(mats, split=split, label=label, C=chosen, predictions=True, **run)
-    return _summarise(design, layers, acc, pred, converged, chosen, y, groups, class_names)
+
+def _design_tensors(design: CVDesign, device: torch.device) -> dict[str, torch.Tensor]:
+    return dict(
+        labels=torch.from_numpy(design.labels).to(device),
+        train=torch.from_numpy(np.stack([s.train for s in design.splits])).to(device),
+        test=torch.from_numpy(np.stack([s.test for s in design.splits])).to(device),
+    )
 
 
-def _standardise(X: np.ndarray) -> np.ndarray:
-    """Global z-scoring: exact under the per-fold scaler, and keeps float32 sums accurate."""
-    mean = X.mean(0, dtype=np.float64)
-    sd = X.std(0, dtype=np.float64)
-    sd[sd < 1e-12] = 1.0
-    return (X - mean.astype(np.float32)) * (1.0 / sd).astype(np.float32)
+def _real_only(fit: _SetFit, layer_index: int) -> _SetFit:
+    """One layer's real-label outer splits of a sweep, as a baseline's fit."""
+    keep = np.array([s.label == 0 for s in fit.outer])
+    kept_pred = keep[[s.scheme == GROUPED for s in fit.outer]]
+    solved = fit.solved
+    li = slice(layer_index, layer_index + 1)
+    return _SetFit(
+        [s for s, k in zip(fit.outer, keep, strict=True) if k],
+        _Solved(
+            solved.hits[li][:, keep],
+            solved.counts[keep],
+            solved.converged[li][:, keep],
+            None if solved.predictions is None else solved.predictions[li][:, kept_pred],
+        ),
+        fit.chosen[li][:, keep],
+    )
+
+
+def _scheme_rows(fit: _SetFit, scheme: str, label: int = 0) -> np.ndarray:
+    return np.array([s.scheme == scheme and s.label == label for s in fit.outer])
+
+
+@dataclass
+class _Scores:
+    """Pooled (fold-size weighted) scores of one family of feature sets on one scheme."""
+
+    balanced: np.ndarray  # [L]
+    accuracy: np.ndarray  # [L]
+    recall: np.ndarray  # [L, K]
+    fold_balanced: np.ndarray  # [L, F]
+    fold_accuracy: np.ndarray  # [L, F]
+
+
+def _scores(fit: _SetFit, rows: np.ndarray) -> _Scores:
+    hits, counts = fit.solved.hits[:, rows], fit.solved.counts[rows]
+    pooled_hits, pooled_counts = hits.sum(1), counts.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(pooled_counts > 0, pooled_hits / np.maximum(pooled_counts, 1), np.nan)
+    return _Scores(
+        balanced=balanced_accuracy_from_counts(pooled_hits, pooled_counts),
+        accuracy=pooled_hits.sum(-1) / max(pooled_counts.sum(), 1),
+        recall=recall,
+        fold_balanced=balanced_accuracy_from_counts(hits, counts[None]),
+        fold_accuracy=fit.solved.accuracy[:, rows],
+    )
+
+
+def _oof_correct(fit: _SetFit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold prediction [L, n] of the real grouped folds and whether it is right."""
+    pred = fit.solved.predictions
+    assert pred is not None
+    real = np.array([s.label == 0 for s in fit.outer if s.scheme == GROUPED])
+    oof = pred[:, real].max(1).astype(np.int64)  # every row is a test row of one grouped fold
+    return oof, oof == y[None]
 
 
 def _summarise(
-    design: CVDesign,
     layers: list[int],
-    acc: np.ndarray,
-    pred: np.ndarray,
-    converged: np.ndarray,
-    chosen: np.ndarray,
+    layer_fit: _SetFit,
+    baseline_fits: Mapping[str, _SetFit],
     y: np.ndarray,
     groups: np.ndarray,
     class_names: Sequence[str],
+    settings: ProbeSettings,
+    cluster_method: str,
 ) -> ProbeResult:
-    outer = [design.splits[s] for s in design.outer]
-    scheme = np.array([s.scheme for s in outer])
-    label = np.array([s.label for s in outer])
-    g, u = scheme == GROUPED, scheme == UNGROUPED
-    perm_ids = sorted(set(label[scheme == PERMUTED]))
-    # Null distribution: mean fold accuracy of each permutation [L, n_perm].
-    null = np.stack([acc[:, label == p].mean(1) for p in perm_ids], 1) if perm_ids else None
-    observed = acc[:, g].mean(1)
-    permutation_p = (
-        (1 + (null >= observed[:, None] - 1e-12).sum(1)) / (1 + null.shape[1])
-        if null is not None
-        else np.full(len(layers), np.nan)
+    K = len(class_names)
+    grouped = _scores(layer_fit, _scheme_rows(layer_fit, GROUPED))
+    ungrouped = _scores(layer_fit, _scheme_rows(layer_fit, UNGROUPED))
+    perm_ids = sorted({s.label for s in layer_fit.outer if s.scheme == PERMUTED})
+    # Null distribution: pooled balanced accuracy of each permutation [L, B], shared by all
+    # layers (the same permuted labels and folds), hence the max-statistic adjustment.
+    null = np.stack(
+        [_scores(layer_fit, _scheme_rows(layer_fit, PERMUTED, p)).balanced for p in perm_ids]
+        or [np.full(len(layers), np.nan)],
+        1,
+    )[:, : len(perm_ids)]
+    p_values = permutation_p(grouped.balanced, null)
+    oof, correct = _oof_correct(layer_fit, y)
+
+    names = list(baseline_fits)
+    base_scores = {
+        name: _scores(fit, _scheme_rows(fit, GROUPED)) for name, fit in baseline_fits.items()
+    }
+    base_ungrouped = {
+        name: _scores(fit, _scheme_rows(fit, UNGROUPED)) for name, fit in baseline_fits.items()
+    }
+    base_correct = {name: _oof_correct(fit, y)[1][0] for name, fit in baseline_fits.items()}
+    all_correct = np.concatenate([correct, *[base_correct[n][None] for n in names]])
+    ci_low, ci_high = bootstrap_balanced_accuracy(
+        all_correct, y, groups, K, settings.bootstrap, derive_seed(settings.seed, "bootstrap")
     )
+
+    best = ""
+    margin = margin_p = margin_fwer = np.full(len(layers), np.nan)
+    if names:
+        best = max(names, key=lambda name: base_scores[name].balanced[0])
+        margin, margin_p, margin_fwer = margin_test(
+            correct,
+            base_correct[best],
+            y,
+            groups,
+            settings.margin_permutations,
+            derive_seed(settings.seed, "margin"),
+        )
+
+    def block(scores: _Scores, ungrouped_scores: _Scores, fit: _SetFit, rows: slice) -> dict:
+        g, u = _scheme_rows(fit, GROUPED), _scheme_rows(fit, UNGROUPED)
+        return {
+            "balanced_accuracy": scores.balanced,
+            "balanced_accuracy_ci_low": ci_low[rows],
+            "balanced_accuracy_ci_high": ci_high[rows],
+            # Population std over folds, as `cross_val_score(...).std()` reports it.
+            "std_balanced_accuracy": np.nanstd(scores.fold_balanced, 1),
+            **{f"recall_{name}": scores.recall[:, k] for k, name in enumerate(class_names)},
+            "accuracy": scores.accuracy,
+            "std_accuracy": scores.fold_accuracy.std(1),
+            "balanced_accuracy_ungrouped": ungrouped_scores.balanced,
+            "accuracy_ungrouped": ungrouped_scores.accuracy,
+            "C": [_mode(row) for row in fit.chosen[:, g]],
+            "C_ungrouped": [_mode(row) for row in fit.chosen[:, u]],
+            "converged": fit.solved.converged.mean(1),
+        }
+
+    L = len(layers)
     table = pd.DataFrame(
         {
-            "layer": layers,
-            "mean_accuracy": observed,
-            # Population std over folds, as `cross_val_score(...).std()` reports it.
-            "std_accuracy": acc[:, g].std(1),
-            "chance": np.bincount(y).max() / len(y),
-            "permutation_mean": null.mean(1) if null is not None else np.nan,
-            "permutation_p": permutation_p,
-            # Benjamini-Hochberg across layers: every layer's probe is a test of its own.
-            "permutation_q": benjamini_hochberg(permutation_p),
-            "permutation_q05": np.quantile(null, 0.05, axis=1) if null is not None else np.nan,
-            "permutation_q95": np.quantile(null, 0.95, axis=1) if null is not None else np.nan,
-            "mean_accuracy_ungrouped": acc[:, u].mean(1),
-            "std_accuracy_ungrouped": acc[:, u].std(1),
-            "C": [_mode(row) for row in chosen[:, g]],
-            "C_ungrouped": [_mode(row) for row in chosen[:, u]],
-            "converged": converged.mean(1),
-            "n_sequences": len(y),
-            "n_clusters": np.unique(groups).size,
+            "features": LAYER_FEATURES,
+            "layer": pd.array(layers, dtype="Int64"),
+            **block(grouped, ungrouped, layer_fit, slice(0, L)),
+            "permutation_mean": null.mean(1) if perm_ids else np.nan,
+            "permutation_q05": np.quantile(null, 0.05, axis=1) if perm_ids else np.nan,
+            "permutation_q95": np.quantile(null, 0.95, axis=1) if perm_ids else np.nan,
+            "permutation_p": p_values,
+            "permutation_p_fwer": westfall_young(grouped.balanced, null),
+            # Benjamini-Hochberg across layers, kept beside the family-wise p for comparison.
+            "permutation_q": benjamini_hochberg(p_values),
+            "permutation_min_p": min_permutation_p(len(perm_ids)) if perm_ids else np.nan,
+            "best_baseline": best,
+            "margin": margin,
+            "margin_p": margin_p,
+            "margin_p_fwer": margin_fwer,
+            "margin_min_p": min_permutation_p(settings.margin_permutations) if names else np.nan,
         }
-    )[ACCURACY_COLUMNS]
-    folds = pd.DataFrame(
-        [
-            {
-                "layer": layer,
-                "scheme": s.scheme,
-                "permutation": s.label,
-                "fold": s.fold,
-                "accuracy": acc[li, oi],
-                "C": chosen[li, oi],
-                "converged": bool(converged[li, oi]),
-            }
-            for li, layer in enumerate(layers)
-            for oi, s in enumerate(outer)
-        ]
     )
-    best = int(np.argmax(observed))  # first maximum: the shallowest best layer
-    oof = pred[best, g].max(0)  # each row is a test row of exactly one grouped fold
-    K = len(class_names)
+    rows = [table]
+    for i, name in enumerate(names):
+        fit = baseline_fits[name]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "features": name,
+                    "layer": pd.array([pd.NA], dtype="Int64"),
+                    **block(base_scores[name], base_ungrouped[name], fit, slice(L + i, L + i + 1)),
+                    "best_baseline": best,
+                }
+            )
+        )
+    accuracy = pd.concat(rows, ignore_index=True)
+    accuracy["chance"] = 1.0 / np.unique(y).size
+    accuracy["majority_rate"] = np.bincount(y).max() / len(y)
+    accuracy["n_sequences"] = len(y)
+    accuracy["n_clusters"] = np.unique(groups).size
+    accuracy["cluster_method"] = cluster_method
+    recall_columns = [f"recall_{name}" for name in class_names]
+    at = ACCURACY_COLUMNS.index("balanced_accuracy_ci_high") + 1
+    columns = ACCURACY_COLUMNS[:at] + recall_columns + ACCURACY_COLUMNS[at:]
+    accuracy = accuracy.reindex(columns=columns)
+
+    folds = _fold_table(layers, layer_fit, baseline_fits)
+    best_index = int(np.argmax(grouped.balanced))  # first maximum: the shallowest best layer
     counts = np.zeros((K, K), dtype=np.int64)
-    np.add.at(counts, (y, oof.astype(np.int64)), 1)
+    np.add.at(counts, (y, oof[best_index]), 1)
     confusion = pd.DataFrame(
         counts,
         index=pd.Index(class_names, name="true"),
         columns=pd.Index(class_names, name="predicted"),
     )
-    return ProbeResult(table, folds, confusion, layers[best])
+    return ProbeResult(accuracy, folds, confusion, layers[best_index])
+
+
+def _fold_table(
+    layers: list[int], layer_fit: _SetFit, baseline_fits: Mapping[str, _SetFit]
+) -> pd.DataFrame:
+    """One row per feature set x outer split: the fold's own accuracies, C and convergence."""
+    frames = []
+    sets = [(LAYER_FEATURES, layers, layer_fit)] + [
+        (name, [None], fit) for name, fit in baseline_fits.items()
+    ]
+    for features, names, fit in sets:
+        solved = fit.solved
+        balanced = balanced_accuracy_from_counts(solved.hits, solved.counts[None])
+        for li, layer in enumerate(names):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "features": features,
+                        "layer": pd.array([layer] * len(fit.outer), dtype="Int64"),
+                        "scheme": [s.scheme for s in fit.outer],
+                        "permutation": [s.label for s in fit.outer],
+                        "fold": [s.fold for s in fit.outer],
+                        "n_test": solved.counts.sum(-1).astype(int),
+                        "accuracy": solved.accuracy[li],
+                        "balanced_accuracy": balanced[li],
+                        "C": fit.chosen[li],
+                        "converged": solved.converged[li],
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
 
 
 def _mode(values: np.ndarray) -> float:
@@ -603,8 +875,6 @@ def _mode(values: np.ndarray) -> float:
 
 def write_probe_tables(result: ProbeResult, accuracy: str, folds: str, confusion: str) -> None:
     """TSV outputs, each written atomically."""
-    from plmdiff.core.runtime import atomic_path
-
     for frame, path, index in (
         (result.accuracy, accuracy, False),
         (result.folds, folds, False),

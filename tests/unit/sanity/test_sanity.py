@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import ConfigError
 from plmdiff.probes.plots import (
     plot_accuracy_per_layer,
@@ -21,6 +22,7 @@ from plmdiff.probes.probes import ProbeSettings, probe_sweep
 from plmdiff.sanity.checks import (
     SanitySettings,
     cosine_table,
+    crossfit_distances,
     mantel_trend_test,
     round_means,
     sanity_checks,
@@ -32,6 +34,16 @@ from plmdiff.sanity.checks import (
 from plmdiff.testing.synthetic import planted_embeddings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def sanity_settings(**overrides) -> SanitySettings:
+    """The schema's defaults with a few keys changed."""
+    return SanitySettings.from_config({**section_defaults("sanity"), "bootstrap": 200, **overrides})
+
+
+def centroid_distances(X: np.ndarray, y: np.ndarray, K: int) -> np.ndarray:
+    means = round_means(zscore(X), y, K)
+    return np.linalg.norm(means[:, None] - means[None], axis=-1)
 
 
 def test_variance_ratio_is_high_with_signal_and_about_one_without():
@@ -60,20 +72,71 @@ def test_variance_p_values_are_roughly_uniform_without_signal():
 def test_mantel_is_positive_with_a_planted_trend_and_exact_for_few_rounds():
     trend = planted_embeddings(30, 5, 16, [4.0], trend=True, seed=3)
     random = planted_embeddings(30, 5, 16, [4.0], trend=False, seed=3)
-    result = mantel_trend_test(round_means(zscore(trend.X[0]), trend.y, 5), 99, seed=0)
+    result = mantel_trend_test(centroid_distances(trend.X[0], trend.y, 5), 99, seed=0)
     assert result.r > 0.8
     assert result.exact and result.permutations == math.factorial(5)
-    # The identity order is the best of all 120: p at its floor, 1/5! (a reversal ties it).
-    assert result.p_value == pytest.approx(2 / 120)
-    no_trend = mantel_trend_test(round_means(zscore(random.X[0]), random.y, 5), 99, seed=0)
+    # The identity order is the best of all 120 and its reversal ties it: p = 2/5!.
+    assert result.p_value == pytest.approx(2 / 120) == result.min_p
+    assert result.testable
+    no_trend = mantel_trend_test(centroid_distances(random.X[0], random.y, 5), 99, seed=0)
     assert no_trend.r < 0.5 and no_trend.p_value > 0.05
 
 
 def test_mantel_with_many_rounds_uses_random_permutations():
     trend = planted_embeddings(10, 9, 16, [4.0], trend=True, seed=3)
-    result = mantel_trend_test(round_means(zscore(trend.X[0]), trend.y, 9), 199, seed=0)
+    result = mantel_trend_test(centroid_distances(trend.X[0], trend.y, 9), 199, seed=0)
     assert not result.exact and result.permutations == 199
+    assert result.min_p == pytest.approx(1 / 200)
     assert result.r > 0.8 and result.p_value <= 0.02
+
+
+@pytest.mark.parametrize(
+    ("rounds", "testable", "floor"), [(4, False, 2 / 24), (6, True, 2 / 720)], ids=["4", "6"]
+)
+def test_perfect_trend_is_untestable_with_four_rounds_and_significant_with_six(
+    rounds, testable, floor
+):
+    """The whole check (cross-fitted distances, clusters): with 4 rounds no order can give
+    p <= 0.05, and the table says so with the exact floor; with 6 the same trend is found."""
+    data = planted_embeddings(
+        30, rounds, 16, [0.0, 5.0], trend=True, cluster_size=2, cluster_spread=0.3, seed=4
+    )
+    result = sanity_checks(
+        dict(enumerate(data.X)),
+        data.y,
+        [f"r{k}" for k in range(rounds)],
+        sanity_settings(permutations=99),
+        groups=data.groups,
+        cluster_method="planted",
+        tsne=False,
+    )
+    trend = result.trend.set_index("layer")
+    assert (trend["testable"] == testable).all()
+    np.testing.assert_allclose(trend["min_p"], floor)
+    assert trend.loc[1, "mantel_r"] > 0.9
+    assert trend.loc[1, "permutation_p"] == pytest.approx(floor)  # the best order, and reversed
+    if testable:
+        assert trend.loc[1, "permutation_p_fwer"] <= 0.05
+    else:
+        assert trend.loc[1, "permutation_p"] > 0.05
+    assert (trend["cluster_method"] == "planted").all()
+
+
+def test_crossfit_distance_has_no_noise_floor():
+    """Rounds that do not differ: plain squared centroid distances carry tr(Sigma)/n noise that
+    grows with spread and shrinks with round size; cross-fitted ones average to zero."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [20, 200, 20])
+    sd = np.array([1.0, 1.0, 3.0])
+    plain, crossfit = [], []
+    for seed in range(40):
+        X = rng.normal(size=(y.size, 50)) * sd[y][:, None]
+        plain.append(centroid_distances(X, y, 3) ** 2)
+        D = crossfit_distances(X, y, np.arange(y.size), 3, seed=seed)
+        crossfit.append(np.sign(D) * D**2)
+    plain, crossfit = np.mean(plain, 0), np.mean(crossfit, 0)
+    assert plain[0, 2] > 3 * plain[0, 1]  # noise, not signal, and it differs by pair
+    assert np.abs(crossfit).max() < 0.15 * plain[0, 2]
 
 
 def test_mantel_needs_three_rounds():
@@ -101,8 +164,8 @@ def test_stratified_subsample_keeps_each_round_share():
 
 
 def test_selected_layers_must_be_stored():
-    settings = SanitySettings.from_config({"layers": [0, 7]})
-    assert SanitySettings.from_config({}).select_layers([2, 0, 1], "f") == [0, 1, 2]
+    settings = sanity_settings(layers=[0, 7])
+    assert sanity_settings().select_layers([2, 0, 1], "f") == [0, 1, 2]
     with pytest.raises(
         ConfigError, match=r"sanity.layers: layer 7 is not stored in p.parquet \(stored: 0, 1, 2\)"
     ):
@@ -112,9 +175,18 @@ def test_selected_layers_must_be_stored():
 def test_sanity_checks_end_to_end_with_figures(tmp_path):
     data = planted_embeddings(25, 3, 12, [0.0, 5.0], trend=True, seed=2)
     names = ["r0", "r1", "r2"]
-    settings = SanitySettings(tsne_perplexity=5, tsne_max_points=45, permutations=49, seed=1)
+    settings = sanity_settings(tsne_perplexity=5, tsne_max_points=45, permutations=49, seed=1)
     result = sanity_checks(dict(enumerate(data.X)), data.y, names, settings)
     assert result.variance.permutation_p.iloc[1] == pytest.approx(1 / 50)
+    assert result.variance.permutation_p_fwer.iloc[1] == pytest.approx(1 / 50)
+    variance = result.variance.iloc[1]
+    assert (
+        variance.variance_ratio_ci_low < variance.variance_ratio < variance.variance_ratio_ci_high
+    )
+    distances = result.cosine[(result.cosine.layer == 1) & (result.cosine.round_i == "r0")]
+    assert (distances.distance_ci_low <= distances.distance + 1e-9).all()
+    assert (distances.distance <= distances.distance_ci_high + 1e-9).all()
+    assert (result.trend.cluster_method == "none").all()
     # BH across the two layers; the planted layer stays significant.
     for table in (result.variance, result.trend):
         np.testing.assert_allclose(
@@ -145,7 +217,10 @@ def test_sanity_checks_end_to_end_with_figures(tmp_path):
 
 def test_probe_figures(tmp_path):
     data = planted_embeddings(12, 3, 6, [0.0, 2.0], seed=1)
-    result = probe_sweep(list(data.X), data.y, None, ProbeSettings(folds=3, permutations=3, C=1.0))
+    probe = ProbeSettings.from_config(
+        {**section_defaults("probes"), "folds": 3, "permutations": 3, "C": 1.0}
+    )
+    result = probe_sweep(list(data.X), data.y, None, probe, baselines={"length": data.X[0][:, :1]})
     plot_accuracy_per_layer(result.accuracy, tmp_path / "acc.png", tmp_path / "acc.svg")
     plot_confusion(result.confusion, tmp_path / "confusion.png")
     assert (tmp_path / "acc.png").read_bytes()[:8] == PNG_MAGIC
