@@ -169,7 +169,8 @@ rule kl:
 
 rule kl_summary:
     input:
-        [kl_table(m) for m in MODELS],
+        tables=[kl_table(m) for m in MODELS],
+        clusters=clusters_table(),
     output:
         tsv=report(
             paths.kl_summary(),

@@ -5,8 +5,9 @@ from plmdiff.kl.job import run_kl_summary
 
 setup_logging(snakemake.log[0])
 run_kl_summary(
-    list(snakemake.input),
+    list(snakemake.input.tables),
     list(snakemake.params.models),
     snakemake.output.tsv,
     [snakemake.output.png, snakemake.output.svg],
+    snakemake.input.clusters,
 )

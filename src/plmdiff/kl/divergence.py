@@ -22,6 +22,7 @@ import pandas as pd
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import SequenceEntry
 from plmdiff.core.oom import map_with_oom_split
+from plmdiff.core.stats import cluster_bootstrap_mean_ci
 from plmdiff.kl.settings import KLConfig
 from plmdiff.models.anatomy import ConfigShape
 from plmdiff.models.checkpoints import load_model, load_tokenizer
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 OWN, BASE_SET = "own", "base"
 PERCENTILES = (5, 25, 50, 75, 95)
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def select_sequences(entries: Sequence[SequenceEntry], n: int) -> list[SequenceEntry]:
@@ -207,8 +209,16 @@ def top_sequences(frame: pd.DataFrame, n: int) -> pd.DataFrame:
     return frame.sort_values("kl_mean", ascending=False, kind="stable").head(n)[cols]
 
 
-def summarise(frames: Sequence[pd.DataFrame], models: Sequence[str]) -> pd.DataFrame:
-    """Per model and sequence set: mean, std and percentiles of the per-sequence mean KL."""
+def summarise(
+    frames: Sequence[pd.DataFrame],
+    models: Sequence[str],
+    cluster_of: Mapping[str, str] | None = None,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per model and sequence set: mean, std and percentiles of the per-sequence mean KL, with a
+    95% cluster-bootstrap interval of the mean (sequence clusters resampled whole, so
+    near-duplicates do not narrow it; each sequence is its own cluster without a table)."""
     rows = []
     data = pd.concat(frames, ignore_index=True)
     for r, model in enumerate(models):
@@ -217,6 +227,10 @@ def summarise(frames: Sequence[pd.DataFrame], models: Sequence[str]) -> pd.DataF
             if d.empty:
                 continue
             v = d["kl_mean"].to_numpy()
+            groups = np.asarray(
+                [cluster_of.get(s, s) for s in d["seq_id"]] if cluster_of else d["seq_id"]
+            )
+            low, high = cluster_bootstrap_mean_ci(v, groups, n_boot, seed)
             row = {
                 "model": model,
                 "round": r,
@@ -224,6 +238,9 @@ def summarise(frames: Sequence[pd.DataFrame], models: Sequence[str]) -> pd.DataF
                 "n_sequences": len(d),
                 "n_positions": int(d["n_positions"].sum()),
                 "mean": float(v.mean()),
+                "mean_ci_low": low,
+                "mean_ci_high": high,
+                "ci_unit": "sequence cluster" if cluster_of else "sequence",
                 "std": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
                 **{f"p{p}": float(np.percentile(v, p)) for p in PERCENTILES},
                 "max": float(v.max()),

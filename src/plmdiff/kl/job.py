@@ -16,6 +16,7 @@ from plmdiff.kl.figures import plot_kl_by_round
 from plmdiff.kl.settings import KLConfig
 from plmdiff.models.checkpoints import CheckpointRecord
 from plmdiff.models.text import PromptFormat
+from plmdiff.probes.clustering import read_clusters
 
 
 def run_kl(
@@ -59,10 +60,13 @@ def run_kl_summary(
     models: Sequence[str],
     summary_path: str | os.PathLike,
     figure_paths: Sequence[str | os.PathLike],
+    clusters_path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """The kl_summary rule: summarise every model's KL table, draw the KL-by-round figure."""
+    """The kl_summary rule: summarise every model's KL table (intervals resampling the sequence
+    clusters of cluster_sequences), draw the KL-by-round figure."""
     frames = [pd.read_parquet(t) for t in tables]
-    summary = summarise(frames, models)
+    cluster_of = read_clusters(clusters_path) if clusters_path else None
+    summary = summarise(frames, models, cluster_of)
     write_table(summary, summary_path, float_format="%.4g")
     plot_kl_by_round(frames, models, figure_paths)
     return summary

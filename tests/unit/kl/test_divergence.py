@@ -93,6 +93,10 @@ def test_kl_is_positive_for_a_different_model(scored):
     np.testing.assert_allclose(frame["kl_mean"], other["kl_mean"], rtol=1e-4, atol=1e-7)
 
 
+def own_ids(scored):
+    return list(scored["r1"]["seq_id"]) + list(scored["self"]["seq_id"])
+
+
 def test_summary_top_and_profile(scored):
     frames = [scored["self"], scored["r1"]]
     summary = summarise(frames, ["r0", "r1"])
@@ -101,6 +105,15 @@ def test_summary_top_and_profile(scored):
     own = scored["r1"][scored["r1"]["set"] == "own"]["kl_mean"]
     assert row["mean"] == pytest.approx(own.mean()) and row["p50"] == pytest.approx(own.median())
     assert summary[summary.model == "r0"]["max"].eq(0).all()
+    # Interval of the mean: contains it, is a point for the base (KL 0), and one cluster holding
+    # every sequence leaves nothing to resample (zero width).
+    assert (summary["mean_ci_low"] <= summary["mean"] + 1e-12).all()
+    assert (summary["mean"] <= summary["mean_ci_high"] + 1e-12).all()
+    assert summary[summary.model == "r0"][["mean_ci_low", "mean_ci_high"]].eq(0).all().all()
+    one = summarise(frames, ["r0", "r1"], cluster_of={s: "c" for s in own_ids(scored)})
+    r1 = one[(one.model == "r1") & (one.set == "own")].iloc[0]
+    assert r1["mean_ci_low"] == pytest.approx(r1["mean_ci_high"])
+    assert row["mean_ci_high"] > row["mean_ci_low"]
     top = top_sequences(scored["r1"], 3)
     assert len(top) == 3 and top["kl_mean"].is_monotonic_decreasing
     prof = position_profile(frames)

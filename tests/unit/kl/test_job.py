@@ -148,13 +148,22 @@ def test_rule_scripts_hand_over_to_the_job(tiny_checkpoints, tmp_path, monkeypat
     out = SimpleNamespace(
         tsv=tmp_path / "summary.tsv", png=tmp_path / "kl.png", svg=tmp_path / "kl.svg"
     )
+    # One cluster per model's own set: the interval then resamples whole clusters.
+    ids = pd.concat([pd.read_parquet(t) for t in tables])["seq_id"].unique()
+    clusters = tmp_path / "clusters.tsv"
+    pd.DataFrame({"seq_id": ids, "cluster": [i.split("_")[0] for i in ids]}).to_csv(
+        clusters, sep="\t", index=False
+    )
     _run_script(
         "kl_summary.py",
         monkeypatch,
-        input=[str(t) for t in tables],
+        input=SimpleNamespace(tables=[str(t) for t in tables], clusters=clusters),
         params=SimpleNamespace(models=MODELS),
         output=out,
     )
     summary = pd.read_csv(out.tsv, sep="\t")
     assert summary["set"].tolist() == [OWN, BASE_SET, OWN, BASE_SET]
     assert (summary.loc[summary["round"] == 0, "max"] == 0).all() and out.svg.stat().st_size > 0
+    assert (summary["ci_unit"] == "sequence cluster").all()
+    assert (summary["mean_ci_low"] <= summary["mean"]).all()
+    assert (summary["mean"] <= summary["mean_ci_high"]).all()
