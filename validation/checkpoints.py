@@ -185,6 +185,8 @@ def build_rounds(
         if data is None:
             shutil.copytree(base, out[i])
             continue
-        train(model, arch, tokenizer, data, LMTrainingConfig(**{**cfg.__dict__, "seed": cfg.seed + i}))
+        train(
+            model, arch, tokenizer, data, LMTrainingConfig(**{**cfg.__dict__, "seed": cfg.seed + i})
+        )
         save_checkpoint(model, tokenizer, out[i])
     return out

@@ -42,7 +42,9 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
     """The workflow config of one study: the suite's sizes, the study's seed and embedders."""
     fmt = PROMPT_FORMAT[study.arch]
     return {
-        "models": [{"name": m, "checkpoint": str(p)} for m, p in zip(MODELS, checkpoints, strict=True)],
+        "models": [
+            {"name": m, "checkpoint": str(p)} for m, p in zip(MODELS, checkpoints, strict=True)
+        ],
         "prompt": {"format": fmt, "label": LABEL if fmt == "zymctrl" else ""},
         "sampling": {
             "n_sequences": suite.n_sequences,
@@ -90,29 +92,49 @@ def targets(study: Study, suite: Suite) -> list[str]:
 
 
 def training_configs(study: Study, suite: Suite) -> tuple[LMTrainingConfig, LMTrainingConfig]:
-    """(base, round) training settings: rounds fine-tune at half the base's learning rate."""
+    """(base, round) training settings."""
     common = dict(batch_size=32, warmup_fraction=0.05, epochs=100)
     base = LMTrainingConfig(**common, lr=2e-3, seed=0, max_steps=suite.base_steps)
-    rounds = LMTrainingConfig(**common, lr=1e-3, seed=study.seed, max_steps=suite.round_steps)
+    rounds = LMTrainingConfig(**common, lr=2e-3, seed=study.seed, max_steps=suite.round_steps)
     return base, rounds
 
 
 def build(study: Study, suite: Suite, root: Path, workdir: Path) -> list[Path]:
     family = family_sequences()
     base_cfg, round_cfg = training_configs(study, suite)
-    base = build_base(
-        root / f"base_{study.arch}", study.arch, suite.shape, [s[: study.crop] for s in family], base_cfg
+    shape = suite.shape
+    # The base depends only on architecture, shape and steps: suites of one size share it.
+    cache = (
+        root.parent / "bases" / f"{study.arch}_{shape.n_layer}x{shape.n_embd}_{suite.base_steps}"
     )
-    return build_rounds(workdir / "checkpoints", base, study.arch, study.round_data(family), round_cfg)
+    base = build_base(
+        cache,
+        study.arch,
+        suite.shape,
+        [s[: study.crop] for s in family],
+        base_cfg,
+    )
+    return build_rounds(
+        workdir / "checkpoints", base, study.arch, study.round_data(family), round_cfg
+    )
 
 
 def run_workflow(workdir: Path, configfile: Path, wanted: list[str], cores: int) -> None:
     """snakemake on the study, as a user runs it (and as tests/conftest.py run_snakemake does)."""
     bindir = Path(sys.executable).parent
     cmd = [
-        str(bindir / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(configfile),
-        "--cores", str(cores), "--rerun-triggers", "mtime", *wanted,
+        str(bindir / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        str(cores),
+        "--rerun-triggers",
+        "mtime",
+        *wanted,
     ]
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(workdir / "snakemake.log", "w") as logfile:
@@ -139,7 +161,9 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
     if not score_only:
         checkpoints = build(study, suite, root, workdir)
         configfile = workdir / "config.yaml"
-        configfile.write_text(yaml.safe_dump(study_config(study, suite, checkpoints), sort_keys=False))
+        configfile.write_text(
+            yaml.safe_dump(study_config(study, suite, checkpoints), sort_keys=False)
+        )
         run_workflow(workdir, configfile, targets(study, suite), cores)
     elapsed = time.monotonic() - start
     planted = study.planted()
@@ -183,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             "arch": study.arch,
             "rates": list(study.rates),
             "planted": study.planted(),
-            "seconds": result.seconds if not args.score_only else saved.get(study.name, {}).get("seconds"),
+            "seconds": result.seconds
+            if not args.score_only
+            else saved.get(study.name, {}).get("seconds"),
             "samples": result.samples,
             "probes": result.probes,
             "sae_fit": result.sae_fit,

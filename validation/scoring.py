@@ -66,7 +66,9 @@ def read_tokens(layer_dir: str | Path, seq_ids: Sequence[str], planted: str, kin
     acts, residues, current, text = [], [], None, []
     for batch in iter_token_batches([layer_dir], batch_rows=8192, seq_ids=seq_ids):
         acts.append(np.asarray(batch.act, dtype=np.float32))
-        for sid, res in zip(np.asarray(batch.seq_id).astype(str), np.asarray(batch.residue).astype(str), strict=True):
+        for sid, res in zip(
+            np.asarray(batch.seq_id).astype(str), np.asarray(batch.residue).astype(str), strict=True
+        ):
             if sid != current:
                 if current is not None:
                     residues.append("".join(text))
@@ -102,7 +104,9 @@ def match_features(codes: np.ndarray, tokens: TokenSet) -> FeatureMatch:
         precision = np.where(n_fire > 0, on_planted / np.maximum(n_fire, 1), 0.0)
         enrichment = precision / base_rate if base_rate > 0 else np.zeros_like(precision)
     coverage = covered.mean(0) if tokens.n_occurrences else np.zeros(codes.shape[1])
-    return FeatureMatch(coverage=coverage, precision=precision, enrichment=enrichment, n_fire=n_fire)
+    return FeatureMatch(
+        coverage=coverage, precision=precision, enrichment=enrichment, n_fire=n_fire
+    )
 
 
 def encode(sae_path: str | Path, act: np.ndarray) -> np.ndarray:
@@ -167,12 +171,23 @@ def score_analysis(
         n_stable_changed=int(sc.sum()),
     )
     if match is None:
-        return AnalysisScore(**base, best_feature=-1, best_rank=0, best_coverage=np.nan,
-                             best_enrichment=np.nan, best_changed=False, best_change="",
-                             best_stable=False, best_stability=np.nan,
-                             best_change_replication=np.nan, best_log2_fold_change=np.nan,
-                             best_q_value=np.nan, qualifying=0, qualifying_best_rank=0,
-                             first_changed_rank_in_target=False)
+        return AnalysisScore(
+            **base,
+            best_feature=-1,
+            best_rank=0,
+            best_coverage=np.nan,
+            best_enrichment=np.nan,
+            best_changed=False,
+            best_change="",
+            best_stable=False,
+            best_stability=np.nan,
+            best_change_replication=np.nan,
+            best_log2_fold_change=np.nan,
+            best_q_value=np.nan,
+            qualifying=0,
+            qualifying_best_rank=0,
+            first_changed_rank_in_target=False,
+        )
     # Best match: fires on most occurrences AND mostly on them (coverage x precision).
     best = int(np.argmax(match.coverage * match.precision))
     ok = (match.coverage >= MIN_COVERAGE) & (match.enrichment >= MIN_ENRICHMENT)
@@ -208,28 +223,40 @@ def evaluator_scheme(family: str, analysis: str, last: str) -> str:
 
 
 def score_embedder(
-    workdir: Path, study: str, embedder: str, layer: int, models: Sequence[str],
-    planted: str, kind: str, top: int,
+    workdir: Path,
+    study: str,
+    embedder: str,
+    layer: int,
+    models: Sequence[str],
+    planted: str,
+    kind: str,
+    top: int,
 ) -> list[AnalysisScore]:
     lid = paths.layer_id(layer)
     last = models[-1]
     scores = []
     for family in FAMILIES:
-        features = pd.read_parquet(workdir / paths.diff_file(embedder, lid, family, "features.parquet"))
+        features = pd.read_parquet(
+            workdir / paths.diff_file(embedder, lid, family, "features.parquet")
+        )
         for analysis, table in features.groupby("analysis", sort=False):
             match = None
             if planted:
                 scheme = evaluator_scheme(family, str(analysis), last)
                 fs = FeatureStats.open(workdir / paths.feature_stats(embedder, lid, scheme, 0))
                 ids = fs.model_sequences(last)["seq_id"].tolist()
-                tokens = read_tokens(workdir / paths.token_layer_dir(embedder, last, lid), ids, planted, kind)
+                tokens = read_tokens(
+                    workdir / paths.token_layer_dir(embedder, last, lid), ids, planted, kind
+                )
                 codes = encode(workdir / paths.sae_dir(embedder, lid, scheme, 0), tokens.act)
                 match = match_features(codes, tokens)
             scores.append(score_analysis(study, embedder, family, table, match, top))
     return scores
 
 
-def sample_summary(workdir: Path, models: Sequence[str], planted: str, kind: str) -> dict[str, dict[str, float]]:
+def sample_summary(
+    workdir: Path, models: Sequence[str], planted: str, kind: str
+) -> dict[str, dict[str, float]]:
     """Per model: kept sequences, mean length, share carrying the motif / residue-class share."""
     out = {}
     for model in models:
@@ -249,17 +276,21 @@ def probe_margins(workdir: Path, embedders: Sequence[str]) -> list[dict[str, flo
     rows = []
     for embedder in embedders:
         for pooling in ("last", "mean"):
-            acc = pd.read_csv(workdir / paths.probe_file(embedder, pooling, "accuracy.tsv"), sep="\t")
+            acc = pd.read_csv(
+                workdir / paths.probe_file(embedder, pooling, "accuracy.tsv"), sep="\t"
+            )
             best = acc.loc[acc["mean_accuracy"].idxmax()]
-            rows.append({
-                "embedder": embedder,
-                "pooling": pooling,
-                "layer": int(best["layer"]),
-                "accuracy": float(best["mean_accuracy"]),
-                "chance": float(best["chance"]),
-                "permutation_mean": float(best["permutation_mean"]),
-                "margin": float(best["mean_accuracy"] - best["permutation_mean"]),
-            })
+            rows.append(
+                {
+                    "embedder": embedder,
+                    "pooling": pooling,
+                    "layer": int(best["layer"]),
+                    "accuracy": float(best["mean_accuracy"]),
+                    "chance": float(best["chance"]),
+                    "permutation_mean": float(best["permutation_mean"]),
+                    "margin": float(best["mean_accuracy"] - best["permutation_mean"]),
+                }
+            )
     return rows
 
 
@@ -269,7 +300,9 @@ def sae_fit(workdir: Path, embedders: Sequence[str], layer: int) -> list[dict[st
     for embedder in embedders:
         path = workdir / paths.sae_metrics(embedder, paths.layer_id(layer), paths.BASE_SCHEME, 0)
         metrics = json.loads(path.read_text())
-        rows.append({"embedder": embedder, **{k: metrics.get(k) for k in ("fvu", "l0", "dead_fraction")}})
+        rows.append(
+            {"embedder": embedder, **{k: metrics.get(k) for k in ("fvu", "l0", "dead_fraction")}}
+        )
     return rows
 
 

@@ -65,7 +65,7 @@ class Study:
     motif: str = ""
     residue_class: str = ""
     crop: int = 64
-    embedders: tuple[str, ...] = ("base", "self")
+    embedders: tuple[str, ...] = ("base",)
     notes: str = ""
 
     def round_data(self, family: Sequence[str]) -> list[list[str] | None]:
@@ -87,8 +87,10 @@ class Study:
 
     def planted(self) -> str:
         """What a matching feature fires on: the motif, or the residue class ('' for none)."""
-        return self.motif if self.kind == "motif" else (
-            self.residue_class if self.kind == "composition" else ""
+        return (
+            self.motif
+            if self.kind == "motif"
+            else (self.residue_class if self.kind == "composition" else "")
         )
 
 
@@ -112,32 +114,52 @@ class Suite:
     extra: dict = field(default_factory=dict)
 
 
-SHAPE = ModelShape(n_layer=2, n_embd=64, n_head=4, n_positions=128)
+SHAPE = ModelShape(n_layer=2, n_embd=48, n_head=4, n_positions=128)
 
 # Motifs built from the family's rarest residues (W 1.1%, C 1.6%, Y 2.0%, M 2.1%), so that a
 # feature for them cannot be a feature the base model already had for common residues.
 MOTIF_GPT2 = "WCYMW"
 MOTIF_LLAMA = "MCWFY"
+# The base lens (the base model embeds every round) and the self lens (each model its own).
+LENSES = ("base", "self")
 
 
 def full_suite() -> Suite:
+    """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, 3 null seeds;
+    ordered so that an interrupted run has scored the studies that matter most."""
+    motif = {"kind": "motif", "embedders": LENSES}
     studies = (
-        Study("motif_strong_gpt2", "motif", "gpt2", (0.4, 0.8), seed=1, motif=MOTIF_GPT2),
-        Study("motif_moderate_gpt2", "motif", "gpt2", (0.15, 0.35), seed=2, motif=MOTIF_GPT2),
-        Study("motif_moderate_llama", "motif", "llama", (0.2, 0.45), seed=3, motif=MOTIF_LLAMA),
+        Study(
+            "motif_strong_gpt2", arch="gpt2", rates=(0.4, 0.8), seed=1, motif=MOTIF_GPT2, **motif
+        ),
+        Study(
+            "motif_moderate_gpt2",
+            arch="gpt2",
+            rates=(0.15, 0.35),
+            seed=2,
+            motif=MOTIF_GPT2,
+            **motif,
+        ),
+        Study("null_gpt2_s0", "null", "gpt2", (0, 0), seed=10),
+        Study(
+            "motif_moderate_llama",
+            arch="llama",
+            rates=(0.2, 0.45),
+            seed=3,
+            motif=MOTIF_LLAMA,
+            **motif,
+        ),
         Study("composition_gpt2", "composition", "gpt2", (0.06, 0.12), seed=4, residue_class="KR"),
         Study("length_gpt2", "length", "gpt2", (48, 34), seed=5),
-        *(
-            Study(f"null_gpt2_s{s}", "null", "gpt2", (0, 0), seed=10 + s, embedders=("base",))
-            for s in range(3)
-        ),
+        Study("null_gpt2_s1", "null", "gpt2", (0, 0), seed=11),
+        Study("null_gpt2_s2", "null", "gpt2", (0, 0), seed=12),
     )
     return Suite(
         name="full",
         studies=studies,
         shape=SHAPE,
-        base_steps=300,
-        round_steps=80,
+        base_steps=200,
+        round_steps=60,
         n_sequences=200,
         kfold=3,
         sae_tokens=60000,
@@ -152,14 +174,21 @@ def full_suite() -> Suite:
 def ci_suite() -> Suite:
     """The planted and null studies at the smallest size that still plants a findable motif."""
     studies = (
-        Study("ci_motif_gpt2", "motif", "gpt2", (0.4, 0.8), seed=1, motif=MOTIF_GPT2,
-              embedders=("base",)),
+        Study(
+            "ci_motif_gpt2",
+            "motif",
+            "gpt2",
+            (0.4, 0.8),
+            seed=1,
+            motif=MOTIF_GPT2,
+            embedders=("base",),
+        ),
         Study("ci_null_gpt2", "null", "gpt2", (0, 0), seed=10, embedders=("base",)),
     )
     return Suite(
         name="ci",
         studies=studies,
-        shape=ModelShape(n_layer=2, n_embd=48, n_head=4, n_positions=128),
+        shape=SHAPE,
         base_steps=200,
         round_steps=60,
         n_sequences=120,

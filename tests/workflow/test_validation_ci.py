@@ -1,0 +1,48 @@
+"""The CI-sized validation suite (validation/, `make validate-ci`) run for real: a planted-motif
+study and a null study through the whole workflow, scored.
+
+BASELINE, not the issue's targets: this asserts what today's diff achieves (VALIDATION.md), so
+that a regression shows and the next session can tighten it. Today the null study calls no
+stable changed feature, and the planted study's motif is sampled, found by a feature of the SAE
+(its coverage and enrichment computed) and placed somewhere in the ranking. The issue's target,
+to assert once the evidence statistics (plmdiff.diff.evidence) are wired into the diff job: in
+at least one analysis a feature with coverage >= 0.5 and enrichment >= 5 ranks in the top 5,
+called changed and stable (`first_changed_rank_in_target`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from validation.run import main as run_validation
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ci_scores(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("validation")
+    assert run_validation(["--suite", "ci", "--work", str(work)]) == 0
+    return json.loads((work / "ci" / "scores.json").read_text())
+
+
+def test_null_study_calls_no_stable_feature(ci_scores):
+    null = ci_scores["ci_null_gpt2"]
+    assert null["analyses"], "the null study was scored on no analysis"
+    called = {a["analysis"]: a["n_stable_changed"] for a in null["analyses"]}
+    assert all(n == 0 for n in called.values()), f"stable changes called in the null: {called}"
+    assert all(p["margin"] < 0.25 for p in null["probes"]), null["probes"]
+
+
+def test_planted_motif_is_sampled_and_its_feature_scored(ci_scores):
+    motif = ci_scores["ci_motif_gpt2"]
+    shares = [motif["samples"][m]["motif_share"] for m in ("r0", "r1", "r2")]
+    assert shares[0] < 0.05 < shares[2], f"motif share per round: {shares}"
+    for a in motif["analyses"]:
+        assert a["best_feature"] >= 0 and a["best_rank"] >= 1
+        assert 0 <= a["best_coverage"] <= 1 and not math.isnan(a["best_enrichment"])
+    # Baseline: some feature of some analysis is specific to the motif (the SAE sees it).
+    assert max(a["best_enrichment"] for a in motif["analyses"]) >= 5
