@@ -155,7 +155,7 @@ def null_direction_cut(root: Path, suite: Suite, alpha: float) -> float | None:
     for study in suite.studies:
         if study.kind != "null" or not (root / study.name).is_dir():
             continue
-        for family in (paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY):
+        for family in set(suite.families) - {paths.BASE_FAMILY}:
             result, stats = rediff(
                 root / study.name, study.embedders[0], suite.layer, family, suite.kfold
             )
@@ -173,7 +173,7 @@ def rescore_study(
     study = next(s for s in suite.studies if s.name == name)
     best = {(a["embedder"], a["analysis"]): a for a in saved["analyses"]}
     for embedder in study.embedders:
-        for family in (paths.BASE_FAMILY, paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY):
+        for family in suite.families:
             result, stats = rediff(root / name, embedder, suite.layer, family, suite.kfold)
             for analysis in dict.fromkeys(a for a, _ in result.fold_tables):
                 today = best[(embedder, analysis)]

@@ -70,6 +70,7 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
             "training_tokens": suite.sae_tokens,
             "finetune_tokens": suite.finetune_tokens,
             "kfold": suite.kfold,
+            "schemes": list(suite.schemes),
             "dead_window": 5000,
             "eval_sequences": 8,
             "seed": study.seed,
@@ -85,7 +86,7 @@ def targets(study: Study, suite: Suite) -> list[str]:
     lid = paths.layer_id(suite.layer)
     out = []
     for embedder in study.embedders:
-        out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in scoring.FAMILIES]
+        out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
         out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
         out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
     return out
@@ -171,7 +172,15 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
     analyses = []
     for embedder in study.embedders:
         analyses += scoring.score_embedder(
-            workdir, study.name, embedder, suite.layer, MODELS, planted, study.kind, top
+            workdir,
+            study.name,
+            embedder,
+            suite.layer,
+            MODELS,
+            planted,
+            study.kind,
+            top,
+            suite.families,
         )
     return StudyResult(
         study=study,

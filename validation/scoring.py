@@ -231,11 +231,12 @@ def score_embedder(
     planted: str,
     kind: str,
     top: int,
+    families: Sequence[str] = FAMILIES,
 ) -> list[AnalysisScore]:
     lid = paths.layer_id(layer)
     last = models[-1]
     scores = []
-    for family in FAMILIES:
+    for family in families:
         features = pd.read_parquet(
             workdir / paths.diff_file(embedder, lid, family, "features.parquet")
         )

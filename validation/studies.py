@@ -111,6 +111,15 @@ class Suite:
     k: int
     layer: int
     probe_permutations: int
+    # SAE schemes (sae.schemes): every scheme is kfold SAE jobs and kfold feature_stats jobs
+    # per lens, most of a study's time; 'per_model' is left out at suite size.
+    schemes: tuple[str, ...] = ("base", "pooled")
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Diff families: one per SAE scheme, of the same name (plmdiff.config.paths)."""
+        return self.schemes
+
     extra: dict = field(default_factory=dict)
 
 
@@ -127,28 +136,19 @@ LENSES = ("base", "self")
 def full_suite() -> Suite:
     """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, 3 null seeds;
     ordered so that an interrupted run has scored the studies that matter most."""
-    motif = {"kind": "motif", "embedders": LENSES}
     studies = (
-        Study(
-            "motif_strong_gpt2", arch="gpt2", rates=(0.4, 0.8), seed=1, motif=MOTIF_GPT2, **motif
-        ),
+        Study("motif_strong_gpt2", "motif", "gpt2", (0.4, 0.8), seed=1, motif=MOTIF_GPT2),
         Study(
             "motif_moderate_gpt2",
-            arch="gpt2",
-            rates=(0.15, 0.35),
+            "motif",
+            "gpt2",
+            (0.15, 0.35),
             seed=2,
             motif=MOTIF_GPT2,
-            **motif,
+            embedders=LENSES,  # the one study seen through both lenses (time)
         ),
         Study("null_gpt2_s0", "null", "gpt2", (0, 0), seed=10),
-        Study(
-            "motif_moderate_llama",
-            arch="llama",
-            rates=(0.2, 0.45),
-            seed=3,
-            motif=MOTIF_LLAMA,
-            **motif,
-        ),
+        Study("motif_moderate_llama", "motif", "llama", (0.2, 0.45), seed=3, motif=MOTIF_LLAMA),
         Study("composition_gpt2", "composition", "gpt2", (0.06, 0.12), seed=4, residue_class="KR"),
         Study("length_gpt2", "length", "gpt2", (48, 34), seed=5),
         Study("null_gpt2_s1", "null", "gpt2", (0, 0), seed=11),
@@ -160,10 +160,10 @@ def full_suite() -> Suite:
         shape=SHAPE,
         base_steps=200,
         round_steps=60,
-        n_sequences=200,
+        n_sequences=160,
         kfold=3,
-        sae_tokens=60000,
-        finetune_tokens=15000,
+        sae_tokens=40000,
+        finetune_tokens=10000,
         d_sae=256,
         k=8,
         layer=2,

@@ -15,11 +15,41 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from validation.run import main as run_validation
+from validation.scoring import TokenSet, match_features, planted_occurrences
+from validation.studies import enrich_class, plant_motif, shorten
 
-pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+def test_planted_occurrences_of_a_motif_and_a_class():
+    occ, n = planted_occurrences(["AWCYMWA", "WCYMW", "GGG"], "WCYMW", "motif")
+    assert n == 2 and occ.tolist() == [-1, 0, 0, 0, 0, 0, -1, 1, 1, 1, 1, 1, -1, -1, -1]
+    occ, n = planted_occurrences(["AKR", "RA"], "KR", "composition")
+    assert n == 3 and occ.tolist() == [-1, 0, 1, 2, -1]
+
+
+def test_match_features_coverage_and_enrichment():
+    """Feature 0 fires on one residue of each occurrence only; feature 1 everywhere."""
+    occ = np.array([-1, 0, 0, -1, -1, 1, 1, -1, -1, -1])
+    codes = np.zeros((10, 2))
+    codes[[1, 5], 0] = 1.0
+    codes[:, 1] = 1.0
+    m = match_features(codes, TokenSet(act=np.zeros((10, 1)), occurrence=occ, n_occurrences=2))
+    assert m.coverage.tolist() == [1.0, 1.0]
+    assert m.precision.tolist() == [1.0, 0.4]
+    assert m.enrichment.tolist() == pytest.approx([2.5, 1.0])
+
+
+def test_study_transforms_plant_what_they_say():
+    seqs = ["A" * 40] * 400
+    planted = plant_motif(seqs, "WCYMW", 0.5, seed=0)
+    share = np.mean(["WCYMW" in s for s in planted])
+    assert 0.4 < share < 0.6 and all(len(s) == 40 for s in planted)
+    enriched = "".join(enrich_class(seqs, "KR", 0.1, seed=0))
+    assert 0.08 < (enriched.count("K") + enriched.count("R")) / len(enriched) < 0.12
+    assert shorten(["ABCDEFG"], 3) == ["ABC"]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +59,8 @@ def ci_scores(tmp_path_factory) -> dict:
     return json.loads((work / "ci" / "scores.json").read_text())
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_null_study_calls_no_stable_feature(ci_scores):
     null = ci_scores["ci_null_gpt2"]
     assert null["analyses"], "the null study was scored on no analysis"
@@ -37,6 +69,8 @@ def test_null_study_calls_no_stable_feature(ci_scores):
     assert all(p["margin"] < 0.25 for p in null["probes"]), null["probes"]
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_planted_motif_is_sampled_and_its_feature_scored(ci_scores):
     motif = ci_scores["ci_motif_gpt2"]
     shares = [motif["samples"][m]["motif_share"] for m in ("r0", "r1", "r2")]
