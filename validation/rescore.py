@@ -37,7 +37,7 @@ from plmdiff.diff.evidence import (
 )
 from plmdiff.diff.feature_stats import FeatureStats, sae_decoder
 from plmdiff.sae.training import load_sae
-from validation.run import MODELS, WORK
+from validation.run import MODELS, WORK, lens_dirs
 from validation.studies import SUITES, Suite
 
 
@@ -157,7 +157,11 @@ def null_direction_cut(root: Path, suite: Suite, alpha: float) -> float | None:
             continue
         for family in set(suite.families) - {paths.BASE_FAMILY}:
             result, stats = rediff(
-                root / study.name, study.embedders[0], suite.layer, family, suite.kfold
+                root / study.name,
+                lens_dirs(study)[study.embedders[0]],
+                suite.layer,
+                family,
+                suite.kfold,
             )
             for (analysis, fold), table in result.fold_tables.items():
                 ca, _, cb, _ = counts(table, stats, evaluator(family, analysis), fold)
@@ -172,9 +176,9 @@ def rescore_study(
     rows = []
     study = next(s for s in suite.studies if s.name == name)
     best = {(a["embedder"], a["analysis"]): a for a in saved["analyses"]}
-    for embedder in study.embedders:
+    for embedder, lens_dir in lens_dirs(study).items():
         for family in suite.families:
-            result, stats = rediff(root / name, embedder, suite.layer, family, suite.kfold)
+            result, stats = rediff(root / name, lens_dir, suite.layer, family, suite.kfold)
             for analysis in dict.fromkeys(a for a, _ in result.fold_tables):
                 today = best[(embedder, analysis)]
                 for proposal in PROPOSALS:

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from plmdiff.config import paths
+from plmdiff.config.schema import BASE_EMBEDDER
 from plmdiff.models.lm_training import LMTrainingConfig
 from plmdiff.testing.checkpoints import family_sequences
 from validation import scoring
@@ -81,11 +82,16 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
     }
 
 
+def lens_dirs(study: Study) -> dict[str, str]:
+    """Lens label -> the embedder directory the workflow writes ('base' is the base model)."""
+    return {e: MODELS[0] if e == BASE_EMBEDDER else e for e in study.embedders}
+
+
 def targets(study: Study, suite: Suite) -> list[str]:
     """What scoring reads: every diff family's feature table and the probes (no report, KL, t-SNE)."""
     lid = paths.layer_id(suite.layer)
     out = []
-    for embedder in study.embedders:
+    for embedder in lens_dirs(study).values():
         out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
         out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
         out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
@@ -133,8 +139,6 @@ def run_workflow(workdir: Path, configfile: Path, wanted: list[str], cores: int)
         str(configfile),
         "--cores",
         str(cores),
-        "--rerun-triggers",
-        "mtime",
         *wanted,
     ]
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -170,7 +174,8 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
     planted = study.planted()
     top = 10 if study.kind == "composition" else 5
     analyses = []
-    for embedder in study.embedders:
+    lenses = lens_dirs(study)
+    for lens, embedder in lenses.items():
         analyses += scoring.score_embedder(
             workdir,
             study.name,
@@ -181,13 +186,14 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
             study.kind,
             top,
             suite.families,
+            lens,
         )
     return StudyResult(
         study=study,
         seconds=elapsed,
         samples=scoring.sample_summary(workdir, MODELS, planted, study.kind),
-        probes=scoring.probe_margins(workdir, study.embedders),
-        sae_fit=scoring.sae_fit(workdir, study.embedders, suite.layer),
+        probes=scoring.probe_margins(workdir, lenses),
+        sae_fit=scoring.sae_fit(workdir, lenses, suite.layer),
         analyses=scoring.as_dicts(analyses),
     )
 

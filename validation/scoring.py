@@ -9,7 +9,7 @@ the null's stable changed features, probe margins, what the rounds' samples carr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -232,7 +232,10 @@ def score_embedder(
     kind: str,
     top: int,
     families: Sequence[str] = FAMILIES,
+    lens: str = "",
 ) -> list[AnalysisScore]:
+    """Every analysis of one embedder directory (`embedder`: 'self' or the embedding model's
+    name, as the workflow resolves 'base'); `lens` labels it in the scores."""
     lid = paths.layer_id(layer)
     last = models[-1]
     scores = []
@@ -251,7 +254,7 @@ def score_embedder(
                 )
                 codes = encode(workdir / paths.sae_dir(embedder, lid, scheme, 0), tokens.act)
                 match = match_features(codes, tokens)
-            scores.append(score_analysis(study, embedder, family, table, match, top))
+            scores.append(score_analysis(study, lens or embedder, family, table, match, top))
     return scores
 
 
@@ -272,10 +275,11 @@ def sample_summary(
     return out
 
 
-def probe_margins(workdir: Path, embedders: Sequence[str]) -> list[dict[str, float | str]]:
-    """Best layer's probe accuracy against chance and the permutation mean, per embedder x pooling."""
+def probe_margins(workdir: Path, lenses: Mapping[str, str]) -> list[dict[str, float | str]]:
+    """Best layer's probe accuracy against chance and the permutation mean, per lens x pooling
+    (`lenses`: label -> embedder directory)."""
     rows = []
-    for embedder in embedders:
+    for label, embedder in lenses.items():
         for pooling in ("last", "mean"):
             acc = pd.read_csv(
                 workdir / paths.probe_file(embedder, pooling, "accuracy.tsv"), sep="\t"
@@ -283,7 +287,7 @@ def probe_margins(workdir: Path, embedders: Sequence[str]) -> list[dict[str, flo
             best = acc.loc[acc["mean_accuracy"].idxmax()]
             rows.append(
                 {
-                    "embedder": embedder,
+                    "embedder": label,
                     "pooling": pooling,
                     "layer": int(best["layer"]),
                     "accuracy": float(best["mean_accuracy"]),
@@ -295,14 +299,14 @@ def probe_margins(workdir: Path, embedders: Sequence[str]) -> list[dict[str, flo
     return rows
 
 
-def sae_fit(workdir: Path, embedders: Sequence[str], layer: int) -> list[dict[str, float | str]]:
+def sae_fit(workdir: Path, lenses: Mapping[str, str], layer: int) -> list[dict[str, float | str]]:
     """The base SAE's held-out fit (fold 0): a change of fit must not pass for a change of features."""
     rows = []
-    for embedder in embedders:
+    for label, embedder in lenses.items():
         path = workdir / paths.sae_metrics(embedder, paths.layer_id(layer), paths.BASE_SCHEME, 0)
         metrics = json.loads(path.read_text())
         rows.append(
-            {"embedder": embedder, **{k: metrics.get(k) for k in ("fvu", "l0", "dead_fraction")}}
+            {"embedder": label, **{k: metrics.get(k) for k in ("fvu", "l0", "dead_fraction")}}
         )
     return rows
 
