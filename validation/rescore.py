@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,12 +148,14 @@ def replicate(
     return present / kfold, again / kfold
 
 
-def null_direction_cut(root: Path, suite: Suite, alpha: float) -> float | None:
+def null_direction_cut(
+    root: Path, suite: Suite, alpha: float, finished: Collection[str]
+) -> float | None:
     """Direction-change cut from the null studies' fine-tuned SAEs (fine-tuned on rounds that
     are the base model itself: the same budget with no change), features firing in both models."""
     values = []
     for study in suite.studies:
-        if study.kind != "null" or not (root / study.name).is_dir():
+        if study.kind != "null" or study.name not in finished:
             continue
         for family in set(suite.families) - {paths.BASE_FAMILY}:
             result, stats = rediff(
@@ -281,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     suite = SUITES[args.suite]()
     root = args.work / suite.name
     saved = json.loads((root / "scores.json").read_text())
-    dir_cuts = {p.name: null_direction_cut(root, suite, p.direction_alpha) for p in PROPOSALS}
+    dir_cuts = {
+        p.name: null_direction_cut(root, suite, p.direction_alpha, saved) for p in PROPOSALS
+    }
     rows = []
     for name in saved:
         rows += rescore_study(root, suite, name, saved[name], dir_cuts)
