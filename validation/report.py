@@ -46,6 +46,7 @@ ANALYSIS_COLUMNS = (
     "analysis",
     "n_changed",
     "n_stable_changed",
+    "n_occurrences",
     "best_feature",
     "best_rank",
     "best_coverage",
@@ -68,7 +69,9 @@ def analyses_table(saved: Mapping[str, Any]) -> list[str]:
     ]
     for name, s in saved.items():
         for a in s["analyses"]:
-            lines.append(f"| {name} | " + " | ".join(_fmt(a[c]) for c in ANALYSIS_COLUMNS) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(a.get(c, "")) for c in ANALYSIS_COLUMNS) + " |"
+            )
     return lines
 
 

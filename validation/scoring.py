@@ -88,6 +88,7 @@ class FeatureMatch:
     precision: np.ndarray  # share of its firings on planted residues
     enrichment: np.ndarray  # precision / share of planted residues among all residues
     n_fire: np.ndarray
+    n_occurrences: int
 
 
 def match_features(codes: np.ndarray, tokens: TokenSet) -> FeatureMatch:
@@ -105,7 +106,11 @@ def match_features(codes: np.ndarray, tokens: TokenSet) -> FeatureMatch:
         enrichment = precision / base_rate if base_rate > 0 else np.zeros_like(precision)
     coverage = covered.mean(0) if tokens.n_occurrences else np.zeros(codes.shape[1])
     return FeatureMatch(
-        coverage=coverage, precision=precision, enrichment=enrichment, n_fire=n_fire
+        coverage=coverage,
+        precision=precision,
+        enrichment=enrichment,
+        n_fire=n_fire,
+        n_occurrences=tokens.n_occurrences,
     )
 
 
@@ -142,6 +147,7 @@ class AnalysisScore:
     qualifying: int  # features meeting the coverage and enrichment targets
     qualifying_best_rank: int  # best rank among them (0: none)
     first_changed_rank_in_target: bool  # a qualifying feature in the top 5, called, stable
+    n_occurrences: int = 0  # planted occurrences in the held-out sequences scored
 
 
 def stable_changed(table: pd.DataFrame) -> np.ndarray:
@@ -210,6 +216,7 @@ def score_analysis(
         qualifying=int(ok.sum()),
         qualifying_best_rank=int(ranks[ok].min()) if ok.any() else 0,
         first_changed_rank_in_target=bool(target.any()),
+        n_occurrences=match.n_occurrences,
     )
 
 
