@@ -20,6 +20,7 @@ from plmdiff.activations.store import iter_token_batches
 from plmdiff.config import paths
 from plmdiff.core.fasta import read_fasta
 from plmdiff.diff.feature_stats import FeatureStats
+from plmdiff.sae.training import load_sae
 
 # Which SAE encodes the rounds in each analysis (plmdiff.diff.diff.family_analyses).
 FAMILIES = (paths.BASE_FAMILY, paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY)
@@ -116,8 +117,6 @@ def match_features(codes: np.ndarray, tokens: TokenSet) -> FeatureMatch:
 
 def encode(sae_path: str | Path, act: np.ndarray) -> np.ndarray:
     import torch
-
-    from plmdiff.sae.training import load_sae
 
     sae = load_sae(sae_path)
     with torch.inference_mode():

@@ -102,12 +102,16 @@ def test_known_change_is_called_and_ranked_first_among_noise():
 
 
 def test_call_by_evidence_requires_effect_and_agreement():
-    post = PosteriorFoldChange(mean=np.array([1.5, 1.5, 0.2, 1.5]), sd=np.array([0.1, 0.1, 0.1, 1.0]))
+    post = PosteriorFoldChange(
+        mean=np.array([1.5, 1.5, 0.2, 1.5]), sd=np.array([0.1, 0.1, 0.1, 1.0])
+    )
     q = np.array([0.01, 0.01, 0.01, 0.01])
     rho = np.array([0.2, -0.2, 0.2, 0.2])
     called = call_by_evidence(q, rho, post, fdr=0.05, min_abs_log2_fold_change=1.0)
     assert called.tolist() == [True, False, False, False]
-    assert not call_by_evidence(np.array([np.nan]), rho[:1], post, fdr=0.05, min_abs_log2_fold_change=0)[0]
+    assert not call_by_evidence(
+        np.array([np.nan]), rho[:1], post, fdr=0.05, min_abs_log2_fold_change=0
+    )[0]
 
 
 def test_evidence_order_groups_then_caps_q_then_effect():
