@@ -18,6 +18,10 @@ import math
 import numpy as np
 import pytest
 
+from plmdiff.models.checkpoints import inspect_checkpoint
+from plmdiff.models.lm_training import LMTrainingConfig
+from plmdiff.models.text import PromptFormat
+from validation.checkpoints import ModelShape, build_base, build_rounds
 from validation.run import main as run_validation
 from validation.scoring import TokenSet, match_features, planted_occurrences
 from validation.studies import enrich_class, plant_motif, shorten
@@ -50,6 +54,21 @@ def test_study_transforms_plant_what_they_say():
     enriched = "".join(enrich_class(seqs, "KR", 0.1, seed=0))
     assert 0.08 < (enriched.count("K") + enriched.count("R")) / len(enriched) < 0.12
     assert shorten(["ABCDEFG"], 3) == ["ABC"]
+
+
+def test_plain_llama_rounds_pass_intake(tmp_path):
+    """The suite's plain-format decoder: a LLaMA with grouped-query attention, a base and a
+    fine-tuned round, both accepted by checkpoint intake in the plain format."""
+    shape = ModelShape(n_layer=1, n_embd=16, n_head=4, n_positions=64)
+    cfg = LMTrainingConfig(lr=1e-3, batch_size=4, max_steps=2)
+    base = build_base(tmp_path / "base", "llama", shape, ["MKTAYIAK", "MSLLV"], cfg)
+    rounds = build_rounds(tmp_path / "study", base, "llama", [["MKTAYIAK"]], cfg)
+    for path in rounds:
+        record = inspect_checkpoint(path, path.name, PromptFormat("plain", ""))
+        assert record.n_layers == 1
+    assert (rounds[0] / "model.safetensors").read_bytes() == (
+        base / "model.safetensors"
+    ).read_bytes()
 
 
 @pytest.fixture(scope="module")
