@@ -208,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     suite = SUITES[args.suite]()
+    names = [s.name for s in suite.studies]
+    unknown = sorted(set(args.only or ()) - set(names))
+    if unknown:
+        parser.error(
+            f"--only {', '.join(unknown)}: no such study in suite '{suite.name}'; studies: {', '.join(names)}"
+        )
     root = args.work / suite.name
     root.mkdir(parents=True, exist_ok=True)
     results_path = root / "scores.json"
