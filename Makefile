@@ -43,3 +43,13 @@ dag: venv
 
 clean-demo:
 	rm -rf results/ logs/ benchmarks/
+
+.PHONY: validate validate-ci
+
+## Runs the validation suite: small studies with a known answer through the workflow, scored (VALIDATION.md).
+validate: venv
+	nice -n 5 python -m validation.run --suite full --cores $(CORES)
+
+## The CI-sized validation: one planted-motif and one null study (a few minutes).
+validate-ci: venv
+	python -m validation.run --suite ci --cores $(CORES)

@@ -1,0 +1,101 @@
+"""The CI-sized validation suite (validation/, `make validate-ci`) run for real: a planted-motif
+study and a null study through the whole workflow, scored.
+
+BASELINE, not the issue's targets: this asserts what today's diff achieves (VALIDATION.md), so
+that a regression shows and the next session can tighten it. Today the null study calls no
+stable changed feature, and the planted study's motif is sampled, found by a feature of the SAE
+(its coverage and enrichment computed) and placed somewhere in the ranking. The issue's target,
+to assert once the evidence statistics (plmdiff.diff.evidence) are wired into the diff job: in
+at least one analysis a feature with coverage >= 0.5 and enrichment >= 5 ranks in the top 5,
+called changed and stable (`first_changed_rank_in_target`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from plmdiff.models.checkpoints import inspect_checkpoint
+from plmdiff.models.lm_training import LMTrainingConfig
+from plmdiff.models.text import PromptFormat
+from validation.checkpoints import ModelShape, build_base, build_rounds
+from validation.run import main as run_validation
+from validation.scoring import TokenSet, match_features, planted_occurrences
+from validation.studies import enrich_class, plant_motif, shorten
+
+
+def test_planted_occurrences_of_a_motif_and_a_class():
+    occ, n = planted_occurrences(["AWCYMWA", "WCYMW", "GGG"], "WCYMW", "motif")
+    assert n == 2 and occ.tolist() == [-1, 0, 0, 0, 0, 0, -1, 1, 1, 1, 1, 1, -1, -1, -1]
+    occ, n = planted_occurrences(["AKR", "RA"], "KR", "composition")
+    assert n == 3 and occ.tolist() == [-1, 0, 1, 2, -1]
+
+
+def test_match_features_coverage_and_enrichment():
+    """Feature 0 fires on one residue of each occurrence only; feature 1 everywhere."""
+    occ = np.array([-1, 0, 0, -1, -1, 1, 1, -1, -1, -1])
+    codes = np.zeros((10, 2))
+    codes[[1, 5], 0] = 1.0
+    codes[:, 1] = 1.0
+    m = match_features(codes, TokenSet(act=np.zeros((10, 1)), occurrence=occ, n_occurrences=2))
+    assert m.coverage.tolist() == [1.0, 1.0]
+    assert m.precision.tolist() == [1.0, 0.4]
+    assert m.enrichment.tolist() == pytest.approx([2.5, 1.0])
+
+
+def test_study_transforms_plant_what_they_say():
+    seqs = ["A" * 40] * 400
+    planted = plant_motif(seqs, "WCYMW", 0.5, seed=0)
+    share = np.mean(["WCYMW" in s for s in planted])
+    assert 0.4 < share < 0.6 and all(len(s) == 40 for s in planted)
+    enriched = "".join(enrich_class(seqs, "KR", 0.1, seed=0))
+    assert 0.08 < (enriched.count("K") + enriched.count("R")) / len(enriched) < 0.12
+    assert shorten(["ABCDEFG"], 3) == ["ABC"]
+
+
+def test_plain_llama_rounds_pass_intake(tmp_path):
+    """The suite's plain-format decoder: a LLaMA with grouped-query attention, a base and a
+    fine-tuned round, both accepted by checkpoint intake in the plain format."""
+    shape = ModelShape(n_layer=1, n_embd=16, n_head=4, n_positions=64)
+    cfg = LMTrainingConfig(lr=1e-3, batch_size=4, max_steps=2)
+    base = build_base(tmp_path / "base", "llama", shape, ["MKTAYIAK", "MSLLV"], cfg)
+    rounds = build_rounds(tmp_path / "study", base, "llama", [["MKTAYIAK"]], cfg)
+    for path in rounds:
+        record = inspect_checkpoint(path, path.name, PromptFormat("plain", ""))
+        assert record.n_layers == 1
+    assert (rounds[0] / "model.safetensors").read_bytes() == (
+        base / "model.safetensors"
+    ).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def ci_scores(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("validation")
+    assert run_validation(["--suite", "ci", "--work", str(work)]) == 0
+    return json.loads((work / "ci" / "scores.json").read_text())
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_null_study_calls_no_stable_feature(ci_scores):
+    null = ci_scores["ci_null_gpt2"]
+    assert null["analyses"], "the null study was scored on no analysis"
+    called = {a["analysis"]: a["n_stable_changed"] for a in null["analyses"]}
+    assert all(n == 0 for n in called.values()), f"stable changes called in the null: {called}"
+    assert all(p["margin"] < 0.25 for p in null["probes"]), null["probes"]
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_planted_motif_is_sampled_and_its_feature_scored(ci_scores):
+    motif = ci_scores["ci_motif_gpt2"]
+    shares = [motif["samples"][m]["motif_share"] for m in ("r0", "r1", "r2")]
+    assert shares[0] < 0.05 < shares[2], f"motif share per round: {shares}"
+    for a in motif["analyses"]:
+        assert a["best_feature"] >= 0 and a["best_rank"] >= 1
+        assert 0 <= a["best_coverage"] <= 1 and not math.isnan(a["best_enrichment"])
+    # Baseline: some feature of some analysis is specific to the motif (the SAE sees it).
+    assert max(a["best_enrichment"] for a in motif["analyses"]) >= 5

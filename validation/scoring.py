@@ -1,0 +1,321 @@
+"""Scores of one finished study, read from the workflow's outputs (never from its internals).
+
+Per analysis (embedder x diff family x analysis): the feature that best matches what was
+planted, found by encoding the last round's held-out token activations with the analysis's
+fold-0 SAE, and where the diff put it: rank, changed, stable, change replication. Per study:
+the null's stable changed features, probe margins, what the rounds' samples carry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plmdiff.activations.store import iter_token_batches
+from plmdiff.config import paths
+from plmdiff.core.fasta import read_fasta
+from plmdiff.diff.feature_stats import FeatureStats
+from plmdiff.sae.training import load_sae
+
+# Which SAE encodes the rounds in each analysis (plmdiff.diff.diff.family_analyses).
+FAMILIES = (paths.BASE_FAMILY, paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY)
+# The issue's target for a planted feature: fires in >= half of the occurrences, its firings
+# >= 5x enriched on planted positions, top 5 (top 10 for a residue class).
+MIN_COVERAGE = 0.5
+MIN_ENRICHMENT = 5.0
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """Residue tokens of some sequences: activations, and which are planted (occurrence id)."""
+
+    act: np.ndarray  # [tokens, d_model]
+    occurrence: np.ndarray  # [tokens] occurrence index, -1 where nothing is planted
+    n_occurrences: int
+
+
+def planted_occurrences(residues: Sequence[str], planted: str, kind: str) -> tuple[np.ndarray, int]:
+    """Occurrence index of every residue (-1: not planted), over the concatenated sequences.
+
+    A motif occurrence is every exact match of the motif (its positions share one index); for a
+    residue class every residue of the class is its own occurrence.
+    """
+    occ_parts, n = [], 0
+    for text in residues:
+        occ = np.full(len(text), -1, dtype=np.int64)
+        if kind == "motif" and planted:
+            start = text.find(planted)
+            while start >= 0:
+                occ[start : start + len(planted)] = n
+                n += 1
+                start = text.find(planted, start + 1)
+        elif kind == "composition" and planted:
+            hits = np.array([i for i, r in enumerate(text) if r in planted], dtype=np.int64)
+            occ[hits] = np.arange(n, n + len(hits))
+            n += len(hits)
+        occ_parts.append(occ)
+    return (np.concatenate(occ_parts) if occ_parts else np.zeros(0, np.int64)), n
+
+
+def read_tokens(layer_dir: str | Path, seq_ids: Sequence[str], planted: str, kind: str) -> TokenSet:
+    """Token activations of `seq_ids` (file order) with their planted-occurrence labels."""
+    acts, residues, current, text = [], [], None, []
+    for batch in iter_token_batches([layer_dir], batch_rows=8192, seq_ids=seq_ids):
+        acts.append(np.asarray(batch.act, dtype=np.float32))
+        for sid, res in zip(
+            np.asarray(batch.seq_id).astype(str), np.asarray(batch.residue).astype(str), strict=True
+        ):
+            if sid != current:
+                if current is not None:
+                    residues.append("".join(text))
+                current, text = sid, []
+            text.append(res)
+    if current is not None:
+        residues.append("".join(text))
+    occurrence, n = planted_occurrences(residues, planted, kind)
+    return TokenSet(act=np.concatenate(acts), occurrence=occurrence, n_occurrences=n)
+
+
+@dataclass(frozen=True)
+class FeatureMatch:
+    """How well each feature's firing matches the planted positions."""
+
+    coverage: np.ndarray  # share of occurrences where the feature fires on >= 1 planted residue
+    precision: np.ndarray  # share of its firings on planted residues
+    enrichment: np.ndarray  # precision / share of planted residues among all residues
+    n_fire: np.ndarray
+    n_occurrences: int
+
+
+def match_features(codes: np.ndarray, tokens: TokenSet) -> FeatureMatch:
+    """Coverage, precision and enrichment of every feature (codes: [tokens, d_sae])."""
+    fires = codes > 0
+    planted = tokens.occurrence >= 0
+    n_fire = fires.sum(0)
+    on_planted = fires[planted].sum(0)
+    base_rate = planted.mean() if planted.size else 0.0
+    covered = np.zeros((max(tokens.n_occurrences, 1), codes.shape[1]), dtype=bool)
+    if tokens.n_occurrences:
+        np.logical_or.at(covered, tokens.occurrence[planted], fires[planted])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(n_fire > 0, on_planted / np.maximum(n_fire, 1), 0.0)
+        enrichment = precision / base_rate if base_rate > 0 else np.zeros_like(precision)
+    coverage = covered.mean(0) if tokens.n_occurrences else np.zeros(codes.shape[1])
+    return FeatureMatch(
+        coverage=coverage,
+        precision=precision,
+        enrichment=enrichment,
+        n_fire=n_fire,
+        n_occurrences=tokens.n_occurrences,
+    )
+
+
+def encode(sae_path: str | Path, act: np.ndarray) -> np.ndarray:
+    import torch
+
+    sae = load_sae(sae_path)
+    with torch.inference_mode():
+        return sae.encode(torch.from_numpy(act).to(sae.W_dec.dtype)).float().numpy()
+
+
+@dataclass(frozen=True)
+class AnalysisScore:
+    study: str
+    embedder: str
+    family: str
+    analysis: str
+    n_features: int
+    n_changed: int
+    n_stable_changed: int
+    best_feature: int
+    best_rank: int
+    best_coverage: float
+    best_enrichment: float
+    best_changed: bool
+    best_change: str
+    best_stable: bool
+    best_stability: float
+    best_change_replication: float
+    best_log2_fold_change: float
+    best_q_value: float
+    qualifying: int  # features meeting the coverage and enrichment targets
+    qualifying_best_rank: int  # best rank among them (0: none)
+    first_changed_rank_in_target: bool  # a qualifying feature in the top 5, called, stable
+    n_occurrences: int = 0  # planted occurrences in the held-out sequences scored
+
+
+def stable_changed(table: pd.DataFrame) -> np.ndarray:
+    """Changed and stable (the workflow's own `stable`: reappears and replicates its change)."""
+    stable = table["stable"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    return table["changed"].to_numpy(dtype=bool) & stable
+
+
+def score_analysis(
+    study: str,
+    embedder: str,
+    family: str,
+    table: pd.DataFrame,
+    match: FeatureMatch | None,
+    top: int,
+) -> AnalysisScore:
+    """The best-matching feature's place in one analysis's ranked feature table."""
+    table = table.sort_values("feature").reset_index(drop=True)
+    sc = stable_changed(table)
+    base = dict(
+        study=study,
+        embedder=embedder,
+        family=family,
+        analysis=str(table["analysis"].iloc[0]),
+        n_features=len(table),
+        n_changed=int(table["changed"].sum()),
+        n_stable_changed=int(sc.sum()),
+    )
+    if match is None:
+        return AnalysisScore(
+            **base,
+            best_feature=-1,
+            best_rank=0,
+            best_coverage=np.nan,
+            best_enrichment=np.nan,
+            best_changed=False,
+            best_change="",
+            best_stable=False,
+            best_stability=np.nan,
+            best_change_replication=np.nan,
+            best_log2_fold_change=np.nan,
+            best_q_value=np.nan,
+            qualifying=0,
+            qualifying_best_rank=0,
+            first_changed_rank_in_target=False,
+        )
+    # Best match: fires on most occurrences AND mostly on them (coverage x precision).
+    best = int(np.argmax(match.coverage * match.precision))
+    ok = (match.coverage >= MIN_COVERAGE) & (match.enrichment >= MIN_ENRICHMENT)
+    ranks = table["rank"].to_numpy()
+    row = table.iloc[best]
+    target = ok & (ranks <= top) & sc
+    return AnalysisScore(
+        **base,
+        best_feature=best,
+        best_rank=int(row["rank"]),
+        best_coverage=float(match.coverage[best]),
+        best_enrichment=float(match.enrichment[best]),
+        best_changed=bool(row["changed"]),
+        best_change=str(row.get("change", "")),
+        best_stable=bool(sc[best]),
+        best_stability=float(row["stability"]),
+        best_change_replication=float(row["change_replication"]),
+        best_log2_fold_change=float(row["log2_fold_change"]),
+        best_q_value=float(row["q_value"]),
+        qualifying=int(ok.sum()),
+        qualifying_best_rank=int(ranks[ok].min()) if ok.any() else 0,
+        first_changed_rank_in_target=bool(target.any()),
+        n_occurrences=match.n_occurrences,
+    )
+
+
+def evaluator_scheme(family: str, analysis: str, last: str) -> str:
+    """The SAE that encodes every round in an analysis (plmdiff.diff.diff.family_analyses)."""
+    if family == paths.BASE_FAMILY:
+        return paths.BASE_SCHEME
+    if family == paths.PER_MODEL_FAMILY:
+        return paths.finetune_scheme(last)
+    return analysis
+
+
+def score_embedder(
+    workdir: Path,
+    study: str,
+    embedder: str,
+    layer: int,
+    models: Sequence[str],
+    planted: str,
+    kind: str,
+    top: int,
+    families: Sequence[str] = FAMILIES,
+    lens: str = "",
+) -> list[AnalysisScore]:
+    """Every analysis of one embedder directory (`embedder`: 'self' or the embedding model's
+    name, as the workflow resolves 'base'); `lens` labels it in the scores."""
+    lid = paths.layer_id(layer)
+    last = models[-1]
+    scores = []
+    for family in families:
+        features = pd.read_parquet(
+            workdir / paths.diff_file(embedder, lid, family, "features.parquet")
+        )
+        for analysis, table in features.groupby("analysis", sort=False):
+            match = None
+            if planted:
+                scheme = evaluator_scheme(family, str(analysis), last)
+                fs = FeatureStats.open(workdir / paths.feature_stats(embedder, lid, scheme, 0))
+                ids = fs.model_sequences(last)["seq_id"].tolist()
+                tokens = read_tokens(
+                    workdir / paths.token_layer_dir(embedder, last, lid), ids, planted, kind
+                )
+                codes = encode(workdir / paths.sae_dir(embedder, lid, scheme, 0), tokens.act)
+                match = match_features(codes, tokens)
+            scores.append(score_analysis(study, lens or embedder, family, table, match, top))
+    return scores
+
+
+def sample_summary(
+    workdir: Path, models: Sequence[str], planted: str, kind: str
+) -> dict[str, dict[str, float]]:
+    """Per model: kept sequences, mean length, share carrying the motif / residue-class share."""
+    out = {}
+    for model in models:
+        seqs = [e.sequence for e in read_fasta(workdir / paths.fasta(model))]
+        row = {"n": len(seqs), "mean_length": float(np.mean([len(s) for s in seqs]))}
+        if kind == "motif":
+            row["motif_share"] = float(np.mean([planted in s for s in seqs]))
+        if kind == "composition":
+            text = "".join(seqs)
+            row["class_share"] = float(sum(text.count(c) for c in planted) / max(1, len(text)))
+        out[model] = row
+    return out
+
+
+def probe_margins(workdir: Path, lenses: Mapping[str, str]) -> list[dict[str, float | str]]:
+    """Best layer's probe accuracy against chance and the permutation mean, per lens x pooling
+    (`lenses`: label -> embedder directory)."""
+    rows = []
+    for label, embedder in lenses.items():
+        for pooling in ("last", "mean"):
+            acc = pd.read_csv(
+                workdir / paths.probe_file(embedder, pooling, "accuracy.tsv"), sep="\t"
+            )
+            best = acc.loc[acc["mean_accuracy"].idxmax()]
+            rows.append(
+                {
+                    "embedder": label,
+                    "pooling": pooling,
+                    "layer": int(best["layer"]),
+                    "accuracy": float(best["mean_accuracy"]),
+                    "chance": float(best["chance"]),
+                    "permutation_mean": float(best["permutation_mean"]),
+                    "margin": float(best["mean_accuracy"] - best["permutation_mean"]),
+                }
+            )
+    return rows
+
+
+def sae_fit(workdir: Path, lenses: Mapping[str, str], layer: int) -> list[dict[str, float | str]]:
+    """The base SAE's held-out fit (fold 0): a change of fit must not pass for a change of features."""
+    rows = []
+    for label, embedder in lenses.items():
+        path = workdir / paths.sae_metrics(embedder, paths.layer_id(layer), paths.BASE_SCHEME, 0)
+        metrics = json.loads(path.read_text())
+        rows.append(
+            {"embedder": label, **{k: metrics.get(k) for k in ("fvu", "l0", "dead_fraction")}}
+        )
+    return rows
+
+
+def as_dicts(scores: Sequence[AnalysisScore]) -> list[dict]:
+    return [asdict(s) for s in scores]

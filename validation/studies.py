@@ -1,0 +1,205 @@
+"""Studies with a known answer: what each round is fine-tuned on, and what the diff should find.
+
+Every transform keeps the family's sequences and changes one thing, with a rate per round:
+- `plant_motif`: a motif overwrites a random window in a share of the sequences (the planted
+  positions are the motif's occurrences);
+- `enrich_class`: a share of residues is replaced by residues of one class (the planted
+  positions are that class's residues);
+- `shorten`: sequences are cut shorter (nothing residue-level is planted: a length effect);
+- null: every round is a copy of the base checkpoint, so rounds differ only by sampling seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from validation.checkpoints import Architecture, ModelShape
+
+Kind = Literal["motif", "composition", "length", "null"]
+
+
+def plant_motif(sequences: Sequence[str], motif: str, share: float, seed: int) -> list[str]:
+    """Overwrite a random window of `share` of the sequences with `motif` (length kept)."""
+    rng = random.Random(seed)
+    out = []
+    for seq in sequences:
+        if len(seq) > len(motif) and rng.random() < share:
+            at = rng.randrange(0, len(seq) - len(motif) + 1)
+            seq = seq[:at] + motif + seq[at + len(motif) :]
+        out.append(seq)
+    return out
+
+
+def enrich_class(sequences: Sequence[str], residues: str, share: float, seed: int) -> list[str]:
+    """Replace each residue, with probability `share`, by a random residue of `residues`."""
+    rng = random.Random(seed)
+    return [
+        "".join(rng.choice(residues) if rng.random() < share else r for r in seq)
+        for seq in sequences
+    ]
+
+
+def shorten(sequences: Sequence[str], length: int) -> list[str]:
+    """Keep the first `length` residues of every sequence."""
+    return [seq[:length] for seq in sequences]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: the base model, the rounds' fine-tuning data, and what was planted.
+
+    `rates` has one entry per round: the motif share, the class substitution rate or the
+    crop length; it is ignored by the null study (whose rounds copy the base).
+    `seed` seeds the models, the transforms, sampling and the SAEs, so a null study with
+    another seed is another replicate.
+    """
+
+    name: str
+    kind: Kind
+    arch: Architecture
+    rates: tuple[float, ...]
+    seed: int = 0
+    motif: str = ""
+    residue_class: str = ""
+    crop: int = 64
+    embedders: tuple[str, ...] = ("base",)
+    notes: str = ""
+
+    def round_data(self, family: Sequence[str]) -> list[list[str] | None]:
+        """Fine-tuning sequences of every round (None: a copy of the base checkpoint)."""
+        base = [s[: self.crop] for s in family]
+        if self.kind == "null":
+            return [None for _ in self.rates]
+        if self.kind == "motif":
+            return [
+                plant_motif(base, self.motif, r, self.seed * 100 + i)
+                for i, r in enumerate(self.rates, start=1)
+            ]
+        if self.kind == "composition":
+            return [
+                enrich_class(base, self.residue_class, r, self.seed * 100 + i)
+                for i, r in enumerate(self.rates, start=1)
+            ]
+        return [shorten(base, int(r)) for r in self.rates]
+
+    def planted(self) -> str:
+        """What a matching feature fires on: the motif, or the residue class ('' for none)."""
+        return (
+            self.motif
+            if self.kind == "motif"
+            else (self.residue_class if self.kind == "composition" else "")
+        )
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Studies plus the sizes every study of the suite shares."""
+
+    name: str
+    studies: tuple[Study, ...]
+    shape: ModelShape
+    base_steps: int
+    round_steps: int
+    n_sequences: int
+    kfold: int
+    sae_tokens: int
+    finetune_tokens: int
+    d_sae: int
+    k: int
+    layer: int
+    probe_permutations: int
+    # SAE schemes (sae.schemes): every scheme is kfold SAE jobs and kfold feature_stats jobs
+    # per lens, most of a study's time; 'per_model' is left out at suite size.
+    schemes: tuple[str, ...] = ("base", "pooled")
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Diff families: one per SAE scheme, of the same name (plmdiff.config.paths)."""
+        return self.schemes
+
+    extra: dict = field(default_factory=dict)
+
+
+SHAPE = ModelShape(n_layer=2, n_embd=48, n_head=4, n_positions=128)
+
+# Motifs built from the family's rarest residues (W 1.1%, C 1.6%, Y 2.0%, M 2.1%), so that a
+# feature for them cannot be a feature the base model already had for common residues.
+MOTIF_GPT2 = "WCYMW"
+MOTIF_LLAMA = "MCWFY"
+# The base lens (the base model embeds every round) and the self lens (each model its own).
+LENSES = ("base", "self")
+
+
+def full_suite() -> Suite:
+    """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, 3 null seeds;
+    ordered so that an interrupted run has scored the studies that matter most."""
+    studies = (
+        Study("motif_strong_gpt2", "motif", "gpt2", (0.4, 0.8), seed=1, motif=MOTIF_GPT2),
+        Study(
+            "motif_moderate_gpt2",
+            "motif",
+            "gpt2",
+            (0.15, 0.35),
+            seed=2,
+            motif=MOTIF_GPT2,
+            embedders=LENSES,  # the one study seen through both lenses (time)
+        ),
+        Study("null_gpt2_s0", "null", "gpt2", (0, 0), seed=10),
+        Study("motif_moderate_llama", "motif", "llama", (0.2, 0.45), seed=3, motif=MOTIF_LLAMA),
+        Study("composition_gpt2", "composition", "gpt2", (0.06, 0.12), seed=4, residue_class="KR"),
+        Study("length_gpt2", "length", "gpt2", (48, 34), seed=5),
+        Study("null_gpt2_s1", "null", "gpt2", (0, 0), seed=11),
+        Study("null_gpt2_s2", "null", "gpt2", (0, 0), seed=12),
+    )
+    return Suite(
+        name="full",
+        studies=studies,
+        shape=SHAPE,
+        base_steps=200,
+        round_steps=60,
+        n_sequences=160,
+        kfold=3,
+        sae_tokens=40000,
+        finetune_tokens=10000,
+        d_sae=256,
+        k=8,
+        layer=2,
+        probe_permutations=5,
+    )
+
+
+def ci_suite() -> Suite:
+    """The planted and null studies at the smallest size that still plants a findable motif."""
+    studies = (
+        Study(
+            "ci_motif_gpt2",
+            "motif",
+            "gpt2",
+            (0.4, 0.8),
+            seed=1,
+            motif=MOTIF_GPT2,
+            embedders=("base",),
+        ),
+        Study("ci_null_gpt2", "null", "gpt2", (0, 0), seed=10, embedders=("base",)),
+    )
+    return Suite(
+        name="ci",
+        studies=studies,
+        shape=SHAPE,
+        base_steps=200,
+        round_steps=60,
+        n_sequences=120,
+        kfold=3,
+        sae_tokens=30000,
+        finetune_tokens=8000,
+        d_sae=128,
+        k=6,
+        layer=2,
+        probe_permutations=3,
+    )
+
+
+SUITES = {"full": full_suite, "ci": ci_suite}
