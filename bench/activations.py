@@ -117,7 +117,7 @@ def worker_extract(args: argparse.Namespace) -> dict:
         model="iteration1",
         part=0,
         fmt=ZYMCTRL_FORMAT,
-        settings=ExtractionSettings.from_config(
+        settings=ExtractionSettings.from_section(
             {
                 **section_defaults("activations"),
                 "token_layers": list(DEMO_TOKEN_LAYERS),
@@ -326,7 +326,7 @@ def zymctrl_shape_benchmark(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    settings = ExtractionSettings.from_config(
+    settings = ExtractionSettings.from_section(
         {
             **section_defaults("activations"),
             "token_layers": list(ZYM_SAE_LAYERS),

@@ -82,7 +82,7 @@ def main() -> None:
     }
     if args.permutations is not None:
         section["permutations"] = args.permutations
-    settings = ProbeSettings.from_config(section)
+    settings = ProbeSettings.from_section(section)
     groups = np.arange(n)
     print(
         f"data: {n} sequences x {args.dims} dims x {args.rounds} rounds x {args.layers} layers x "
@@ -93,7 +93,7 @@ def main() -> None:
     )
     # Warm-up on a sliver, so one-off library initialisation is not billed to either side.
     sliver = np.arange(0, n, max(1, n // 200))  # every round, a few rows each
-    warm = ProbeSettings.from_config({**section, "permutations": 0, "folds": 2})
+    warm = ProbeSettings.from_section({**section, "permutations": 0, "folds": 2})
     probe_sweep([X[0][sliver]], y[sliver], None, warm)
 
     started, cpu = time.perf_counter(), time.process_time()

@@ -125,7 +125,7 @@ def our_loop(
     from plmdiff.sampling.settings import SamplingSettings
     from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
-    settings = SamplingSettings.from_config(
+    settings = SamplingSettings.from_section(
         {**section_defaults("sampling"), "max_length": max_length, "batch_size": batch_size}
     )
     start = time.perf_counter()

@@ -3,7 +3,7 @@
     python -m validation.rescore --suite full
 
 For every study and analysis this re-runs the diff's per-fold tables from the saved feature
-stats and SAE decoders (`plmdiff.diff.diff.diff_family`, unchanged), then replaces the call and
+stats and SAE decoders (`plmdiff.diff.family.diff_family`, unchanged), then replaces the call and
 the ranking by the evidence-based ones (posterior fold change, sign agreement, evidence
 order, a direction-change cut calibrated on the null studies' fine-tunes, fires in both
 models), replicates the new call across folds exactly as the diff does (Hungarian partner with
@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from plmdiff.config import paths
-from plmdiff.diff.diff import DiffConfig, FamilyResult, diff_family, family_analyses
+from plmdiff.config.sections import section_defaults
+from plmdiff.diff.analyses import family_analyses
 from plmdiff.diff.evidence import (
     call_by_evidence,
     clopper_pearson,
@@ -35,7 +36,9 @@ from plmdiff.diff.evidence import (
     posterior_log2_fold_change,
     ranks_from_order,
 )
+from plmdiff.diff.family import FamilyResult, diff_family
 from plmdiff.diff.feature_stats import FeatureStats, sae_decoder
+from plmdiff.diff.settings import DiffConfig
 from plmdiff.sae.training import load_sae
 from validation.run import MODELS, WORK, lens_dirs
 from validation.studies import SUITES, Suite
@@ -85,7 +88,9 @@ def rediff(
         for f in folds
     }
     analyses = family_analyses(family, schemes, MODELS)
-    return diff_family(analyses, MODELS, folds, stats, decoders, DiffConfig()), stats
+    return diff_family(
+        analyses, MODELS, folds, stats, decoders, DiffConfig.from_section(section_defaults("diff"))
+    ), stats
 
 
 def counts(
@@ -118,7 +123,7 @@ def new_call(
         table["q_value"].to_numpy(),
         table["spearman_rho"].to_numpy(),
         post,
-        fdr=DiffConfig().fdr,
+        fdr=DiffConfig.from_section(section_defaults("diff")).fdr,
         min_abs_log2_fold_change=proposal.min_abs_log2_fold_change,
     )
     if dir_cut is not None and table["direction_change"].notna().any():
@@ -135,7 +140,7 @@ def replicate(
     kfold: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(stability, change replication) of fold-0 features under the new call, as the diff does."""
-    cfg = DiffConfig()
+    cfg = DiffConfig.from_section(section_defaults("diff"))
     present = np.ones(len(calls[0]))
     again = calls[0].astype(float)
     for fold in range(1, kfold):

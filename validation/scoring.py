@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plmdiff.activations.store import iter_token_batches
+from plmdiff.activations.readers import iter_token_batches
 from plmdiff.config import paths
 from plmdiff.core.fasta import read_fasta
 from plmdiff.diff.feature_stats import FeatureStats
 from plmdiff.sae.training import load_sae
 
-# Which SAE encodes the rounds in each analysis (plmdiff.diff.diff.family_analyses).
+# Which SAE encodes the rounds in each analysis (plmdiff.diff.analyses.family_analyses).
 FAMILIES = (paths.BASE_FAMILY, paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY)
 # The issue's target for a planted feature: fires in >= half of the occurrences, its firings
 # >= 5x enriched on planted positions, top 5 (top 10 for a residue class).
@@ -220,7 +220,7 @@ def score_analysis(
 
 
 def evaluator_scheme(family: str, analysis: str, last: str) -> str:
-    """The SAE that encodes every round in an analysis (plmdiff.diff.diff.family_analyses)."""
+    """The SAE that encodes every round in an analysis (plmdiff.diff.analyses.family_analyses)."""
     if family == paths.BASE_FAMILY:
         return paths.BASE_SCHEME
     if family == paths.PER_MODEL_FAMILY:

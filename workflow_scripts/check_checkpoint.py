@@ -8,7 +8,7 @@ setup_logging(snakemake.log[0])
 record = inspect_checkpoint(
     snakemake.params.checkpoint,
     snakemake.wildcards.model,
-    PromptFormat.from_config(snakemake.params.prompt),
+    PromptFormat.from_section(snakemake.params.prompt),
     allow_pickle=snakemake.params.allow_pickle,
 )
 write_json(snakemake.output[0], record.to_json())

@@ -13,7 +13,7 @@ run_diff(
     list(params.folds),
     keyed_paths(params.stats_keys, inputs.stats),
     keyed_paths(params.stats_keys, inputs.saes),
-    DiffConfig.from_config(params.diff),
+    DiffConfig.from_section(params.diff),
     DiffOutputs.from_rule(snakemake.output),
     union_paths=union_by_fold(params.union_keys, inputs.union),
 )

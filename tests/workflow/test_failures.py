@@ -259,7 +259,7 @@ def study(tiny_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("oom")
     base = config["models"][0]
     record = inspect_checkpoint(
-        base["checkpoint"], base["name"], PromptFormat.from_config(config["prompt"])
+        base["checkpoint"], base["name"], PromptFormat.from_section(config["prompt"])
     )
     record_path = root / f"{base['name']}.json"
     write_json(record_path, record.to_json())
@@ -308,7 +308,7 @@ def test_extraction_oom_halves_the_batch_and_writes_the_same_parts(study, monkey
             for i, s in enumerate(family_sequences(limit=24))
         ],
     )
-    settings = ExtractionSettings.from_config({**config["activations"], "shards": 1})
+    settings = ExtractionSettings.from_section({**config["activations"], "shards": 1})
 
     def extract(out: Path):
         token_paths = {
@@ -322,7 +322,7 @@ def test_extraction_oom_halves_the_batch_and_writes_the_same_parts(study, monkey
             embedder=record.model,
             model="family",
             part=0,
-            fmt=PromptFormat.from_config(config["prompt"]),
+            fmt=PromptFormat.from_section(config["prompt"]),
             settings=settings,
             pooled_path=out / "pooled" / "part-00000.parquet",
             token_paths=token_paths,

@@ -94,7 +94,7 @@ class ExtractionSettings:
     gpus: int
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> ExtractionSettings:
+    def from_section(cls, section: Mapping[str, Any]) -> ExtractionSettings:
         """From the validated `activations` section."""
         return from_section(
             cls,

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def _sampling_settings(sampling: Mapping[str, Any]) -> SamplingSettings:
     """The demo rules pass only the sampling keys that change samples (SAMPLING_KEYS of
     plmdiff.demo.settings); the others (batch_size) take the schema's defaults."""
-    return SamplingSettings.from_config({**section_defaults("sampling"), **sampling})
+    return SamplingSettings.from_section({**section_defaults("sampling"), **sampling})
 
 
 def _special(tokenizer: Any, fmt: PromptFormat) -> SpecialIds:
@@ -60,7 +60,7 @@ def run_train_base(
 ) -> None:
     """Rule demo_train_base: train, describe report_samples samples, save checkpoint + JSON."""
     cfg = BaseModelConfig.from_section(base)
-    fmt = PromptFormat.from_config(prompt)
+    fmt = PromptFormat.from_section(prompt)
     torch_device = resolve_device(device)
     seed_everything(seed)
     tokenizer = load_zymctrl_tokenizer()
@@ -98,7 +98,7 @@ def run_dpo_round(
 ) -> None:
     """Rule demo_dpo_round: checkpoint `iteration` from `iteration - 1`, base as reference."""
     settings = DPOSettings.from_section(dpo)
-    fmt = PromptFormat.from_config(prompt)
+    fmt = PromptFormat.from_section(prompt)
     torch_device = resolve_device(device)
     seed_everything(demo_seed(settings.seed, "round", iteration))
     tokenizer = load_tokenizer(previous_dir)
@@ -134,7 +134,7 @@ def run_summary(
 ) -> None:
     """Rule demo_summary: the same fresh draws from every checkpoint, scored and compared."""
     settings = DPOSettings.from_section(dpo)
-    fmt = PromptFormat.from_config(prompt)
+    fmt = PromptFormat.from_section(prompt)
     torch_device = resolve_device(device)
     spec = reward_spec(base_report, settings)
     sampling_settings = _sampling_settings(sampling)

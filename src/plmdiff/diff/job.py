@@ -53,7 +53,7 @@ def run_feature_stats(
     for name, path in expected.items():
         if str(outputs[name]) != path:
             raise ValueError(f"feature_stats output {name} is {outputs[name]}; must be {path}")
-    cfg = FeatureStatsConfig.from_config(diff_section)
+    cfg = FeatureStatsConfig.from_section(diff_section)
     dev = resolve_device(device)
     held_out = cfg.held_out and kfold > 1
     dirs = {m: [d] for m, d in token_dirs.items()}

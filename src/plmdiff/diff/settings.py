@@ -28,7 +28,7 @@ class DiffConfig:
     pseudocount: float
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> DiffConfig:
+    def from_section(cls, section: Mapping[str, Any]) -> DiffConfig:
         return from_section(cls, section, "diff")
 
 
@@ -42,5 +42,5 @@ class FeatureStatsConfig:
     held_out: bool
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> FeatureStatsConfig:
+    def from_section(cls, section: Mapping[str, Any]) -> FeatureStatsConfig:
         return from_section(cls, section, "diff")

@@ -35,14 +35,14 @@ def run_kl(
     top_path: str | os.PathLike,
 ) -> pd.DataFrame:
     """The kl rule: score the model's and the base's samples, write the table and top list."""
-    cfg = KLConfig.from_config(kl_section)
+    cfg = KLConfig.from_section(kl_section)
     sets = {name: list(read_fasta(path)) for name, path in fastas.items()}
     frame = score_model(
         model_dir,
         base_dir,
         sets,
         model_name=model,
-        fmt=PromptFormat.from_config(prompt),
+        fmt=PromptFormat.from_section(prompt),
         special=CheckpointRecord.read(record).special_ids,
         cfg=cfg,
         device=resolve_device(device),

@@ -19,5 +19,5 @@ class KLConfig:
     top_sequences: int
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> KLConfig:
+    def from_section(cls, section: Mapping[str, Any]) -> KLConfig:
         return from_section(cls, section, "kl")

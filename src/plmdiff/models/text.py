@@ -47,7 +47,7 @@ class PromptFormat:
     label: str
 
     @classmethod
-    def from_config(cls, prompt: Mapping[str, Any]) -> PromptFormat:
+    def from_section(cls, prompt: Mapping[str, Any]) -> PromptFormat:
         return cls(format=prompt["format"], label=prompt["label"])
 
     def generation_prompt(self) -> str:

@@ -43,7 +43,7 @@ class ClusterSettings:
     method: str  # auto: MMseqs2 when found, else exact duplicates (logged, recorded)
 
     @classmethod
-    def from_config(cls, probes_section: Mapping[str, Any]) -> ClusterSettings:
+    def from_section(cls, probes_section: Mapping[str, Any]) -> ClusterSettings:
         return from_section(
             cls,
             probes_section,

@@ -51,7 +51,7 @@ def run_cluster_sequences(
     """Cluster the sequences of every model's FASTA and write the table with its method."""
     entries = [entry for path in fasta for entry in read_fasta(path)]
     clusters = cluster_sequences(
-        entries, ClusterSettings.from_config(probes_section), threads=threads
+        entries, ClusterSettings.from_section(probes_section), threads=threads
     )
     log.info("%d sequences in %d clusters (%s)", len(entries), clusters.n_clusters, clusters.method)
     write_clusters(clusters, output)
@@ -83,7 +83,7 @@ def run_probes(
         data.X,
         data.y,
         data.groups,
-        ProbeSettings.from_config(probes_section),
+        ProbeSettings.from_section(probes_section),
         baselines=baseline_features(data.sequences, data.X.get(0)),
         class_names=data.rounds,
         cluster_method=data.cluster_method,

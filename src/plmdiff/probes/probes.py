@@ -113,7 +113,7 @@ class ProbeSettings:
     seed: int
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> ProbeSettings:
+    def from_section(cls, section: Mapping[str, Any]) -> ProbeSettings:
         return from_section(
             cls,
             section,

@@ -75,7 +75,7 @@ class SAESettings:
     import_path: str | None = None
 
     @classmethod
-    def from_config(cls, sae_section: Mapping[str, Any]) -> SAESettings:
+    def from_section(cls, sae_section: Mapping[str, Any]) -> SAESettings:
         names = {f.name for f in fields(cls)} - {"import_path"}
         values = {k: v for k, v in sae_section.items() if k in names}
         base = sae_section.get("base") or {}

@@ -52,7 +52,7 @@ class FilterSettings:
     min_sequences: int
 
     @classmethod
-    def from_config(cls, filter_section: Mapping[str, Any]) -> FilterSettings:
+    def from_section(cls, filter_section: Mapping[str, Any]) -> FilterSettings:
         """From the validated `filter` section."""
         return from_section(
             cls, filter_section, "filter", convert={"relative_to_base": _quantile_pair}

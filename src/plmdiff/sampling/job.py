@@ -55,8 +55,8 @@ def sample_shard(
     if threads:
         torch.set_num_threads(threads)
     record = CheckpointRecord.read(record_path)
-    settings = SamplingSettings.from_config(sampling_section)
-    fmt = PromptFormat.from_config(prompt_section)
+    settings = SamplingSettings.from_section(sampling_section)
+    fmt = PromptFormat.from_section(prompt_section)
     indices = shard_indices(sampling_section["n_sequences"], sampling_section["shards"], shard)
     dev = resolve_device(device)
     model_obj = load_model(record.path, allow_pickle=allow_pickle, device=dev)
@@ -145,7 +145,7 @@ def filter_samples(
     Too few sequences kept fails with one line that names the model and every count (also in
     the job's log, where a cluster user looks first).
     """
-    settings = FilterSettings.from_config(filter_section)
+    settings = FilterSettings.from_section(filter_section)
     result, stats = filter_model(
         model, shard_paths, settings, base_model=base_model, base_shard_paths=base_shard_paths
     )

@@ -25,7 +25,7 @@ class SamplingSettings:
     batch_size: int | str
 
     @classmethod
-    def from_config(cls, sampling_section: Mapping[str, Any]) -> SamplingSettings:
+    def from_section(cls, sampling_section: Mapping[str, Any]) -> SamplingSettings:
         """From the validated `sampling` section (its other keys are the jobs' business)."""
         return from_section(cls, sampling_section, "sampling")
 

@@ -76,7 +76,7 @@ class SanitySettings:
     seed: int
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> SanitySettings:
+    def from_section(cls, section: Mapping[str, Any]) -> SanitySettings:
         return from_section(cls, section, "sanity", convert={"layers": _layers})
 
     def select_layers(self, stored: Sequence[int], source: str) -> list[int]:

@@ -34,7 +34,7 @@ def run_sanity(
     stats_png."""
     check_round_embedder(embedder, "sanity")
     torch.set_num_threads(threads)
-    settings = SanitySettings.from_config(sanity_section)
+    settings = SanitySettings.from_section(sanity_section)
     layers = settings.select_layers(pooled_layers(pooled[0]), str(pooled[0]))
     data = load_round_embeddings(pooled, settings.pooling, rounds, layers=layers, clusters=clusters)
     result = sanity_checks(

@@ -80,7 +80,7 @@ def sequences() -> list[SequenceEntry]:
 
 def extraction_settings(**section) -> ExtractionSettings:
     """Settings from the schema's `activations` defaults with `section`'s keys changed."""
-    return ExtractionSettings.from_config({**section_defaults("activations"), **section})
+    return ExtractionSettings.from_section({**section_defaults("activations"), **section})
 
 
 def test_settings_from_config():
@@ -91,7 +91,7 @@ def test_settings_from_config():
     assert defaults.layers is None and defaults.pooled_layers(2) == [0, 1, 2]
     assert (defaults.token_layers, defaults.dtype, defaults.shards) == ((), "float16", 1)
     with pytest.raises(ConfigError, match=r"activations\.pooling is missing"):
-        ExtractionSettings.from_config(
+        ExtractionSettings.from_section(
             {k: v for k, v in section_defaults("activations").items() if k != "pooling"}
         )
     with pytest.raises(DataError, match=r"activations\.token_layers: layer 5 does not exist"):
@@ -407,7 +407,7 @@ KILLED_EXTRACTION = textwrap.dedent(
     extract_part(
         fasta_path=sys.argv[1], record=CheckpointRecord.read(sys.argv[2]), checkpoint_dir=sys.argv[4],
         embedder="r0", model="r1", part=0, fmt=ZYMCTRL_FORMAT,
-        settings=ExtractionSettings.from_config({**section_defaults("activations"),
+        settings=ExtractionSettings.from_section({**section_defaults("activations"),
             "token_layers": [1], "batch_tokens": 300, "rows_per_file": 10}),
         pooled_path=out / "pooled" / "part-00000.parquet",
         token_paths={1: out / "layer_01" / "part-00000.parquet"},

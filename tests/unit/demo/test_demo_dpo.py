@@ -33,7 +33,7 @@ BASE = BaseModelConfig.from_section(
         "max_train_length": 200,
     }
 )
-SAMPLING = SamplingSettings.from_config(
+SAMPLING = SamplingSettings.from_section(
     {**section_defaults("sampling"), "max_length": 256, "batch_size": 64}
 )
 SPEC = RewardSpec(length_target=175, family_density=0.05)

@@ -29,12 +29,12 @@ AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 def diff_config(**overrides: object) -> DiffConfig:
     """The diff settings of the schema's defaults, with `overrides` (as a config would set)."""
-    return DiffConfig.from_config({**section_defaults("diff"), **overrides})
+    return DiffConfig.from_section({**section_defaults("diff"), **overrides})
 
 
 def stats_config(**overrides: object) -> FeatureStatsConfig:
     """The feature_stats settings of the schema's defaults, with `overrides`."""
-    return FeatureStatsConfig.from_config({**section_defaults("diff"), **overrides})
+    return FeatureStatsConfig.from_section({**section_defaults("diff"), **overrides})
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from tests.conftest import copy_checkpoint
 
 
 def kl_config(**overrides) -> KLConfig:
-    return KLConfig.from_config({**section_defaults("kl"), **overrides})
+    return KLConfig.from_section({**section_defaults("kl"), **overrides})
 
 
 def _entries(model, n=6):

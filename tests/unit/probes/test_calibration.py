@@ -31,7 +31,7 @@ def test_probe_permutation_null_is_calibrated_with_clustered_rows():
         (rng.normal(size=(clusters, d)) * 1.5)[groups] + rng.normal(size=(groups.size, d))
         for _ in range(n_layers)
     ]
-    settings = ProbeSettings.from_config(
+    settings = ProbeSettings.from_section(
         {
             **section_defaults("probes"),
             "folds": 3,

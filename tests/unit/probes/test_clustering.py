@@ -38,7 +38,7 @@ def _mutate(rng, seq, n):
 
 def cluster_settings(**overrides) -> ClusterSettings:
     """The schema's clustering defaults with a few keys changed."""
-    return ClusterSettings.from_config({**section_defaults("probes"), **overrides})
+    return ClusterSettings.from_section({**section_defaults("probes"), **overrides})
 
 
 @pytest.fixture(scope="module")

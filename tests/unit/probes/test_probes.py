@@ -103,7 +103,7 @@ def test_cv_accuracy_agrees_with_sklearn_loop():
 
 def settings(**overrides) -> ProbeSettings:
     """The schema's defaults with a few keys changed (small, fast tests)."""
-    return ProbeSettings.from_config(
+    return ProbeSettings.from_section(
         {**section_defaults("probes"), "bootstrap": 200, "margin_permutations": 999, **overrides}
     )
 
@@ -357,15 +357,15 @@ def test_round_labels_follow_config_order_and_reject_unknown_models():
 
 def test_settings_from_schema_defaults():
     section = fill_defaults(load_schema(SCHEMA_PATH), {"models": [], "probes": {}})["probes"]
-    probe = ProbeSettings.from_config(section)
+    probe = ProbeSettings.from_section(section)
     assert probe.folds == 5 and probe.C is None
     # Defaults that can reach the thresholds the table reports.
     assert 1 / (probe.permutations + 1) <= 0.01
     assert 1 / (probe.margin_permutations + 1) <= 0.001
     assert probe.grid == (0.01, 0.1, 1.0, 10.0)
-    assert ProbeSettings.from_config({**section, "C": 2.0}).grid == (2.0,)
+    assert ProbeSettings.from_section({**section, "C": 2.0}).grid == (2.0,)
     with pytest.raises(ConfigError, match=r"probes\.bootstrap is missing"):
-        ProbeSettings.from_config({k: v for k, v in section.items() if k != "bootstrap"})
+        ProbeSettings.from_section({k: v for k, v in section.items() if k != "bootstrap"})
 
 
 def test_results_do_not_depend_on_batching():

@@ -187,7 +187,7 @@ def items(tmp_path_factory) -> list[ReportItem]:
         [0, 1],
         planted["stats_paths"],
         planted["sae_paths"],
-        DiffConfig.from_config({**section_defaults("diff"), **CONFIG["diff"]}),
+        DiffConfig.from_section({**section_defaults("diff"), **CONFIG["diff"]}),
         outputs,
     )
     wc = {"embedder": "r0", "layer": "01", "family": "base"}

@@ -44,7 +44,7 @@ def study(tiny_checkpoints, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("sae_job")
     seqs = [s[:50] for s in family_sequences(limit=80)]
-    settings = ExtractionSettings.from_config(
+    settings = ExtractionSettings.from_section(
         {
             **section_defaults("activations"),
             "layers": [LAYER],

@@ -210,14 +210,14 @@ def test_fine_tune_of_a_non_unit_decoder_keeps_the_base_function(tmp_path):
 
 
 def test_settings_from_config():
-    s = SAESettings.from_config(
+    s = SAESettings.from_section(
         {"architecture": "topk", "expansion": 4, "k": 8, "base": {"import": "x/{layer}"}}
     )
     assert (s.architecture, s.dictionary_size(32), s.import_path) == ("topk", 128, "x/{layer}")
-    assert SAESettings.from_config({"d_sae": 100}).dictionary_size(32) == 100
+    assert SAESettings.from_section({"d_sae": 100}).dictionary_size(32) == 100
     assert SAESettings(batch_size=300, dead_window=1000).dead_window_steps == 4
     with pytest.raises(ConfigError, match=r"sae.architecture = 'gated'; accepted: batchtopk"):
-        SAESettings.from_config({"architecture": "gated"})
+        SAESettings.from_section({"architecture": "gated"})
 
 
 def test_load_sae_names_a_missing_file(tmp_path):

@@ -12,7 +12,7 @@ from plmdiff.sampling.loop import sample_sequences
 from plmdiff.sampling.settings import SamplingSettings
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
 
-DEFAULTS = SamplingSettings.from_config(section_defaults("sampling"))
+DEFAULTS = SamplingSettings.from_section(section_defaults("sampling"))
 
 
 def sampling_settings(**changes) -> SamplingSettings:

@@ -25,7 +25,7 @@ from plmdiff.sampling.filtering import (
 from plmdiff.sampling.io import samples_table, write_samples
 from plmdiff.sampling.settings import Sample
 
-DEFAULTS = FilterSettings.from_config(section_defaults("filter"))
+DEFAULTS = FilterSettings.from_section(section_defaults("filter"))
 
 
 def filter_settings(**changes):
@@ -54,11 +54,11 @@ def test_settings_from_config():
         "dedupe": False,
         "min_sequences": 3,
     }
-    assert FilterSettings.from_config(section) == FilterSettings(5, None, (0.1, 0.9), False, 3)
-    disabled = FilterSettings.from_config(section_defaults("filter"))
+    assert FilterSettings.from_section(section) == FilterSettings(5, None, (0.1, 0.9), False, 3)
+    disabled = FilterSettings.from_section(section_defaults("filter"))
     assert disabled.relative_to_base is None and disabled.min_sequences == 100
     with pytest.raises(ConfigError, match=r"filter\.dedupe is missing"):
-        FilterSettings.from_config({k: v for k, v in section.items() if k != "dedupe"})
+        FilterSettings.from_section({k: v for k, v in section.items() if k != "dedupe"})
 
 
 def test_counts_add_up_and_every_outcome_is_seen():

@@ -72,7 +72,7 @@ def test_given_shard_is_read_by_the_filter_like_a_sampled_one(tmp_path):
         "r1_000_00003",
     ]
     assert all(s.ended for s in samples)
-    settings = FilterSettings.from_config({**section_defaults("filter"), "min_length": 3})
+    settings = FilterSettings.from_section({**section_defaults("filter"), "min_length": 3})
     window = length_window(settings, None, None)
     result = classify_samples(samples, window, dedupe=True)
     assert result.counts["kept"] == 1  # a; b duplicates it, c is invalid, d too short

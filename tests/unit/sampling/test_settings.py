@@ -12,7 +12,7 @@ from plmdiff.sampling.settings import SamplingSettings
 
 def test_from_config_takes_every_field_from_the_section():
     section = {**section_defaults("sampling"), "top_k": 5, "batch_size": 8}
-    s = SamplingSettings.from_config(section)
+    s = SamplingSettings.from_section(section)
     assert (s.top_k, s.batch_size, s.temperature, s.repetition_penalty, s.max_length) == (
         5,
         8,
@@ -20,13 +20,13 @@ def test_from_config_takes_every_field_from_the_section():
         1.2,
         1024,
     )
-    assert SamplingSettings.from_config(section_defaults("sampling")).batch_size == "auto"
+    assert SamplingSettings.from_section(section_defaults("sampling")).batch_size == "auto"
 
 
 def test_from_config_names_a_missing_key():
     section = {k: v for k, v in section_defaults("sampling").items() if k != "temperature"}
     with pytest.raises(ConfigError, match=r"sampling\.temperature is missing"):
-        SamplingSettings.from_config(section)
+        SamplingSettings.from_section(section)
 
 
 @pytest.mark.parametrize(

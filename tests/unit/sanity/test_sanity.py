@@ -38,7 +38,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def sanity_settings(**overrides) -> SanitySettings:
     """The schema's defaults with a few keys changed."""
-    return SanitySettings.from_config({**section_defaults("sanity"), "bootstrap": 200, **overrides})
+    return SanitySettings.from_section(
+        {**section_defaults("sanity"), "bootstrap": 200, **overrides}
+    )
 
 
 def centroid_distances(X: np.ndarray, y: np.ndarray, K: int) -> np.ndarray:
@@ -217,7 +219,7 @@ def test_sanity_checks_end_to_end_with_figures(tmp_path):
 
 def test_probe_figures(tmp_path):
     data = planted_embeddings(12, 3, 6, [0.0, 2.0], seed=1)
-    probe = ProbeSettings.from_config(
+    probe = ProbeSettings.from_section(
         {**section_defaults("probes"), "folds": 3, "permutations": 3, "C": 1.0}
     )
     result = probe_sweep(list(data.X), data.y, None, probe, baselines={"length": data.X[0][:, :1]})
