@@ -186,7 +186,7 @@ def new_decoder(config: Any, seed: int = 0) -> Any:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_section(config).eval()
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def make_tiny_plain_checkpoint(
