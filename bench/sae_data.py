@@ -113,9 +113,10 @@ def load_all(layer_dir: Path) -> torch.Tensor:
 
 def train_once(size: Size, source: Iterator[torch.Tensor], steps: int, device: str) -> float:
     """Seconds to train `steps` steps from `source` (SAE built, moved and trained inside)."""
-    from plmdiff.sae.training import SAESettings, build_training_sae, sae_batches, train
+    from plmdiff.sae.training import build_training_sae, sae_batches, train
+    from plmdiff.testing.settings import sae_settings
 
-    settings = SAESettings(
+    settings = sae_settings(
         architecture="batchtopk",
         expansion=size.expansion,
         k=size.k,

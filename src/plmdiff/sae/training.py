@@ -20,13 +20,14 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from plmdiff.config.sections import from_section
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.core.runtime import atomic_path
 
@@ -53,48 +54,31 @@ SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 
 @dataclass(frozen=True)
 class SAESettings:
-    """The `sae` config section (defaults as config/schema.yaml)."""
+    """The `sae` config section; meanings and defaults in config/schema.yaml (which also checks
+    the enums and bounds), `import_path` from `sae.base.import`."""
 
-    architecture: str = "batchtopk"
-    expansion: int = 12
-    d_sae: int | None = None
-    k: int = 32
-    l1_coefficient: float = 5.0
-    lr: float = 4e-4
-    finetune_lr: float = 1e-4
-    batch_size: int = 4096
-    training_tokens: int = 20_000_000
-    finetune_tokens: int = 5_000_000
-    shuffle_buffer: int = 262_144
-    normalize: str = "unit_norm"
-    kfold: int = 5
-    dead_window: int = 1_000_000
-    dense_threshold: float = 0.1
-    eval_sequences: int = 64
-    seed: int = 0
-    import_path: str | None = None
+    architecture: str
+    expansion: int
+    d_sae: int | None
+    k: int
+    l1_coefficient: float
+    lr: float
+    finetune_lr: float
+    batch_size: int
+    training_tokens: int
+    finetune_tokens: int
+    shuffle_buffer: int
+    normalize: str
+    kfold: int
+    dead_window: int
+    dense_threshold: float
+    eval_sequences: int
+    seed: int
+    import_path: str | None
 
     @classmethod
     def from_section(cls, sae_section: Mapping[str, Any]) -> SAESettings:
-        names = {f.name for f in fields(cls)} - {"import_path"}
-        values = {k: v for k, v in sae_section.items() if k in names}
-        base = sae_section.get("base") or {}
-        settings = cls(**values, import_path=base.get("import"))
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(
-                f"sae.architecture = '{self.architecture}'; accepted: {', '.join(ARCHITECTURES)}"
-            )
-        if self.normalize not in NORMALISATIONS:
-            raise ConfigError(
-                f"sae.normalize = '{self.normalize}'; accepted: {', '.join(NORMALISATIONS)}"
-            )
-        for key in ("expansion", "k", "batch_size", "training_tokens", "finetune_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"sae.{key} = {getattr(self, key)}; expected >= 1")
+        return from_section(cls, sae_section, "sae", import_path=sae_section["base"]["import"])
 
     def dictionary_size(self, d_in: int) -> int:
         return int(self.d_sae) if self.d_sae else int(self.expansion) * int(d_in)

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from plmdiff.sae.job import SAEJob, SAEOutputs, eval_sample, hook_name, run_train_sae
-from plmdiff.sae.training import SAESettings, load_sae
+from plmdiff.sae.training import load_sae
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, family_sequences
+from plmdiff.testing.settings import sae_settings
 
 LAYER = 1
 MODELS = ("r0", "r1")
-SETTINGS = SAESettings(
+SETTINGS = sae_settings(
     architecture="batchtopk",
     d_sae=64,
     k=4,

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.sae.training import (
     SAESettings,
@@ -20,6 +21,7 @@ from plmdiff.sae.training import (
     train,
     training_sae_from,
 )
+from plmdiff.testing.settings import sae_settings
 
 
 def planted_dictionary(d: int = 32, n_atoms: int = 64, k: int = 3, seed: int = 0):
@@ -76,7 +78,7 @@ def quick_train(settings: SAESettings, x: torch.Tensor, steps: int = 20, sae=Non
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
 def test_sparse_sae_recovers_a_planted_dictionary(architecture):
     atoms, batches = planted_dictionary()
-    settings = SAESettings(
+    settings = sae_settings(
         architecture=architecture, d_sae=128, k=3, normalize="none", batch_size=256, lr=3e-3
     )
     sae = build_training_sae(settings, 32, seed=1)
@@ -98,7 +100,7 @@ def test_sparse_sae_recovers_a_planted_dictionary(architecture):
 
 
 def test_unit_norm_is_sae_lens_layer_norm():
-    settings = SAESettings(architecture="standard", d_sae=32, normalize="unit_norm")
+    settings = sae_settings(architecture="standard", d_sae=32, normalize="unit_norm")
     sae = build_training_sae(settings, 16)
     sae.cfg.normalize_activations = "layer_norm"
     sae._setup_activation_normalization()
@@ -112,7 +114,7 @@ def test_unit_norm_is_sae_lens_layer_norm():
 @pytest.mark.parametrize("architecture", ["batchtopk", "topk", "jumprelu", "standard"])
 def test_save_load_round_trip_encodes_raw_activations(tmp_path, architecture):
     x = activations()
-    settings = SAESettings(
+    settings = sae_settings(
         architecture=architecture,
         d_sae=48,
         k=4,
@@ -163,7 +165,7 @@ def test_save_load_round_trip_encodes_raw_activations(tmp_path, architecture):
 
 def test_fine_tune_starts_exactly_from_the_base(tmp_path):
     x = activations(seed=1)
-    settings = SAESettings(architecture="batchtopk", d_sae=48, k=4, batch_size=64, lr=1e-3)
+    settings = sae_settings(architecture="batchtopk", d_sae=48, k=4, batch_size=64, lr=1e-3)
     base = quick_train(settings, x, steps=30).sae
     save_sae(base, tmp_path / "base", normalisation="layer_norm")
     loaded = load_sae(tmp_path / "base")
@@ -199,7 +201,7 @@ def test_fine_tune_starts_exactly_from_the_base(tmp_path):
 
 def test_fine_tune_of_a_non_unit_decoder_keeps_the_base_function(tmp_path):
     x = activations(seed=3)
-    settings = SAESettings(architecture="standard", d_sae=40, batch_size=64, l1_coefficient=1e-3)
+    settings = sae_settings(architecture="standard", d_sae=40, batch_size=64, l1_coefficient=1e-3)
     base = quick_train(settings, x).sae.eval()
     fine = training_sae_from(base, replace(settings, architecture="topk", k=40))
     assert fine.cfg.rescale_acts_by_decoder_norm is False
@@ -210,14 +212,12 @@ def test_fine_tune_of_a_non_unit_decoder_keeps_the_base_function(tmp_path):
 
 
 def test_settings_from_config():
-    s = SAESettings.from_section(
-        {"architecture": "topk", "expansion": 4, "k": 8, "base": {"import": "x/{layer}"}}
-    )
+    s = sae_settings(architecture="topk", expansion=4, k=8, base={"import": "x/{layer}"})
     assert (s.architecture, s.dictionary_size(32), s.import_path) == ("topk", 128, "x/{layer}")
-    assert SAESettings.from_section({"d_sae": 100}).dictionary_size(32) == 100
-    assert SAESettings(batch_size=300, dead_window=1000).dead_window_steps == 4
-    with pytest.raises(ConfigError, match=r"sae.architecture = 'gated'; accepted: batchtopk"):
-        SAESettings.from_section({"architecture": "gated"})
+    assert sae_settings(d_sae=100).dictionary_size(32) == 100
+    assert sae_settings(batch_size=300, dead_window=1000).dead_window_steps == 4
+    with pytest.raises(ConfigError, match=r"sae.seed is missing"):
+        SAESettings.from_section({k: v for k, v in section_defaults("sae").items() if k != "seed"})
 
 
 def test_load_sae_names_a_missing_file(tmp_path):
