@@ -34,11 +34,6 @@ rule extract:
         token_layers=[int(layer) for layer in TOKEN_LAYERS],
         activations=config["activations"],
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Extracting activations of model {wildcards.model} (part {wildcards.part}) "
-        "with embedder {wildcards.embedder}"
     script:
         "../workflow_scripts/extract.py"
 
@@ -59,7 +54,5 @@ rule gather_pooled:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(20),
-    message:
-        "Gathering the pooled activations of model {wildcards.model} (embedder {wildcards.embedder})"
     script:
         "../workflow_scripts/gather_pooled.py"

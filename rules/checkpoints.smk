@@ -18,7 +18,5 @@ rule check_checkpoint:
         checkpoint=lambda wildcards: STUDY.checkpoint(wildcards.model),
         prompt=config["prompt"],
         allow_pickle=config["allow_pickle"],
-    message:
-        "Checking checkpoint of model {wildcards.model}"
     script:
         "../workflow_scripts/check_checkpoint.py"

@@ -7,7 +7,10 @@ import sys
 from itertools import product
 from pathlib import Path
 
-WORKFLOW_ROOT = Path(workflow.basedir)
+# The directory of this workflow's Snakefile, found from this file (rules/..) rather than from
+# workflow.basedir: when plmdiff is used as a Snakemake `module`, basedir is the importing
+# workflow's directory, and config/schema.yaml, src/ and resources/ would be looked up there.
+WORKFLOW_ROOT = Path(str(workflow.current_basedir)).resolve().parent
 SRC = WORKFLOW_ROOT / "src"
 # Rule scripts import the plmdiff library from this checkout, also inside conda envs that do
 # not install it; jobs on cluster nodes re-read this file, so the path travels with them.
@@ -274,7 +277,7 @@ def report_items():
             name == "demo_summary" and not config["demo"]["enabled"]
         ):
             continue
-        smk_rule = workflow.get_rule(name)
+        smk_rule = workflow.get_rule(workflow_rule_name(name))
         names = sorted(smk_rule.wildcard_names)
         if any(not values.get(w) for w in names):
             continue
@@ -308,8 +311,15 @@ def report_items():
 # ----------------------------------------------------------------------------- targets
 
 
+def workflow_rule_name(name):
+    """The name rule `name` has in the running workflow: prefixed where plmdiff is imported as a
+    Snakemake module with `use rule * from plmdiff as plmdiff_*`."""
+    return workflow.modifier.modify_rulename(name)
+
+
 def has_rule(name):
-    return any(rule.name == name for rule in workflow.rules)
+    full = workflow_rule_name(name)
+    return any(rule.name == full for rule in workflow.rules)
 
 
 def all_targets():

@@ -45,10 +45,6 @@ rule feature_stats:
         diff=config["diff"],
         kfold=config["sae"]["kfold"],
         fold_seed=config["sae"]["seed"],
-        device=config["device"],
-    message:
-        "Feature statistics of SAE {wildcards.scheme} fold {wildcards.fold} "
-        "({wildcards.embedder} layer {wildcards.layer}) on every model"
     script:
         "../workflow_scripts/feature_stats.py"
 
@@ -137,9 +133,6 @@ rule diff:
         stats_keys=diff_keys,
         union_keys=diff_union_keys,
         diff=config["diff"],
-    message:
-        "Diffing SAE features of family {wildcards.family} "
-        "({wildcards.embedder} layer {wildcards.layer}) across rounds"
     script:
         "../workflow_scripts/diff.py"
 
@@ -170,10 +163,6 @@ rule kl:
         base_checkpoint=STUDY.checkpoint(BASE),
         kl=config["kl"],
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Scoring KL(model || base) of model {wildcards.model}"
     script:
         "../workflow_scripts/kl.py"
 
@@ -205,7 +194,5 @@ rule kl_summary:
         runtime=runtime_min(10),
     params:
         models=MODELS,
-    message:
-        "Summarising KL to the base over all models"
     script:
         "../workflow_scripts/kl_summary.py"

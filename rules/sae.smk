@@ -18,7 +18,7 @@ rule train_sae:
         base=sae_base_input,
         imported=sae_import_inputs,
     output:
-        sae=protected(directory(sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}"))),
+        sae=directory(sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}")),
         metrics=sae_metrics("{embedder}", "{layer}", "{scheme}", "{fold}"),
         curves=sae_curves("{embedder}", "{layer}", "{scheme}", "{fold}", "tsv"),
         figure=report(
@@ -52,9 +52,5 @@ rule train_sae:
         records=sae_checkpoint_records,
         import_path=sae_import_path,
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Training SAE {wildcards.scheme} fold {wildcards.fold} on {wildcards.embedder} layer {wildcards.layer}"
     script:
         "../workflow_scripts/train_sae.py"

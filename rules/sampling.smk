@@ -22,10 +22,6 @@ rule sample:
     params:
         sampling=config["sampling"],
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Sampling shard {wildcards.shard} of model {wildcards.model}"
     script:
         "../workflow_scripts/sample.py"
 
@@ -48,8 +44,6 @@ rule filter_samples:
     params:
         filter=config["filter"],
         base=BASE,
-    message:
-        "Filtering the samples of model {wildcards.model} into FASTA"
     script:
         "../workflow_scripts/filter_samples.py"
 
@@ -78,7 +72,5 @@ rule sampling_summary:
     params:
         models=MODELS,
         shards={m: sample_shards(m) for m in MODELS},
-    message:
-        "Summarising the samples of all models"
     script:
         "../workflow_scripts/sampling_summary.py"

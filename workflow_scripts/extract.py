@@ -20,6 +20,6 @@ extract_part(
     settings=ExtractionSettings.from_config(snakemake.params.activations),
     pooled_path=snakemake.output.pooled,
     token_paths=dict(zip(snakemake.params.token_layers, snakemake.output.tokens, strict=True)),
-    device=resolve_device(snakemake.params.device),
-    allow_pickle=snakemake.params.allow_pickle,
+    device=resolve_device(snakemake.config["device"]),
+    allow_pickle=snakemake.config["allow_pickle"],
 )

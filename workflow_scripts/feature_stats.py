@@ -14,7 +14,7 @@ run_feature_stats(
     kfold=params.kfold,
     fold_seed=params.fold_seed,
     fold=int(wildcards.fold),
-    device=params.device,
+    device=snakemake.config["device"],
     metadata={
         "embedder": wildcards.embedder,
         "layer": int(wildcards.layer),

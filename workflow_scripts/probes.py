@@ -23,7 +23,7 @@ result = probe_sweep(
     data.groups,
     ProbeSettings.from_config(snakemake.params.probes),
     class_names=data.rounds,
-    device=resolve_device(snakemake.params.device),
+    device=resolve_device(snakemake.config["device"]),
 )
 write_probe_tables(result, out.accuracy, out.folds, out.confusion)
 title = f"embedder {wc.embedder}, {wc.pooling} pooling"

@@ -10,8 +10,8 @@ table = sample_shard(
     int(snakemake.wildcards.shard),
     snakemake.params.sampling,
     snakemake.params.prompt,
-    device=snakemake.params.device,
-    allow_pickle=snakemake.params.allow_pickle,
+    device=snakemake.config["device"],
+    allow_pickle=snakemake.config["allow_pickle"],
     threads=snakemake.threads,
 )
 write_samples(snakemake.output[0], table)

@@ -20,8 +20,8 @@ job = SAEJob(
     prompt=PromptFormat.from_config(params.prompt),
     base_sae=snakemake.input.base[0] if snakemake.input.base else None,
     import_path=params.import_path,
-    device=params.device,
-    allow_pickle=params.allow_pickle,
+    device=snakemake.config["device"],
+    allow_pickle=snakemake.config["allow_pickle"],
 )
 outputs = SAEOutputs(
     sae_dir=snakemake.output.sae,
