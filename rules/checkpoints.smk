@@ -12,8 +12,8 @@ rule check_checkpoint:
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=runtime_min(20),
+        mem_mb=checkpoint_mem_mb,
+        runtime=checkpoint_runtime_min,
     params:
         checkpoint=lambda wildcards: STUDY.checkpoint(wildcards.model),
         prompt=config["prompt"],

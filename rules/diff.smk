@@ -1,47 +1,61 @@
-# Stage: diff. feature_stats encodes every model's held-out token activations with one SAE replica
-# (one GPU job per embedder, layer, scheme and fold); diff compares a family's SAEs across rounds,
+# Stage: diff. feature_stats encodes every model's held-out token activations with each SAE replica
+# (one GPU job per embedder and scheme, over every SAE layer and fold); diff compares a family's SAEs across rounds,
 # folds and schemes (a cheap CPU job); kl scores every model against the base on the same
 # sequences (one GPU job per model) and kl_summary gathers them.
 
 
 rule feature_stats:
     input:
-        sae=sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}"),
-        base_sae=lambda wildcards: (
+        saes=lambda wildcards: [
+            sae_dir(wildcards.embedder, layer, wildcards.scheme, fold)
+            for layer, fold in SAE_REPLICAS
+        ],
+        base_saes=lambda wildcards: (
             []
             if wildcards.scheme == paths.BASE_SCHEME
             else [
-                sae_dir(
-                    wildcards.embedder,
-                    wildcards.layer,
-                    paths.BASE_SCHEME,
-                    wildcards.fold,
-                )
+                sae_dir(wildcards.embedder, layer, paths.BASE_SCHEME, fold)
+                for layer, fold in SAE_REPLICAS
             ]
         ),
         tokens=lambda wildcards: [
             part
+            for layer in SAE_LAYERS
             for m in STUDY.embedded_models(wildcards.embedder)
-            for part in token_parts(wildcards.embedder, m, wildcards.layer)
+            for part in token_parts(wildcards.embedder, m, layer)
         ],
     output:
-        **feature_stats_files("{embedder}", "{layer}", "{scheme}", "{fold}"),
+        **{
+            key: [
+                feature_stats_files("{embedder}", layer, "{scheme}", fold)[key]
+                for layer, fold in SAE_REPLICAS
+            ]
+            for key in FEATURE_STATS_KEYS
+        },
     log:
-        "logs/feature_stats/{embedder}/layer_{layer}/{scheme}/fold_{fold}.log",
+        "logs/feature_stats/{embedder}/{scheme}.log",
     benchmark:
-        "benchmarks/feature_stats/{embedder}/layer_{layer}/{scheme}/fold_{fold}.tsv"
+        "benchmarks/feature_stats/{embedder}/{scheme}.tsv"
     conda:
         "../envs/sae.yaml"
     threads: 4
     resources:
         mem_mb=mem_mb(16000),
-        runtime=runtime_min(60),
+        runtime=runtime_min(30 * len(SAE_REPLICAS)),
         gpu=1,
     params:
-        token_dirs=lambda wildcards: {
-            m: token_layer_dir(wildcards.embedder, m, wildcards.layer)
-            for m in STUDY.embedded_models(wildcards.embedder)
-        },
+        # In the order of the outputs: the layer, fold and token directories of each replica.
+        replicas=lambda wildcards: [
+            {
+                "layer": int(layer),
+                "fold": fold,
+                "token_dirs": {
+                    m: token_layer_dir(wildcards.embedder, m, layer)
+                    for m in STUDY.embedded_models(wildcards.embedder)
+                },
+            }
+            for layer, fold in SAE_REPLICAS
+        ],
         diff=config["diff"],
         kfold=config["sae"]["kfold"],
         fold_seed=config["sae"]["seed"],
@@ -150,11 +164,13 @@ rule kl:
         "logs/kl/{model}.log",
     benchmark:
         "benchmarks/kl/{model}.tsv"
+    wildcard_constraints:
+        model=wc.alternatives(ROUNDS),
     conda:
         "../envs/torch.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(16000),
+        mem_mb=kl_mem_mb,
         runtime=runtime_min(60),
         gpu=1,
     params:
@@ -169,7 +185,7 @@ rule kl:
 
 rule kl_summary:
     input:
-        [kl_table(m) for m in MODELS],
+        [kl_table(m) for m in ROUNDS],
     output:
         tsv=report(
             paths.kl_summary(),

@@ -16,8 +16,8 @@ rule sample:
         "../envs/torch.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(8000),
-        runtime=runtime_min(120),
+        mem_mb=sample_mem_mb,
+        runtime=sample_runtime_min,
         gpu=1,
     params:
         sampling=config["sampling"],

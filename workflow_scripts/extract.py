@@ -17,7 +17,10 @@ extract_part(
     model=snakemake.wildcards.model,
     part=int(snakemake.wildcards.part),
     fmt=PromptFormat.from_config(snakemake.params.prompt),
-    settings=ExtractionSettings.from_config(snakemake.params.activations),
+    # Result-defining keys from params (the rerun triggers), batching keys from the config.
+    settings=ExtractionSettings.from_config(
+        {**snakemake.config["activations"], **snakemake.params.activations}
+    ),
     pooled_path=snakemake.output.pooled,
     token_paths=dict(zip(snakemake.params.token_layers, snakemake.output.tokens, strict=True)),
     device=resolve_device(snakemake.config["device"]),

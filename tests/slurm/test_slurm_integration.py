@@ -9,15 +9,23 @@ rules got a GPU and CPU rules did not, and that the outputs equal those of a loc
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import tiny_config, write_config
-from tests.slurm.cluster import PROFILE, TEST_PROFILE_OPTIONS, edit_site_values
+from tests.conftest import run_snakemake, tiny_config, write_config
+from tests.slurm.cluster import (
+    PARTITIONS,
+    PROFILE,
+    TEST_PROFILE_OPTIONS,
+    edit_partitions,
+    edit_site_values,
+)
 from tests.slurm.workflow import (
     GPU_RULES,
     compare_trees,
@@ -55,8 +63,9 @@ def _setting(line: str) -> tuple[str | None, str]:
 
 
 def test_edit_lines_are_exactly_the_site_values():
-    """Partition, account and GPU model are marked EDIT, and nothing else is."""
-    site_keys = {"slurm_partition", "slurm_account", "gpu_model"}
+    """The account is marked EDIT, and nothing else in config.yaml is (partitions have their
+    own file)."""
+    site_keys = {"slurm_account"}
     marked = set()
     for line in _profile_lines():
         key, comment = _setting(line)
@@ -68,20 +77,33 @@ def test_edit_lines_are_exactly_the_site_values():
     assert marked == site_keys
 
 
+def test_every_partitions_line_is_commented():
+    for number, line in enumerate(PARTITIONS.read_text().splitlines(), start=1):
+        if line.strip():
+            assert "#" in line, f"profiles/slurm/partitions.yaml:{number} has no comment: {line!r}"
+
+
 def test_profile_avoids_the_plugin_traps():
     profile = yaml.safe_load(PROFILE.read_text())
     assert profile["executor"] == "slurm"
     assert profile["retries"] >= 1
+    assert profile["printshellcmds"] is False  # scripts, no shell: "Shell command: None" noise
+    assert profile["slurm-jobname-prefix"] and profile["slurm-efficiency-report"] is True
     defaults = profile["default-resources"]
     # tasks -> --ntasks-per-gpu on GPU jobs; cpus_per_task overrides threads (anchors.md).
     assert not {"tasks", "cpus_per_task", "gpu", "gres"} & set(defaults)
-    assert {"slurm_partition", "mem_mb", "runtime"} <= set(defaults)
-    for rule, resources in profile["set-resources"].items():
-        assert not ({"gpu", "gres"} <= set(resources)), f"{rule}: gpu and gres both set"
-        assert not {"tasks", "cpus_per_task"} & set(resources), rule
-    assert set(profile["set-resources"]) == GPU_RULES
-    gpu_partitions = {r["slurm_partition"] for r in profile["set-resources"].values()}
-    assert len(gpu_partitions) == 1 and gpu_partitions != {defaults["slurm_partition"]}
+    assert {"mem_mb", "runtime"} <= set(defaults)
+    # No partition in the profile: a command-line --set-resources/--default-resources replaces
+    # the profile's block and would drop it; the plugin's partition selection cannot be lost.
+    assert "set-resources" not in profile
+    assert "slurm_partition" not in PROFILE.read_text().replace("# ", "")
+    assert (PROFILE.parent / profile["slurm-partition-config"]).resolve() == PARTITIONS
+
+
+def test_partitions_separate_gpu_and_cpu_jobs():
+    partitions = yaml.safe_load(PARTITIONS.read_text())["partitions"]
+    gpus = {name: limits.get("max_gpu", 0) for name, limits in partitions.items()}
+    assert sorted(gpus.values())[0] == 0 and sorted(gpus.values())[-1] >= 1, gpus
 
 
 @pytest.mark.parametrize("resource", ["mem_mb", "runtime"])
@@ -92,11 +114,8 @@ def test_profile_defaults_grow_with_attempt(resource):
 
 
 def test_gpu_rules_are_the_ones_that_declare_a_gpu():
-    """The rules that ask for gpu= are exactly those the profile sends to the GPU partition."""
     expected = {"sample", "extract", "probes", "train_sae", "feature_stats", "kl"}
     assert expected == GPU_RULES
-    profile = yaml.safe_load(PROFILE.read_text())
-    assert set(profile["set-resources"]) == GPU_RULES
 
 
 def test_gpu_rule_scan_sees_rules_inside_if_blocks(tmp_path):
@@ -109,12 +128,73 @@ def test_gpu_rule_scan_sees_rules_inside_if_blocks(tmp_path):
 
 def test_site_edit_touches_only_site_values():
     profile = yaml.safe_load(PROFILE.read_text())
-    edited = edit_site_values(profile, cpu_partition="c", gpu_partition="g", account="acct")
-    assert edited["default-resources"]["slurm_partition"] == "c"
+    edited = edit_site_values(profile, account="acct")
     assert edited["default-resources"]["slurm_account"] == "acct"
-    assert {r["slurm_partition"] for r in edited["set-resources"].values()} == {"g"}
-    for key in set(profile) - {"default-resources", "set-resources"}:
+    for key in set(profile) - {"default-resources"}:
         assert edited[key] == profile[key]
+    partitions = edit_partitions(
+        yaml.safe_load(PARTITIONS.read_text()),
+        cpu_partition="c",
+        gpu_partition="g",
+        gpus_per_node=2,
+    )["partitions"]
+    assert list(partitions) == ["c", "g"] and partitions["g"]["max_gpu"] == 2
+
+
+# ----------------------------------------------------------------------------- partition selection
+
+
+@dataclass
+class DryRunJob:
+    """A job as `-n` prints it: what the plugin's partition selection reads."""
+
+    name: str
+    threads: int
+    resources: dict
+
+
+def dry_run_jobs(text: str) -> list[DryRunJob]:
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        resources = re.search(r"^\s+resources: (.*)$", block, flags=re.MULTILINE)
+        if not head or not resources:
+            continue
+        threads = re.search(r"^\s+threads: (\d+)$", block, flags=re.MULTILINE)
+        values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+        jobs.append(DryRunJob(head.group(1), int(threads.group(1)) if threads else 1, values))
+    return jobs
+
+
+@pytest.mark.workflow
+def test_command_line_set_resources_keep_gpu_rules_on_the_gpu_partition(tiny_checkpoints, tmp_path):
+    """`--set-resources RULE:runtime=N` replaces the profile's whole set-resources (Snakemake's
+    documented behaviour); with the partitions chosen by the plugin from gpu=N, every GPU job
+    still goes to the GPU partition and every CPU job to the CPU one. The dry run's resources
+    go through the plugin's own selection (get_best_partition)."""
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    configfile = write_config(tmp_path / "config.yaml", tiny_config(tiny_checkpoints))
+    overrides = [f"{rule}:runtime=77" for rule in sorted(GPU_RULES)]
+    proc = run_snakemake(
+        tmp_path, configfile, "-n", "--profile", str(PROFILE.parent), "--set-resources", *overrides
+    )
+    jobs = dry_run_jobs(proc.stdout)
+    assert {j.name for j in jobs} >= GPU_RULES, sorted({j.name for j in jobs})
+    partitions = read_partition_file(PARTITIONS)
+    names = list(yaml.safe_load(PARTITIONS.read_text())["partitions"])
+    cpu, gpu = names[0], names[1]
+    logger = logging.getLogger("partition-test")
+    for job in jobs:
+        if job.name in local_rules() or job.name == "all":
+            continue
+        chosen = get_best_partition(partitions, job, logger)
+        if job.name in GPU_RULES:
+            assert job.resources["gpu"] == "1", job
+            assert job.resources["runtime"] == "77", job
+            assert chosen == gpu, job
+        else:
+            assert chosen == cpu, job
 
 
 # ----------------------------------------------------------------------------- a real cluster
