@@ -204,7 +204,7 @@ rule kl_summary:
         "logs/kl_summary.log",
     localrule: True
     conda:
-        "../envs/stats.yaml"
+        "../envs/torch.yaml"
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(10),
