@@ -13,6 +13,7 @@ import re
 import sys
 import tomllib
 from functools import cache
+from itertools import pairwise
 from importlib import metadata
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def rule_envs_and_scripts() -> dict[str, tuple[str, str]]:
     for smk in sorted((REPO / "rules").glob("*.smk")):
         text = smk.read_text()
         starts = [m.start() for m in RULE.finditer(text)] + [len(text)]
-        for start, end in zip(starts, starts[1:], strict=False):
+        for start, end in pairwise(starts):
             block = text[start:end]
             name = RULE.match(block).group(1)
             conda = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", block)
