@@ -13,8 +13,8 @@ import re
 import sys
 import tomllib
 from functools import cache
-from itertools import pairwise
 from importlib import metadata
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -112,7 +112,9 @@ def pyproject_pins() -> dict[str, str]:
 
 @cache
 def distributions_of_module() -> dict[str, list[str]]:
-    return {k: [canonicalize_name(d) for d in v] for k, v in metadata.packages_distributions().items()}
+    return {
+        k: [canonicalize_name(d) for d in v] for k, v in metadata.packages_distributions().items()
+    }
 
 
 def requirements_closure(distributions: set[str]) -> set[str]:
