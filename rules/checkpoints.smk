@@ -17,6 +17,5 @@ rule check_checkpoint:
     params:
         checkpoint=lambda wildcards: STUDY.checkpoint(wildcards.model),
         prompt=config["prompt"],
-        allow_pickle=config["allow_pickle"],
     script:
         "../workflow_scripts/check_checkpoint.py"
