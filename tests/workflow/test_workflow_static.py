@@ -211,7 +211,11 @@ def _tiny_dry_run(tiny_checkpoints, tmp_path, *args: str) -> str:
 def test_dry_run_shows_rule_wildcards_and_resources_of_every_job(tiny_checkpoints, tmp_path):
     """No `message:` hides a job's rule, wildcards and resources; no 'Shell command: None'."""
     out = _tiny_dry_run(tiny_checkpoints, tmp_path, "--profile", str(REPO / "profiles" / "slurm"))
-    blocks = [b for b in out.split("\n\n") if re.search(r"^(local)?rule \w+:", b, re.M)]
+    blocks = [
+        block.split("\n[")[0]  # up to the next job's timestamp line
+        for block in re.split(r"\n(?=(?:local)?rule \w+:)", out)
+        if re.match(r"(?:local)?rule \w+:", block)
+    ]
     assert len(blocks) > 20, out[-2000:]
     for block in blocks:
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.M).group(1)
