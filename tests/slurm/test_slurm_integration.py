@@ -204,7 +204,8 @@ def integration_targets(config: dict, rules: set[str]) -> list[str]:
     """A slice of the tiny study that fits in a couple of minutes on 2 cores.
 
     Two checkpoint records (CPU jobs through sbatch), the sampling shards of r1 (GPU jobs) with
-    its local filter, and r1's pooled activations (GPU extraction parts + a local gather).
+    its local filter, r1's pooled activations (GPU extraction parts + a local gather), and the
+    base SAE family of the first SAE layer (one GPU job for every fold replica).
     """
     models = [m["name"] for m in config["models"]]
     targets = [f"results/checkpoints/{m}.json" for m in models[:2]]
@@ -214,7 +215,15 @@ def integration_targets(config: dict, rules: set[str]) -> list[str]:
         embedder = config["activations"]["embedders"][0]
         embedder = models[0] if embedder == "base" else embedder
         targets.append(f"results/activations/{embedder}/{models[1]}.pooled.parquet")
+    if "train_sae" in rules:
+        layer = f"{config['sae']['layers'][0]:02d}"
+        targets.append(f"results/saes/{models[0]}/layer_{layer}/base/fold_0.metrics.json")
     return targets
+
+
+# On the command line, as a user tuning one rule would: it replaces the profile's whole
+# set-resources block (Snakemake's documented behaviour); GPU jobs must stay on the GPUs.
+RUNTIME_OVERRIDES = ("--set-resources", "sample:runtime=33", "train_sae:runtime=34")
 
 
 @pytest.mark.slurm
@@ -222,7 +231,8 @@ def integration_targets(config: dict, rules: set[str]) -> list[str]:
 @pytest.mark.slow
 def test_tiny_workflow_through_slurm(local_slurm, tiny_checkpoints, tmp_path):
     cluster = local_slurm
-    config = tiny_config(tiny_checkpoints)
+    # The fake GPUs cannot run CUDA: device 'auto' would (rightly) refuse them with CPU torch.
+    config = tiny_config(tiny_checkpoints, device="cpu")
     runs = {}
     for name in ("local", "slurm"):
         (tmp_path / name).mkdir()
@@ -236,7 +246,13 @@ def test_tiny_workflow_through_slurm(local_slurm, tiny_checkpoints, tmp_path):
     # The local reference runs alongside: SLURM's status polling leaves the CPUs idle a lot.
     local = start_snakemake(tmp_path / "local", runs["local"], "--cores", "2", *targets)
     slurm = start_snakemake(
-        tmp_path / "slurm", runs["slurm"], "--profile", str(profile), *targets, env=cluster.env
+        tmp_path / "slurm",
+        runs["slurm"],
+        "--profile",
+        str(profile),
+        *RUNTIME_OVERRIDES,
+        *targets,
+        env=cluster.env,
     )
     slurm_status, slurm_out = finish(slurm, timeout=600)
     slurm_seconds = time.monotonic() - started
@@ -278,6 +294,16 @@ def test_tiny_workflow_through_slurm(local_slurm, tiny_checkpoints, tmp_path):
             assert all(d == "<unset>" for d in devices), devices
     if {"sample", "extract"} & rules:
         assert GPU_RULES & {j.rule for j in remote}, "no GPU rule ran"
+    for call in calls:
+        if call.rule in ("sample", "train_sae"):
+            assert call.runtime_min == {"sample": 33, "train_sae": 34}[call.rule], call.args
+    # One SLURM job trained every fold replica of the SAE family.
+    sae_calls = [c for c in calls if c.rule == "train_sae"]
+    if "train_sae" in rules:
+        assert len(sae_calls) == 1, sae_calls
+        kfold = config["sae"]["kfold"]
+        metrics = sorted((tmp_path / "slurm" / "results" / "saes").glob("*/*/base/*.metrics.json"))
+        assert len(metrics) == kfold, metrics
 
     problems = compare_trees(tmp_path / "local" / "results", tmp_path / "slurm" / "results")
     assert not problems, "SLURM and local outputs differ:\n" + "\n".join(problems)
@@ -286,3 +312,39 @@ def test_tiny_workflow_through_slurm(local_slurm, tiny_checkpoints, tmp_path):
 def _read(workdir: Path, log: str) -> str:
     path = workdir / log
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_gpu_job_with_cpu_torch_fails_at_once_with_one_line(
+    local_slurm, tiny_checkpoints, tmp_path
+):
+    """A GPU job (SLURM sets CUDA_VISIBLE_DEVICES) whose torch is the CPU build stops at once
+    with one line saying what to install: never a silent CPU run that times out."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use CUDA; the test needs the CPU build")
+    cluster = local_slurm
+    work = tmp_path / "work"
+    work.mkdir()
+    configfile = write_config(work / "config.yaml", tiny_config(tiny_checkpoints))
+    model = tiny_config(tiny_checkpoints)["models"][0]["name"]
+    target = f"results/samples/{model}/shard_000.parquet"
+    profile = cluster.site_profile(tmp_path / "profile", **TEST_PROFILE_OPTIONS)
+    cluster.forget_calls()
+    started = time.monotonic()
+    proc = start_snakemake(
+        work, configfile, "--profile", str(profile), "--retries", "0", target, env=cluster.env
+    )
+    status, out = finish(proc, timeout=600)
+    assert status != 0, out[-3000:]
+    calls = [c for c in cluster.sbatch_calls() if c.rule == "sample"]
+    assert len(calls) == 1 and calls[0].partition == cluster.gpu_partition, calls
+    log = _read(work, f"logs/sample/{model}/shard_000.log")
+    lines = [line for line in log.splitlines() if "DeviceError:" in line]
+    assert lines, log[-3000:]
+    assert "CUDA_VISIBLE_DEVICES=" in lines[-1] and "CPU-only build" in lines[-1]
+    assert "TORCH_BUILD=cuda" in lines[-1]
+    assert time.monotonic() - started < 300
