@@ -450,8 +450,8 @@ def report_items():
 
 
 def workflow_rule_name(name):
-    """The name rule `name` has in the running workflow: prefixed where plmdiff is imported as a
-    Snakemake module with `use rule * from plmdiff as plmdiff_*`."""
+    """The name of `name` in the running workflow (prefixed where plmdiff is imported as a
+    Snakemake module with `use rule * from plmdiff as plmdiff_*`)."""
     return workflow.modifier.modify_rulename(name)
 
 
