@@ -20,7 +20,8 @@ rule sample:
         runtime=sample_runtime_min,
         gpu=1,
     params:
-        sampling=config["sampling"],
+        # Not sampling.batch_size: per-sequence seeds make the samples independent of it.
+        sampling={k: v for k, v in config["sampling"].items() if k != "batch_size"},
         prompt=config["prompt"],
     script:
         "../workflow_scripts/sample.py"

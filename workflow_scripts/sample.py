@@ -8,7 +8,8 @@ table = sample_shard(
     snakemake.input.record,
     snakemake.wildcards.model,
     int(snakemake.wildcards.shard),
-    snakemake.params.sampling,
+    # Result-defining keys from params (the rerun triggers), the batch size from the config.
+    {**snakemake.config["sampling"], **snakemake.params.sampling},
     snakemake.params.prompt,
     device=snakemake.config["device"],
     allow_pickle=snakemake.config["allow_pickle"],

@@ -287,6 +287,7 @@ def test_adding_a_model_runs_only_its_jobs_and_the_aggregates(tiny_run, tiny_che
         (None, "allow_pickle", True),
         ("activations", "batch_tokens", 1024),
         ("activations", "gpus", 2),
+        ("sampling", "batch_size", 4),
     ],
 )
 def test_keys_that_do_not_change_results_rerun_nothing(tiny_run, tmp_path, section, key, value):
