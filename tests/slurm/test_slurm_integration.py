@@ -251,6 +251,7 @@ def test_tiny_workflow_through_slurm(local_slurm, tiny_checkpoints, tmp_path):
         "--profile",
         str(profile),
         *RUNTIME_OVERRIDES,
+        "--",  # --set-resources takes every value up to the next option
         *targets,
         env=cluster.env,
     )
