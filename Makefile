@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 VENV ?= .venv
 CORES ?= 2
+# torch's build: auto (CUDA where nvidia-smi sees a GPU), cuda (for a cluster, whatever the
+# login node has), cpu. `make venv TORCH_BUILD=cuda` on a login node without GPUs.
+TORCH_BUILD ?= auto
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
 .PHONY: demo test venv lint hooks format dag clean-demo
 
 venv:
-	@VENV=$(VENV) scripts/setup_venv.sh
+	@VENV=$(VENV) TORCH_BUILD=$(TORCH_BUILD) scripts/setup_venv.sh
 
 ## Runs the whole demo: builds its checkpoints (a small GPT-2 and 3 DPO rounds), then every stage and the report.
 demo: venv

@@ -24,21 +24,22 @@ rule extract:
         "../envs/torch.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(16000),
-        runtime=runtime_min(120),
+        mem_mb=extract_mem_mb,
+        runtime=extract_runtime_min,
         gpu=config["activations"]["gpus"],
     params:
         checkpoint=lambda wildcards: STUDY.checkpoint(
             embedder_model(wildcards.embedder, wildcards.model)
         ),
         token_layers=[int(layer) for layer in TOKEN_LAYERS],
-        activations=config["activations"],
+        # Not activations.embedders, batch_tokens or gpus: adding an embedder or changing how a
+        # part is batched must not redo the extraction.
+        activations={
+            k: v
+            for k, v in config["activations"].items()
+            if k not in ("embedders", "batch_tokens", "gpus")
+        },
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Extracting activations of model {wildcards.model} (part {wildcards.part}) "
-        "with embedder {wildcards.embedder}"
     script:
         "../workflow_scripts/extract.py"
 
@@ -59,7 +60,5 @@ rule gather_pooled:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(20),
-    message:
-        "Gathering the pooled activations of model {wildcards.model} (embedder {wildcards.embedder})"
     script:
         "../workflow_scripts/gather_pooled.py"

@@ -12,13 +12,10 @@ rule check_checkpoint:
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=runtime_min(20),
+        mem_mb=checkpoint_mem_mb,
+        runtime=checkpoint_runtime_min,
     params:
         checkpoint=lambda wildcards: STUDY.checkpoint(wildcards.model),
         prompt=config["prompt"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Checking checkpoint of model {wildcards.model}"
     script:
         "../workflow_scripts/check_checkpoint.py"

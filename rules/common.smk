@@ -2,12 +2,17 @@
 # Every path comes from plmdiff.config.paths (the data contract of ARCHITECTURE.md); the rules
 # call those functions, never literals.
 
+import json
+import math
 import os
 import sys
 from itertools import product
 from pathlib import Path
 
-WORKFLOW_ROOT = Path(workflow.basedir)
+# The directory of this workflow's Snakefile, found from this file (rules/..) rather than from
+# workflow.basedir: when plmdiff is used as a Snakemake `module`, basedir is the importing
+# workflow's directory, and config/schema.yaml, src/ and resources/ would be looked up there.
+WORKFLOW_ROOT = Path(str(workflow.current_basedir)).resolve().parent
 SRC = WORKFLOW_ROOT / "src"
 # Rule scripts import the plmdiff library from this checkout, also inside conda envs that do
 # not install it; jobs on cluster nodes re-read this file, so the path travels with them.
@@ -31,6 +36,7 @@ from plmdiff.config.paths import (  # noqa: E402
     fasta_stats,
     feature_stats,
     feature_stats_files,
+    FEATURE_STATS_SUFFIXES,
     kl_table,
     pooled,
     pooled_part,
@@ -61,6 +67,8 @@ config.update(_validated)
 STUDY = wc.Study.from_config(config)
 MODELS = STUDY.models
 BASE = STUDY.base
+# The models compared with the base (KL of the base against itself is 0 by definition).
+ROUNDS = [m for m in MODELS if m != BASE]
 EMBEDDERS = STUDY.embedders
 # Probes and sanity checks compare rounds embedded by one model: with `self` each round's own
 # weights embed its own samples, and separating them would measure the models, not the rounds.
@@ -68,7 +76,10 @@ ROUND_EMBEDDERS = [e for e in EMBEDDERS if e != SELF_EMBEDDER]
 SAE_LAYERS = STUDY.sae_layers
 SAE_SCHEMES = STUDY.sae_schemes
 SAE_FAMILIES = STUDY.sae_families
+FEATURE_STATS_KEYS = list(FEATURE_STATS_SUFFIXES)
 FOLDS = list(range(config["sae"]["kfold"]))
+# (layer, fold) of every SAE replica of one (embedder, scheme): what one feature_stats job reads.
+SAE_REPLICAS = [(layer, fold) for layer in SAE_LAYERS for fold in FOLDS]
 POOLINGS = config["activations"]["pooling"]
 SAMPLE_SHARDS = paths.sample_shard_ids(config["sampling"]["shards"])
 EXTRACT_SHARDS = paths.extract_part_ids(config["activations"]["shards"])
@@ -91,16 +102,134 @@ wildcard_constraints:
 
 
 # ----------------------------------------------------------------------------- resources
+# Every value doubles with each attempt, so a job killed for memory or time comes back asking
+# SLURM for more. The model rules' needs follow the checkpoint (its record's parameter count
+# and width, read when the job is about to run: `-n` shows <TBD> before the record exists) and
+# the config. The rates are deliberately conservative (a fraction of one A100); the retries
+# cover a slower GPU.
+
+MB = 1_000_000
+HOST_MB = 2000  # Python, torch, the CUDA context and the libraries of one job
+LM_FLOPS = 5e11  # sustained FLOP/s of batched inference (generation is memory-bound)
+SAE_FLOPS = 5e12  # sustained FLOP/s of SAE training (dense encoder, fp32)
+WRITE_BYTES_PER_S = 50 * MB  # zstd Parquet writing of token activations
+REPLICA_EVAL_MIN = 10  # per SAE replica: held-out metrics and the spliced LM loss
+
+
+def attempt_scaled(value, attempt):
+    """An integer resource that doubles with each attempt."""
+    return int(math.ceil(value)) * 2 ** (attempt - 1)
 
 
 def mem_mb(base_mb):
     """Memory that doubles with each attempt, so a retried job asks SLURM for more."""
-    return lambda wildcards, attempt: base_mb * 2 ** (attempt - 1)
+    return lambda wildcards, attempt: attempt_scaled(base_mb, attempt)
 
 
 def runtime_min(base_min):
     """Runtime (minutes) that doubles with each attempt."""
-    return lambda wildcards, attempt: base_min * 2 ** (attempt - 1)
+    return lambda wildcards, attempt: attempt_scaled(base_min, attempt)
+
+
+def record_shape(path):
+    """(parameters, d_model) from a checkpoint record; FileNotFoundError while it is missing,
+    which Snakemake turns into <TBD> until check_checkpoint has written it."""
+    record = json.loads(Path(path).read_text())
+    return int(record["n_parameters"]), int(record["d_model"])
+
+
+def model_host_mb(parameters):
+    """Host memory of loading a model: float32 weights plus the state dict they come from."""
+    return parameters * 8 / MB
+
+
+def checkpoint_mem_mb(wildcards, input, attempt):
+    """check_checkpoint reads every tensor once and loads the model in float32: up to 3x the
+    weight files (float16 files double in float32)."""
+    return attempt_scaled(HOST_MB + 3 * input.size_mb, attempt)
+
+
+def checkpoint_runtime_min(wildcards, input, attempt):
+    """Reading, hashing and loading the weight files, at 200 MB a minute."""
+    return attempt_scaled(15 + input.size_mb / 200, attempt)
+
+
+def sample_mem_mb(wildcards, input, attempt):
+    parameters, _ = record_shape(input.record)
+    return attempt_scaled(HOST_MB + model_host_mb(parameters) + 2000, attempt)
+
+
+def sample_runtime_min(wildcards, input, attempt):
+    """2 FLOPs per parameter and generated token, for every token a shard may generate."""
+    parameters, _ = record_shape(input.record)
+    sampling = config["sampling"]
+    tokens = (
+        math.ceil(sampling["n_sequences"] / sampling["shards"]) * sampling["max_length"]
+    )
+    return attempt_scaled(10 + 2 * parameters * tokens / LM_FLOPS / 60, attempt)
+
+
+def extract_mem_mb(wildcards, input, attempt):
+    """The model, plus one token batch of every layer in float32 (twice: overlapped writing)."""
+    parameters, d_model = record_shape(input.record)
+    n_layers = json.loads(Path(input.record).read_text())["n_layers"]
+    batch = config["activations"]["batch_tokens"] * (n_layers + 1) * d_model * 4 * 2
+    return attempt_scaled(HOST_MB + model_host_mb(parameters) + batch / MB, attempt)
+
+
+def extract_runtime_min(wildcards, input, attempt):
+    """A forward pass over this part's residues (the FASTA's bytes bound them), plus writing
+    their float16 rows of every token layer."""
+    parameters, d_model = record_shape(input.record)
+    residues = input.size_mb * MB / config["activations"]["shards"]
+    written = residues * len(TOKEN_LAYERS) * d_model * 2
+    seconds = 2 * parameters * residues / LM_FLOPS + written / WRITE_BYTES_PER_S
+    return attempt_scaled(10 + seconds / 60, attempt)
+
+
+def sae_width(d_in):
+    sae = config["sae"]
+    return sae["d_sae"] or sae["expansion"] * d_in
+
+
+def sae_tokens(scheme):
+    sae = config["sae"]
+    return (
+        sae["training_tokens"]
+        if scheme == paths.BASE_SCHEME
+        else sae["finetune_tokens"]
+    )
+
+
+def train_sae_mem_mb(wildcards, input, attempt):
+    """The shuffle buffer, the SAE with Adam's two moments, and the largest embedding model
+    (spliced LM loss)."""
+    shapes = [record_shape(r) for r in input.records]
+    parameters = max(p for p, _ in shapes)
+    d_in = shapes[0][1]
+    buffer = config["sae"]["shuffle_buffer"] * d_in * 4
+    sae = 2 * d_in * sae_width(d_in) * 4 * 4
+    return attempt_scaled(
+        HOST_MB + (buffer + sae) / MB + model_host_mb(parameters), attempt
+    )
+
+
+def train_sae_runtime_min(wildcards, input, attempt):
+    """Every fold replica: 6 FLOPs per token, input and feature (encoder and decoder, forward
+    and backward), plus its evaluation."""
+    _, d_in = record_shape(input.records[0])
+    flops = 6 * d_in * sae_width(d_in) * sae_tokens(wildcards.scheme)
+    per_replica = flops / SAE_FLOPS / 60 + REPLICA_EVAL_MIN
+    return attempt_scaled(10 + len(FOLDS) * per_replica, attempt)
+
+
+def kl_mem_mb(wildcards, input, attempt):
+    """The model and the base model."""
+    parameters, _ = record_shape(input.record)
+    base, _ = record_shape(input.base_record)
+    return attempt_scaled(
+        HOST_MB + model_host_mb(parameters) + model_host_mb(base), attempt
+    )
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -187,11 +316,13 @@ def sae_checkpoint_records(wildcards):
 
 
 def sae_base_input(wildcards):
-    """The base SAE of the same fold, which every non-base scheme fine-tunes."""
+    """The base SAE of every fold, in fold order: replica f of a non-base scheme fine-tunes
+    the base SAE of fold f."""
     if wildcards.scheme == paths.BASE_SCHEME:
         return []
     return [
-        sae_dir(wildcards.embedder, wildcards.layer, paths.BASE_SCHEME, wildcards.fold)
+        sae_dir(wildcards.embedder, wildcards.layer, paths.BASE_SCHEME, f)
+        for f in FOLDS
     ]
 
 
@@ -226,8 +357,15 @@ def diff_union_keys(wildcards):
 # ----------------------------------------------------------------------------- targets
 
 
+def workflow_rule_name(name):
+    """The name of `name` in the running workflow (prefixed where plmdiff is imported as a
+    Snakemake module with `use rule * from plmdiff as plmdiff_*`)."""
+    return workflow.modifier.modify_rulename(name)
+
+
 def has_rule(name):
-    return any(rule.name == name for rule in workflow.rules)
+    full = workflow_rule_name(name)
+    return any(rule.name == full for rule in workflow.rules)
 
 
 def all_targets():

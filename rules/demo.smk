@@ -34,9 +34,6 @@ if config["demo"]["enabled"]:
             seed=config["demo"]["dpo"]["seed"],
             prompt=config["prompt"],
             sampling=demo_sampling(config["sampling"]),
-            device=config["device"],
-        message:
-            "Training the demo's base model on {input.family}"
         script:
             "../workflow_scripts/demo_train_base.py"
 
@@ -67,9 +64,6 @@ if config["demo"]["enabled"]:
             dpo=round_settings(config["demo"]["dpo"]),
             prompt=config["prompt"],
             sampling=demo_sampling(config["sampling"]),
-            device=config["device"],
-        message:
-            "DPO round {wildcards.iteration} of the demo (reference: the base model)"
         script:
             "../workflow_scripts/demo_dpo_round.py"
 
@@ -99,8 +93,5 @@ if config["demo"]["enabled"]:
             dpo=config["demo"]["dpo"],
             prompt=config["prompt"],
             sampling=demo_sampling(config["sampling"]),
-            device=config["device"],
-        message:
-            "Scoring fresh samples of every demo round"
         script:
             "../workflow_scripts/demo_summary.py"

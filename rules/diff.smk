@@ -1,43 +1,64 @@
-# Stage: diff. feature_stats encodes every model's held-out token activations with one SAE replica
-# (one GPU job per embedder, layer, scheme and fold); diff compares a family's SAEs across rounds,
+# Stage: diff. feature_stats encodes every model's held-out token activations with each SAE replica
+# (one GPU job per embedder and scheme, over every SAE layer and fold); diff compares a family's SAEs across rounds,
 # folds and schemes (a cheap CPU job); kl scores every model against the base on the same
 # sequences (one GPU job per model) and kl_summary gathers them.
 
 
 rule feature_stats:
     input:
-        sae=sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}"),
-        base_sae=sae_base_input,
+        saes=lambda wildcards: [
+            sae_dir(wildcards.embedder, layer, wildcards.scheme, fold)
+            for layer, fold in SAE_REPLICAS
+        ],
+        base_saes=lambda wildcards: (
+            []
+            if wildcards.scheme == paths.BASE_SCHEME
+            else [
+                sae_dir(wildcards.embedder, layer, paths.BASE_SCHEME, fold)
+                for layer, fold in SAE_REPLICAS
+            ]
+        ),
         tokens=lambda wildcards: [
             part
+            for layer in SAE_LAYERS
             for m in STUDY.embedded_models(wildcards.embedder)
-            for part in token_parts(wildcards.embedder, m, wildcards.layer)
+            for part in token_parts(wildcards.embedder, m, layer)
         ],
     output:
-        **feature_stats_files("{embedder}", "{layer}", "{scheme}", "{fold}"),
+        **{
+            key: [
+                feature_stats_files("{embedder}", layer, "{scheme}", fold)[key]
+                for layer, fold in SAE_REPLICAS
+            ]
+            for key in FEATURE_STATS_KEYS
+        },
     log:
-        "logs/feature_stats/{embedder}/layer_{layer}/{scheme}/fold_{fold}.log",
+        "logs/feature_stats/{embedder}/{scheme}.log",
     benchmark:
-        "benchmarks/feature_stats/{embedder}/layer_{layer}/{scheme}/fold_{fold}.tsv"
+        "benchmarks/feature_stats/{embedder}/{scheme}.tsv"
     conda:
         "../envs/sae.yaml"
     threads: 4
     resources:
         mem_mb=mem_mb(16000),
-        runtime=runtime_min(60),
+        runtime=runtime_min(30 * len(SAE_REPLICAS)),
         gpu=1,
     params:
-        token_dirs=lambda wildcards: {
-            m: token_layer_dir(wildcards.embedder, m, wildcards.layer)
-            for m in STUDY.embedded_models(wildcards.embedder)
-        },
+        # In the order of the outputs: the layer, fold and token directories of each replica.
+        replicas=lambda wildcards: [
+            {
+                "layer": int(layer),
+                "fold": fold,
+                "token_dirs": {
+                    m: token_layer_dir(wildcards.embedder, m, layer)
+                    for m in STUDY.embedded_models(wildcards.embedder)
+                },
+            }
+            for layer, fold in SAE_REPLICAS
+        ],
         diff=config["diff"],
         kfold=config["sae"]["kfold"],
         fold_seed=config["sae"]["seed"],
-        device=config["device"],
-    message:
-        "Feature statistics of SAE {wildcards.scheme} fold {wildcards.fold} "
-        "({wildcards.embedder} layer {wildcards.layer}) on every model"
     script:
         "../workflow_scripts/feature_stats.py"
 
@@ -126,9 +147,6 @@ rule diff:
         stats_keys=diff_keys,
         union_keys=diff_union_keys,
         diff=config["diff"],
-    message:
-        "Diffing SAE features of family {wildcards.family} "
-        "({wildcards.embedder} layer {wildcards.layer}) across rounds"
     script:
         "../workflow_scripts/diff.py"
 
@@ -146,11 +164,13 @@ rule kl:
         "logs/kl/{model}.log",
     benchmark:
         "benchmarks/kl/{model}.tsv"
+    wildcard_constraints:
+        model=wc.alternatives(ROUNDS),
     conda:
         "../envs/torch.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(16000),
+        mem_mb=kl_mem_mb,
         runtime=runtime_min(60),
         gpu=1,
     params:
@@ -159,17 +179,13 @@ rule kl:
         base_checkpoint=STUDY.checkpoint(BASE),
         kl=config["kl"],
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Scoring KL(model || base) of model {wildcards.model}"
     script:
         "../workflow_scripts/kl.py"
 
 
 rule kl_summary:
     input:
-        tables=[kl_table(m) for m in MODELS],
+        tables=[kl_table(m) for m in ROUNDS],
         clusters=clusters_table(),
     output:
         tsv=report(
@@ -189,13 +205,11 @@ rule kl_summary:
         "logs/kl_summary.log",
     localrule: True
     conda:
-        "../envs/stats.yaml"
+        "../envs/torch.yaml"
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime_min(10),
     params:
         models=MODELS,
-    message:
-        "Summarising KL to the base over all models"
     script:
         "../workflow_scripts/kl_summary.py"

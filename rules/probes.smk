@@ -26,9 +26,6 @@ rule cluster_sequences:
     params:
         # Only the clustering keys: a changed probe setting must not redo the clustering.
         probes={k: v for k, v in config["probes"].items() if k.startswith("cluster_")},
-    message:
-        "Clustering the sequences of all models (cluster_method "
-        "{params.probes[cluster_method]}, identity {params.probes[cluster_identity]})"
     script:
         "../workflow_scripts/cluster_sequences.py"
 
@@ -72,10 +69,6 @@ rule probes:
     params:
         probes=config["probes"],
         rounds=MODELS,
-        device=config["device"],
-    message:
-        "Probing every layer of embedder {wildcards.embedder} ({wildcards.pooling} pooling) "
-        "for the round"
     script:
         "../workflow_scripts/probes.py"
 
@@ -128,7 +121,5 @@ rule sanity:
     params:
         sanity=config["sanity"],
         rounds=MODELS,
-    message:
-        "Sanity checks of the pooled embeddings of embedder {wildcards.embedder}"
     script:
         "../workflow_scripts/sanity.py"

@@ -26,7 +26,5 @@ rule report:
         runtime=runtime_min(15),
     params:
         report_items=report_items(),
-    message:
-        "Writing the standalone HTML report"
     script:
         "../workflow_scripts/report.py"

@@ -20,7 +20,6 @@ REPORT_RULES = [
             "embedder": EMBEDDERS,
             "layer": SAE_LAYERS,
             "scheme": SAE_SCHEMES,
-            "fold": FOLDS,
         },
     ),
     (
@@ -29,7 +28,7 @@ REPORT_RULES = [
         {"embedder": EMBEDDERS, "layer": SAE_LAYERS, "family": SAE_FAMILIES},
     ),
     ("kl", "kl_summary", {}),
-    ("kl", "kl", {"model": MODELS}),
+    ("kl", "kl", {"model": ROUNDS}),
 ]
 REPORT_SUFFIXES = (".tsv", ".png", ".json")
 # Outputs a report() category sends to another section than their rule's.
@@ -49,6 +48,16 @@ def _report_caption(flags):
     return str(path), obj.category
 
 
+def replica_wildcards(name, wc, path):
+    """The fold of a train_sae output (one job writes every fold replica of an SAE family)."""
+    if name != "train_sae":
+        return {}
+    for f in FOLDS:
+        if path.startswith(sae_dir(wc["embedder"], wc["layer"], wc["scheme"], f) + "."):
+            return {"fold": str(f)}
+    return {}
+
+
 def report_items():
     """Every file the standalone report shows: section, path, caption template, wildcards."""
     items = []
@@ -57,7 +66,7 @@ def report_items():
             name == "demo_summary" and not config["demo"]["enabled"]
         ):
             continue
-        smk_rule = workflow.get_rule(name)
+        smk_rule = workflow.get_rule(workflow_rule_name(name))
         names = sorted(smk_rule.wildcard_names)
         if any(not values.get(w) for w in names):
             continue
@@ -82,7 +91,7 @@ def report_items():
                         "stage": REPORT_CATEGORY_SECTIONS.get(category, section),
                         "path": path,
                         "caption": caption,
-                        "wildcards": wc,
+                        "wildcards": {**wc, **replica_wildcards(name, wc, path)},
                     }
                 )
     return items

@@ -1,6 +1,9 @@
 # Stage: sae. One sae-lens SAE per (embedder, layer, scheme, fold): 'base' trains from scratch on
 # the base model's token activations (or imports sae.base.import), every other scheme fine-tunes
 # the base SAE of the same fold. Replica f never sees sequence fold f, which evaluates it.
+# One job trains every fold replica of an (embedder, layer, scheme): fewer, fuller GPU jobs.
+# SAEs are not protected: a rerun happens only when what defines them changes (inputs, the keys
+# below, the code), and deleting one retrains it.
 
 # Keys that change what an SAE is; sae.layers/schemes/groups only choose which SAEs exist.
 SAE_JOB_KEYS = [k for k in config["sae"] if k not in ("layers", "schemes", "groups")]
@@ -18,33 +21,39 @@ rule train_sae:
         base=sae_base_input,
         imported=sae_import_inputs,
     output:
-        sae=protected(directory(sae_dir("{embedder}", "{layer}", "{scheme}", "{fold}"))),
-        metrics=sae_metrics("{embedder}", "{layer}", "{scheme}", "{fold}"),
-        curves=sae_curves("{embedder}", "{layer}", "{scheme}", "{fold}", "tsv"),
-        figure=report(
-            sae_curves("{embedder}", "{layer}", "{scheme}", "{fold}", "png"),
-            caption="../report/sae_curves.rst",
-            category="SAEs",
-            subcategory="{embedder} layer {layer}",
-            labels={
-                "scheme": "{scheme}",
-                "fold": "{fold}",
-                "figure": "training curves",
-            },
-        ),
+        saes=[directory(sae_dir("{embedder}", "{layer}", "{scheme}", f)) for f in FOLDS],
+        metrics=[sae_metrics("{embedder}", "{layer}", "{scheme}", f) for f in FOLDS],
+        curves=[
+            sae_curves("{embedder}", "{layer}", "{scheme}", f, "tsv") for f in FOLDS
+        ],
+        figures=[
+            report(
+                sae_curves("{embedder}", "{layer}", "{scheme}", f, "png"),
+                caption="../report/sae_curves.rst",
+                category="SAEs",
+                subcategory="{embedder} layer {layer}",
+                labels={
+                    "scheme": "{scheme}",
+                    "fold": str(f),
+                    "figure": "training curves",
+                },
+            )
+            for f in FOLDS
+        ],
     log:
-        "logs/train_sae/{embedder}/layer_{layer}/{scheme}/fold_{fold}.log",
+        "logs/train_sae/{embedder}/layer_{layer}/{scheme}.log",
     benchmark:
-        "benchmarks/train_sae/{embedder}/layer_{layer}/{scheme}/fold_{fold}.tsv"
+        "benchmarks/train_sae/{embedder}/layer_{layer}/{scheme}.tsv"
     conda:
         "../envs/sae.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(16000),
-        runtime=runtime_min(240),
+        mem_mb=train_sae_mem_mb,
+        runtime=train_sae_runtime_min,
         gpu=1,
     params:
         sae={k: config["sae"][k] for k in SAE_JOB_KEYS},
+        folds=FOLDS,
         models=lambda wildcards: STUDY.scheme_models(wildcards.scheme),
         fasta=lambda wildcards: {
             m: fasta(m) for m in STUDY.scheme_models(wildcards.scheme)
@@ -52,9 +61,5 @@ rule train_sae:
         records=sae_checkpoint_records,
         import_path=sae_import_path,
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Training SAE {wildcards.scheme} fold {wildcards.fold} on {wildcards.embedder} layer {wildcards.layer}"
     script:
         "../workflow_scripts/train_sae.py"

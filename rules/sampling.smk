@@ -16,16 +16,13 @@ rule sample:
         "../envs/torch.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(8000),
-        runtime=runtime_min(120),
+        mem_mb=sample_mem_mb,
+        runtime=sample_runtime_min,
         gpu=1,
     params:
-        sampling=config["sampling"],
+        # Not sampling.batch_size: per-sequence seeds make the samples independent of it.
+        sampling={k: v for k, v in config["sampling"].items() if k != "batch_size"},
         prompt=config["prompt"],
-        device=config["device"],
-        allow_pickle=config["allow_pickle"],
-    message:
-        "Sampling shard {wildcards.shard} of model {wildcards.model}"
     script:
         "../workflow_scripts/sample.py"
 
@@ -48,8 +45,6 @@ rule filter_samples:
     params:
         filter=config["filter"],
         base=BASE,
-    message:
-        "Filtering the samples of model {wildcards.model} into FASTA"
     script:
         "../workflow_scripts/filter_samples.py"
 
@@ -78,7 +73,5 @@ rule sampling_summary:
     params:
         models=MODELS,
         shards={m: sample_shards(m) for m in MODELS},
-    message:
-        "Summarising the samples of all models"
     script:
         "../workflow_scripts/sampling_summary.py"

@@ -9,6 +9,6 @@ record = inspect_checkpoint(
     snakemake.params.checkpoint,
     snakemake.wildcards.model,
     PromptFormat.from_section(snakemake.params.prompt),
-    allow_pickle=snakemake.params.allow_pickle,
+    allow_pickle=snakemake.config["allow_pickle"],
 )
 write_json(snakemake.output[0], record.to_json())

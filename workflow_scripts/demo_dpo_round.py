@@ -18,5 +18,5 @@ run_dpo_round(
     snakemake.params.dpo,
     snakemake.params.prompt,
     snakemake.params.sampling,
-    snakemake.params.device,
+    snakemake.config["device"],
 )

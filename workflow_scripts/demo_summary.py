@@ -16,5 +16,5 @@ run_summary(
     snakemake.params.dpo,
     snakemake.params.prompt,
     snakemake.params.sampling,
-    snakemake.params.device,
+    snakemake.config["device"],
 )

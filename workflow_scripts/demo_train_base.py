@@ -15,5 +15,5 @@ run_train_base(
     snakemake.params.seed,
     snakemake.params.prompt,
     snakemake.params.sampling,
-    snakemake.params.device,
+    snakemake.config["device"],
 )

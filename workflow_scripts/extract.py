@@ -12,11 +12,12 @@ extract(
     model=snakemake.wildcards.model,
     part=int(snakemake.wildcards.part),
     prompt_section=snakemake.params.prompt,
-    activations_section=snakemake.params.activations,
+    # Result-defining keys from params (the rerun triggers), batching keys from the config.
+    activations_section={**snakemake.config["activations"], **snakemake.params.activations},
     pooled_path=snakemake.output.pooled,
     token_layers=snakemake.params.token_layers,
     token_paths=snakemake.output.tokens,
-    device=snakemake.params.device,
-    allow_pickle=snakemake.params.allow_pickle,
+    device=snakemake.config["device"],
+    allow_pickle=snakemake.config["allow_pickle"],
     threads=snakemake.threads,
 )

@@ -1,24 +1,19 @@
-"""Rule feature_stats: encode every model's held-out tokens with one SAE, summarise each feature."""
+"""Rule feature_stats: encode every model's held-out tokens with each SAE replica of one
+(embedder, scheme), every SAE layer and fold, and summarise each feature."""
 
-from plmdiff.config.paths import FEATURE_STATS_SUFFIXES
 from plmdiff.core.runtime import setup_logging
-from plmdiff.diff.job import run_feature_stats
+from plmdiff.diff.job import run_feature_stats_replicas
 
 setup_logging(snakemake.log[0])
-wildcards, params = snakemake.wildcards, snakemake.params
-run_feature_stats(
-    snakemake.input.sae,
-    snakemake.input.base_sae[0] if snakemake.input.base_sae else None,
-    dict(params.token_dirs),
-    {k: snakemake.output[k] for k in FEATURE_STATS_SUFFIXES},
-    dict(params.diff),
-    kfold=params.kfold,
-    fold_seed=params.fold_seed,
-    fold=int(wildcards.fold),
-    device=params.device,
-    metadata={
-        "embedder": wildcards.embedder,
-        "layer": int(wildcards.layer),
-        "scheme": wildcards.scheme,
-    },
+run_feature_stats_replicas(
+    list(snakemake.input.saes),
+    list(snakemake.input.base_saes),
+    list(snakemake.params.replicas),
+    {key: list(files) for key, files in snakemake.output.items()},
+    dict(snakemake.params.diff),
+    embedder=snakemake.wildcards.embedder,
+    scheme=snakemake.wildcards.scheme,
+    kfold=snakemake.params.kfold,
+    fold_seed=snakemake.params.fold_seed,
+    device=snakemake.config["device"],
 )

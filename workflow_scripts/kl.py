@@ -15,8 +15,8 @@ run_kl(
     snakemake.input.record,
     prompt=params.prompt,
     kl_section=params.kl,
-    device=params.device,
-    allow_pickle=params.allow_pickle,
+    device=snakemake.config["device"],
+    allow_pickle=snakemake.config["allow_pickle"],
     table_path=snakemake.output.table,
     top_path=snakemake.output.top,
 )

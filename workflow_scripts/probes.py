@@ -13,6 +13,6 @@ run_probes(
     rounds=snakemake.params.rounds,
     embedder=snakemake.wildcards.embedder,
     pooling=snakemake.wildcards.pooling,
-    device=snakemake.params.device,
+    device=snakemake.config["device"],
     threads=snakemake.threads,
 )

@@ -8,10 +8,11 @@ sample(
     snakemake.input.record,
     snakemake.wildcards.model,
     int(snakemake.wildcards.shard),
-    snakemake.params.sampling,
+    # Result-defining keys from params (the rerun triggers), the batch size from the config.
+    {**snakemake.config["sampling"], **snakemake.params.sampling},
     snakemake.params.prompt,
     snakemake.output[0],
-    device=snakemake.params.device,
-    allow_pickle=snakemake.params.allow_pickle,
+    device=snakemake.config["device"],
+    allow_pickle=snakemake.config["allow_pickle"],
     threads=snakemake.threads,
 )

@@ -40,6 +40,7 @@ from tests.system_packages import PackagesUnavailable, ensure_apt_packages
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+PARTITIONS = REPO / "profiles" / "slurm" / "partitions.yaml"
 PACKAGES = ("slurm-wlm", "munge")
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel")
 NODE = "plmdiff-node"
@@ -55,6 +56,7 @@ TEST_PROFILE_OPTIONS = {
     "slurm-keep-successful-logs": True,
     "latency-wait": 5,
     "jobs": 4,
+    "slurm-efficiency-report": False,  # it needs sacct, which this cluster has not
 }
 # The node announces at least this many CPUs and this much memory (SlurmdParameters=
 # config_overrides): rules ask for the threads and memory of a real GPU node (4 threads,
@@ -193,15 +195,17 @@ class LocalSlurm:
         Partitions become this cluster's; the account line is deleted (no accounting here);
         `extra` adds command-line options (keys as in a profile).
         """
-        profile = edit_site_values(
-            yaml.safe_load(PROFILE.read_text()),
-            cpu_partition=self.cpu_partition,
-            gpu_partition=self.gpu_partition,
-            account=None,
-        )
+        profile = edit_site_values(yaml.safe_load(PROFILE.read_text()), account=None)
         profile.update(extra)
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+        partitions = edit_partitions(
+            yaml.safe_load(PARTITIONS.read_text()),
+            cpu_partition=self.cpu_partition,
+            gpu_partition=self.gpu_partition,
+            gpus_per_node=N_GPUS,
+        )
+        (dest / "partitions.yaml").write_text(yaml.safe_dump(partitions, sort_keys=False))
         return dest
 
     def logs(self, tail: int = 40) -> str:
@@ -212,21 +216,29 @@ class LocalSlurm:
         return "\n".join(parts)
 
 
-def edit_site_values(
-    profile: dict, *, cpu_partition: str, gpu_partition: str, account: str | None
-) -> dict:
-    """The profile with its site-specific (EDIT) values replaced; account None deletes it."""
-    profile = json.loads(json.dumps(profile))  # deep copy; YAML anchors become plain copies
+def edit_site_values(profile: dict, *, account: str | None) -> dict:
+    """The profile with its site-specific (EDIT) value replaced; account None deletes it."""
+    profile = json.loads(json.dumps(profile))  # deep copy
     defaults = profile["default-resources"]
-    defaults["slurm_partition"] = cpu_partition
     if account is None:
         defaults.pop("slurm_account", None)
     else:
         defaults["slurm_account"] = account
-    for resources in profile["set-resources"].values():
-        if "slurm_partition" in resources:
-            resources["slurm_partition"] = gpu_partition
     return profile
+
+
+def edit_partitions(
+    partitions: dict, *, cpu_partition: str, gpu_partition: str, gpus_per_node: int
+) -> dict:
+    """partitions.yaml with this site's partition names (the keys) and GPUs per node."""
+    shipped = partitions["partitions"]
+    cpu, gpu = (name for name in shipped)  # the file lists the CPU partition first
+    return {
+        "partitions": {
+            cpu_partition: dict(shipped[cpu]),
+            gpu_partition: {**shipped[gpu], "max_gpu": gpus_per_node},
+        }
+    }
 
 
 def _call_order(path: Path) -> tuple[int, str]:

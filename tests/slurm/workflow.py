@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,11 +77,13 @@ def job_of_call(jobs: list[FinishedJob], rule: str, wildcards: dict[str, str]) -
     job of the rule matches; anything else is an error.
     """
 
-    def holds(job: FinishedJob, value: str) -> bool:
+    def holds(job: FinishedJob, value: str, times: int) -> bool:
+        # As often as wildcards carry it: embedder r0 of model r0 is not embedder r0 of r1.
         pattern = rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])"
-        return all(re.search(pattern, path) for path in (*job.output, *job.log))
+        return all(len(re.findall(pattern, path)) >= times for path in (*job.output, *job.log))
 
-    matches = [j for j in jobs if j.rule == rule and all(holds(j, v) for v in wildcards.values())]
+    counts = Counter(wildcards.values())
+    matches = [j for j in jobs if j.rule == rule and all(holds(j, v, n) for v, n in counts.items())]
     if len(matches) != 1:
         raise AssertionError(f"{len(matches)} finished jobs of {rule} match {wildcards}")
     return matches[0]

@@ -133,6 +133,9 @@ def test_scancelled_job_is_retried_with_more_memory_and_time(local_slurm, tiny_r
     model = config["models"][1]["name"]
     target = f"results/samples/{model}/shard_000.parquet"
     work = copy_run(tiny_run, tmp_path / "work", drop=[target])
+    # The fake GPUs cannot run CUDA: 'auto' would (rightly) refuse a granted GPU with CPU torch.
+    config["device"] = "cpu"
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     profile = cluster.site_profile(tmp_path / "profile", **TEST_PROFILE_OPTIONS)
     rule_log = work / f"logs/sample/{model}/shard_000.log"
     cluster.forget_calls()
@@ -172,10 +175,10 @@ def _resource_helpers() -> str:
     source = (REPO / "rules" / "common.smk").read_text()
     helpers = [
         re.search(rf"^def {name}\(.*?(?=^\S)", source, flags=re.MULTILINE | re.DOTALL)
-        for name in ("mem_mb", "runtime_min")
+        for name in ("attempt_scaled", "mem_mb", "runtime_min")
     ]
     assert all(helpers), "rules/common.smk no longer defines mem_mb() and runtime_min()"
-    return "\n".join(h.group(0) for h in helpers)
+    return "import math\n\n" + "\n".join(h.group(0) for h in helpers)
 
 
 # The job needs NEED_MB (plus its own Snakemake process); the first attempt gets BASE_MB.

@@ -8,7 +8,11 @@ downstream of them in the DAG, nothing else.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import subprocess
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,3 +179,203 @@ def test_changed_parameter_reruns_only_its_rule_and_what_follows(
     # A rule upstream of or beside `rule` that declared the same section would show up here.
     after = {nodes[n].rule for n in downstream(seeds, edges)}
     assert {produced[f] for f in changed} <= after, changed
+
+
+# ----------------------------------------------------------------------------- exact reruns
+# Each study edit below must plan exactly the jobs it adds (and the aggregates that read them),
+# never a rerun of an unchanged job.
+
+
+def wildcards_of(node: DagNode) -> dict[str, str]:
+    """The wildcards in a `--dag` label ("rule\nkey: value\n...")."""
+    pairs = (line.split(": ", 1) for line in node.label.split("\n")[1:] if ": " in line)
+    return dict(pairs)
+
+
+def edit_config(work: Path, edit) -> dict:
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    edit(config)
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
+def stale(nodes: dict[str, DagNode]) -> list[DagNode]:
+    return [node for node in nodes.values() if node.needrun]
+
+
+def planned_jobs(work: Path, *targets: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job the dry run plans (`--dag` labels omit some wildcards)."""
+    after = ["--", *targets] if targets else []  # --rerun-triggers takes values up to "--"
+    out = run_snakemake(work, work / "config.yaml", "-n", *TRIGGERS, *after).stdout
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        line = re.search(r"^\s+wildcards: (.*)$", block.split("\n[")[0], flags=re.MULTILINE)
+        values = dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
+        jobs.append((head.group(1), values))
+    return jobs
+
+
+def assert_plan(work: Path, expected, required: set[str]) -> None:
+    """Every job the dry run plans is one `expected(rule, wildcards)` names, and each rule of
+    `required` has at least one planned job."""
+    jobs = planned_jobs(work)
+    unexpected = sorted(f"{rule} {w}" for rule, w in jobs if not expected(rule, w))
+    assert not unexpected, f"planned but not expected: {unexpected}"
+    missing = required - {rule for rule, _ in jobs}
+    assert not missing, f"nothing planned for {sorted(missing)}"
+
+
+FINAL = {"report", "all"}
+
+
+def test_adding_an_embedder_runs_only_its_jobs(tiny_run, tmp_path):
+    """activations.embedders [base] -> [base, self]: the base lens's extraction and everything
+    after it stay; only the self lens's jobs (and the report) run."""
+    work = copy_run(tiny_run, tmp_path / "work")
+    edit_config(work, lambda c: c["activations"].update(embedders=["base", "self"]))
+    assert_plan(
+        work,
+        lambda rule, w: rule in FINAL or w.get("embedder") == "self",
+        {"extract", "gather_pooled", "probes", "sanity", "train_sae", "feature_stats", "diff"},
+    )
+
+
+def test_adding_a_scheme_runs_only_its_jobs(tiny_run, tmp_path):
+    """A new pooled group trains one SAE family, its feature statistics and the pooled diff."""
+    work = copy_run(tiny_run, tmp_path / "work")
+    edit_config(work, lambda c: c["sae"].update(groups={"late": ["r2"]}))
+    assert_plan(
+        work,
+        lambda rule, w: (
+            rule in FINAL
+            or (rule in ("train_sae", "feature_stats") and w.get("scheme") == "pooled_late")
+            or (rule == "diff" and w.get("family") == "pooled")
+        ),
+        {"train_sae", "feature_stats", "diff"},
+    )
+
+
+# Rules that read every model, so adding one reruns them: summaries, the clustering and the
+# probes over all rounds, and the feature statistics (each SAE encodes every model's tokens).
+ALL_MODEL_RULES = {
+    "sampling_summary",
+    "cluster_sequences",
+    "probes",
+    "sanity",
+    "feature_stats",
+    "diff",
+    "kl_summary",
+    *FINAL,
+}
+
+
+def test_adding_a_model_runs_only_its_jobs_and_the_aggregates(tiny_run, tiny_checkpoints, tmp_path):
+    work = copy_run(tiny_run, tmp_path / "work")
+    new = tmp_path / "output_iteration3"
+    _copy_with_new_weights(Path(tiny_checkpoints["r2"]), new)
+    edit_config(work, lambda c: c["models"].append({"name": "r3", "checkpoint": str(new)}))
+    assert_plan(
+        work,
+        lambda rule, w: (
+            w.get("model") == "r3"
+            or rule in ALL_MODEL_RULES
+            or (rule == "train_sae" and w.get("scheme") in ("ft_r3", "pooled"))
+        ),
+        {"check_checkpoint", "sample", "extract", "train_sae", "kl"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        (None, "device", "cpu"),
+        (None, "allow_pickle", True),
+        ("activations", "batch_tokens", 1024),
+        ("activations", "gpus", 2),
+        ("sampling", "batch_size", 4),
+    ],
+)
+def test_keys_that_do_not_change_results_rerun_nothing(tiny_run, tmp_path, section, key, value):
+    """Switching the device (or how a job is batched) must not invalidate SAEs or anything."""
+    work = copy_run(tiny_run, tmp_path / "work")
+    edit_config(work, lambda c: (c.setdefault(section, {}) if section else c).update({key: value}))
+    nodes, _, counts = plan(work)
+    assert not stale(nodes) and sum(counts.values()) == 0, counts
+
+
+def _run_as_normal_user(work: Path, *cmd: str) -> subprocess.CompletedProcess:
+    """`cmd` as a user without root's rights (created when this runs as root)."""
+    if os.geteuid() != 0:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
+    user = "plmdiff-test"
+    if subprocess.run(["id", user], capture_output=True, check=False).returncode != 0:
+        made = subprocess.run(
+            ["useradd", "--no-create-home", user], capture_output=True, text=True, check=False
+        )
+        if made.returncode != 0:
+            pytest.skip(f"cannot create a normal user to test as: {made.stderr.strip()}")
+    subprocess.run(["chown", "-R", user, str(work)], check=True)
+    return subprocess.run(["runuser", "-u", user, "--", *cmd], capture_output=True, text=True)
+
+
+def test_a_normal_user_deletes_an_sae_and_only_it_is_retrained(tiny_run, tmp_path):
+    """SAEs are not protected: no read-only trap (a normal user can delete one), no whole-run
+    abort; asking for the deleted SAE retrains its family's job only."""
+    # Outside pytest's root-only temporary tree, so that the normal user can reach it.
+    shared = Path(tempfile.mkdtemp(prefix="plmdiff-normal-user-"))
+    shared.chmod(0o755)
+    work = copy_run(tiny_run, shared / "work")
+    saes = sorted((work / "results" / "saes").glob("*/layer_*/ft_r1/fold_0"))
+    assert saes, "no ft_r1 SAE in the tiny run"
+    target = saes[0]
+    assert os.stat(target / "sae_weights.safetensors").st_mode & stat.S_IWUSR
+    removed = _run_as_normal_user(work, "rm", "-r", str(target))
+    assert removed.returncode == 0, removed.stderr
+    assert not target.exists()
+    # A missing intermediate output alone reruns nothing (its readers are up to date); asked
+    # for, the deleted SAE is retrained by its family's one job, and nothing else runs.
+    layer = target.parent.parent.name.removeprefix("layer_")
+    jobs = planned_jobs(work, str(target.relative_to(work)))
+    assert jobs == [("train_sae", {"embedder": "r0", "layer": layer, "scheme": "ft_r1"})], jobs
+
+
+def _resources(text: str, rule: str) -> list[dict[str, str]]:
+    found = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        if re.match(rf"(?:local)?rule {rule}:", block):
+            line = re.search(r"^\s+resources: (.*)$", block, flags=re.MULTILINE)
+            found.append(dict(item.split("=", 1) for item in line.group(1).split(", ")))
+    return found
+
+
+# What these rules asked for whatever the checkpoint, before resources followed it.
+OLD_FIXED_MB = {
+    "check_checkpoint": 4000,
+    "sample": 8000,
+    "extract": 16000,
+    "train_sae": 16000,
+    "kl": 16000,
+}
+
+
+def test_model_rule_resources_follow_the_checkpoint_and_the_config(tiny_run, tmp_path):
+    """check_checkpoint, sample, extract, train_sae ask for what the checkpoint (its record) and
+    the config need, not fixed amounts; more sequences per shard ask for more time."""
+    work = copy_run(tiny_run, tmp_path / "work")
+    rules = ("check_checkpoint", "sample", "extract", "train_sae", "kl")
+    first = run_snakemake(work, work / "config.yaml", "-n", "--forcerun", *rules).stdout
+    for rule in rules:
+        values = _resources(first, rule)
+        assert values, rule
+        for resources in values:
+            assert resources["mem_mb"].isdigit() and resources["runtime"].isdigit(), resources
+            # A 0.1M-parameter checkpoint: below the amounts these rules used to fix.
+            assert int(resources["mem_mb"]) < OLD_FIXED_MB[rule], (rule, resources)
+    edit_config(work, lambda c: c["sampling"].update(n_sequences=48_000_000))
+    second = run_snakemake(work, work / "config.yaml", "-n", "--forcerun", "sample").stdout
+    before = max(int(r["runtime"]) for r in _resources(first, "sample"))
+    after = min(int(r["runtime"]) for r in _resources(second, "sample"))
+    assert after > before, (before, after)

@@ -58,11 +58,17 @@ def test_sae_layer_not_stored_as_tokens_is_a_config_error(tmp_path):
     assert "Traceback" not in out
 
 
-def test_dag_has_one_job_per_scheme_and_fold(tmp_path):
+def test_dag_has_one_job_per_scheme_training_every_fold(tmp_path):
+    """Fold replicas of one (embedder, layer, scheme) share a GPU job; so do the feature
+    statistics of one (embedder, scheme)."""
     out = dry_run(tmp_path, sae={"kfold": 3, "groups": {"late": ["r2"], "all": ["r1", "r2"]}})
-    counts = dict(line.split()[:2] for line in out.splitlines() if line.startswith("train_sae"))
-    # base, ft_r1, ft_r2, pooled_late, pooled_all: 5 schemes x 3 folds
-    assert counts == {"train_sae": "15"}
+    counts = dict(
+        line.split()[:2]
+        for line in out.splitlines()
+        if line.startswith(("train_sae ", "feature_stats "))
+    )
+    # base, ft_r1, ft_r2, pooled_late, pooled_all: 5 schemes (of one layer), 3 folds each
+    assert counts == {"train_sae": "5", "feature_stats": "5"}
 
 
 def test_dag_of_an_import_names_its_file(tmp_path):
@@ -130,9 +136,9 @@ def test_imported_base_is_written_evaluated_and_fine_tuned(import_run):
     assert a.cfg.normalize_activations == b.cfg.normalize_activations == "layer_norm"
     cos = torch.nn.functional.cosine_similarity(a.W_dec, b.W_dec, dim=1)
     assert cos.mean() > 0.8
-    # SAEs are protected: Snakemake makes them read-only so a rerun never silently replaces one.
+    # SAEs are not protected (read-only SAEs abort whole runs and cannot be deleted to retrain).
     weights = saes / "ft_r1" / "fold_0" / "sae_weights.safetensors"
-    assert not os.stat(weights).st_mode & stat.S_IWUSR
+    assert os.stat(weights).st_mode & stat.S_IWUSR
     for log in (import_run / "logs" / "train_sae").rglob("*.log"):
         assert "Traceback" not in log.read_text()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -164,3 +166,100 @@ def test_user_config_replaces_demo_defaults(tiny_checkpoints, tmp_path):
     proc = run_snakemake(tmp_path, configfile, "-n", "--quiet", "rules")
     assert "demo_train_base" not in proc.stdout
     assert "extended by additional config" not in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- cluster readiness
+
+GPU_RULES = {"sample", "extract", "probes", "train_sae", "feature_stats", "kl"}
+
+
+@pytest.fixture(scope="module")
+def paper_study_two_lenses(paper_study) -> tuple[Path, Path]:
+    """The paper-scale template with the base and the self lens (activations.embedders)."""
+    root, configfile = paper_study
+    config = yaml.safe_load(configfile.read_text())
+    config["activations"]["embedders"] = ["base", "self"]
+    return root, write_config(root / "study_two_lenses.yaml", config)
+
+
+def test_paper_scale_dag_has_few_full_gpu_jobs(paper_study_two_lenses):
+    """10 checkpoints, base and self lenses, 6 SAE layers, 5 folds: at most 300 GPU jobs (SAE
+    replicas of a family share a job), and the dry run takes under 10 s of CPU."""
+    import resource
+
+    root, configfile = paper_study_two_lenses
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = run_snakemake(root, configfile, "-n", "--quiet", "rules")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    jobs = _dry_run_jobs(proc)
+    gpu_jobs = sum(n for rule, n in jobs.items() if rule in GPU_RULES)
+    assert gpu_jobs <= 300, jobs
+    # 2 lenses x 6 layers x 11 schemes (base, 9 rounds, pooled), 5 folds in each job
+    assert jobs["train_sae"] == 2 * 6 * 11, jobs
+    assert jobs["feature_stats"] == 2 * 11, jobs
+    assert jobs["kl"] == 9, jobs  # every round against the base, not the base against itself
+    assert cpu_seconds < 10, f"dry run took {cpu_seconds:.1f} s of CPU"
+
+
+def _tiny_dry_run(tiny_checkpoints, tmp_path, *args: str) -> str:
+    configfile = write_config(tmp_path / "c.yaml", tiny_config(tiny_checkpoints))
+    proc = run_snakemake(tmp_path, configfile, "-n", *args)
+    return proc.stdout + proc.stderr
+
+
+def test_dry_run_shows_rule_wildcards_and_resources_of_every_job(tiny_checkpoints, tmp_path):
+    """No `message:` hides a job's rule, wildcards and resources; no 'Shell command: None'."""
+    out = _tiny_dry_run(tiny_checkpoints, tmp_path, "--profile", str(REPO / "profiles" / "slurm"))
+    blocks = [
+        block.split("\n[")[0]  # up to the next job's timestamp line
+        for block in re.split(r"\n(?=(?:local)?rule \w+:)", out)
+        if re.match(r"(?:local)?rule \w+:", block)
+    ]
+    assert len(blocks) > 20, out[-2000:]
+    for block in blocks:
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M).group(1)
+        if rule != "all":
+            assert "    resources: " in block, block
+        if rule in GPU_RULES:
+            assert "    wildcards: " in block and "gpu=" in block, block
+    assert "Shell command" not in out
+    assert not any("message:" in p.read_text() for p in (REPO / "rules").glob("*.smk"))
+
+
+def test_no_kl_of_the_base_against_itself(tiny_checkpoints, tmp_path):
+    out = _tiny_dry_run(tiny_checkpoints, tmp_path, "--quiet", "rules")
+    assert re.search(r"^kl\s+2$", out, re.M), out  # r1 and r2, never r0
+    configfile = write_config(tmp_path / "c.yaml", tiny_config(tiny_checkpoints))
+    proc = run_snakemake(tmp_path, configfile, "-n", "results/kl/r0.parquet", check=False)
+    assert proc.returncode != 0
+
+
+def test_importable_as_a_snakemake_module(tiny_checkpoints, tmp_path):
+    """A second workflow imports plmdiff with `module` (rules prefixed) and dry-runs it: the
+    schema, scripts and src/ are found next to plmdiff's Snakefile, not the importer's."""
+    other = tmp_path / "other_workflow"
+    other.mkdir()
+    write_config(other / "study.yaml", tiny_config(tiny_checkpoints))
+    (other / "Snakefile").write_text(
+        'configfile: "study.yaml"\n\n\n'
+        "module plmdiff:\n"
+        f'    snakefile:\n        "{REPO / "Snakefile"}"\n'
+        "    config:\n        config\n\n\n"
+        "use rule * from plmdiff as plmdiff_*\n\n\n"
+        "rule everything:\n"
+        "    default_target: True\n"
+        "    input:\n        rules.plmdiff_all.input,\n"
+    )
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "--quiet", "rules"],
+        cwd=other,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = _dry_run_jobs(proc)
+    assert jobs.get("plmdiff_check_checkpoint") == 3, proc.stdout
+    assert jobs.get("plmdiff_train_sae") and jobs.get("plmdiff_report") == 1, jobs

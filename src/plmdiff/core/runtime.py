@@ -11,9 +11,11 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from plmdiff.core.errors import PlmdiffError
 
 log = logging.getLogger("plmdiff")
 
@@ -36,26 +38,75 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class DeviceError(PlmdiffError):
+    """A job cannot use the device it was given (never a silent CPU fallback)."""
+
+
+# What SLURM (and other schedulers) put in CUDA_VISIBLE_DEVICES of a job that holds no GPU.
+NO_GPU_VALUES = {"", "-1", "none", "nodevfiles", "void"}
+CUDA_INSTALL_HINT = (
+    "install the CUDA build of torch (TORCH_BUILD=cuda scripts/setup_venv.sh, see README.md "
+    "'Running on a cluster') or run with --sdm conda"
+)
+
+
+def gpus_granted(environ: Mapping[str, str] | None = None) -> str | None:
+    """CUDA_VISIBLE_DEVICES when the scheduler gave this job GPUs, else None."""
+    value = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if value is None or value.strip().lower() in NO_GPU_VALUES:
+        return None
+    return value
+
+
+def cuda_problem(torch_version: str, cuda_version: str | None, cuda_available: bool) -> str | None:
+    """Why CUDA cannot be used by this torch (None: it can)."""
+    if cuda_version is None:
+        return f"torch {torch_version} is a CPU-only build; {CUDA_INSTALL_HINT}"
+    if not cuda_available:
+        return (
+            f"torch {torch_version} (CUDA {cuda_version}) finds no usable GPU: check the "
+            "NVIDIA driver on this node (nvidia-smi) or set device: cpu"
+        )
+    return None
+
+
+def choose_device(spec: str, granted: str | None, problem: str | None) -> str:
+    """The device type for `spec` ('auto', 'cpu', 'cuda', 'cuda:N'), or DeviceError.
+
+    'auto' means CUDA whenever the job was given GPUs (CUDA_VISIBLE_DEVICES) or CUDA works,
+    else CPU. A job that holds a GPU but cannot use it fails at once: on a cluster a silent
+    CPU fallback runs out of time and is retried at 2x and 4x the walltime.
+    """
+    if spec == "cpu":
+        return "cpu"
+    wants_cuda = spec.startswith("cuda") or granted is not None or problem is None
+    if not wants_cuda:
+        return "cpu"
+    if problem is not None:
+        reason = (
+            f"device: '{spec}'"
+            if spec != "auto"
+            else f"this job was given GPU(s) (CUDA_VISIBLE_DEVICES={granted})"
+        )
+        raise DeviceError(f"{reason} but {problem}")
+    return "cuda" if spec == "auto" else spec
+
+
 def resolve_device(spec: str = "auto") -> Any:
-    """'auto' picks CUDA when present, else CPU, and logs the choice."""
+    """The torch device for `spec`, logged; DeviceError where a GPU is expected but unusable."""
     import torch
 
-    if spec == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(spec)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device: '{spec}' was asked for but CUDA is not available here")
+    granted = gpus_granted()
+    problem = cuda_problem(torch.__version__, torch.version.cuda, torch.cuda.is_available())
+    device = torch.device(choose_device(spec, granted, problem))
+    visible = granted or os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = torch.cuda.get_device_name(index)
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
         log.info("device: %s (%s), CUDA_VISIBLE_DEVICES=%s", device, name, visible)
     else:
         log.info(
-            "device: cpu (%d threads), CUDA_VISIBLE_DEVICES=%s",
-            torch.get_num_threads(),
-            os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+            "device: cpu (%d threads), CUDA_VISIBLE_DEVICES=%s", torch.get_num_threads(), visible
         )
     return device
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from plmdiff.config.paths import BASE_SCHEME
+from plmdiff.config.paths import BASE_SCHEME, FEATURE_STATS_SUFFIXES
 from plmdiff.core.runtime import resolve_device
 from plmdiff.core.tables import write_parquet, write_table
 from plmdiff.diff import figures
@@ -186,3 +186,36 @@ def run_diff(
     )
     figures.stability(features, result.matchings, models, cfg, outputs.stability_png)
     return result
+
+
+def run_feature_stats_replicas(
+    sae_paths: Sequence[str],
+    base_sae_paths: Sequence[str],
+    replicas: Sequence[Mapping[str, Any]],
+    outputs: Mapping[str, Sequence[str]],
+    diff_section: Mapping[str, Any],
+    *,
+    embedder: str,
+    scheme: str,
+    kfold: int,
+    fold_seed: int,
+    device: Any,
+) -> None:
+    """The feature_stats rule: every SAE replica of one (embedder, scheme) in turn, in the order
+    of `replicas` ({layer, fold, token_dirs}); `outputs` maps each file kind of
+    plmdiff.config.paths.FEATURE_STATS_SUFFIXES to one path per replica. One GPU job per
+    (embedder, scheme) keeps a paper-scale study's job count low."""
+    bases: Sequence[str | None] = list(base_sae_paths) or [None] * len(replicas)
+    for i, replica in enumerate(replicas):
+        run_feature_stats(
+            sae_paths[i],
+            bases[i],
+            dict(replica["token_dirs"]),
+            {key: outputs[key][i] for key in FEATURE_STATS_SUFFIXES},
+            diff_section,
+            kfold=kfold,
+            fold_seed=fold_seed,
+            fold=int(replica["fold"]),
+            device=device,
+            metadata={"embedder": embedder, "layer": int(replica["layer"]), "scheme": scheme},
+        )

@@ -1,5 +1,9 @@
-"""The train_sae rule: one SAE per (embedder, layer, scheme, fold), trained, fine-tuned or imported,
-then evaluated on held-out sequences, with its metrics and training curves.
+"""The train_sae rule: the fold replicas of one (embedder, layer, scheme), each trained, fine-tuned
+or imported, then evaluated on held-out sequences, with its metrics and training curves.
+
+All replicas of a family run in one job (run_train_sae_replicas): at paper scale that is one
+GPU job per (embedder, layer, scheme) instead of one per fold, and adding a layer or a scheme
+still runs only the new jobs.
 
 Schemes (contracts.md 4): 'base' trains from scratch on the base model's tokens (or imports
 sae.base.import); every other scheme fine-tunes the base SAE of the same fold on its models'
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,10 @@ class SAEJob:
     @property
     def layer_dirs(self) -> list[str]:
         return list(dict.fromkeys(str(Path(f).parent) for f in self.token_files))
+
+    def for_fold(self, fold: int, base_sae: str | None) -> SAEJob:
+        """The same family's replica `fold`, which fine-tunes `base_sae` (the base SAE of that fold)."""
+        return replace(self, fold=fold, base_sae=base_sae)
 
     def seed(self, purpose: str) -> int:
         s = self.settings
@@ -347,3 +355,16 @@ def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
         metrics.get("ce_loss_recovered"),
     )
     return metrics
+
+
+def run_train_sae_replicas(
+    jobs: Sequence[SAEJob], outputs: Sequence[SAEOutputs]
+) -> list[dict[str, Any]]:
+    """The train_sae rule: every fold replica of one (embedder, layer, scheme), in fold order.
+
+    Replicas are independent (each has its own seeds, split and base SAE), so training them one
+    after the other in one process gives the same SAEs as one job each.
+    """
+    if len(jobs) != len(outputs):
+        raise ValueError(f"{len(jobs)} SAE replicas but {len(outputs)} output sets")
+    return [run_train_sae(job, out) for job, out in zip(jobs, outputs, strict=True)]

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from plmdiff.core.runtime import atomic_path, write_json
+from plmdiff.core.runtime import (
+    DeviceError,
+    atomic_path,
+    choose_device,
+    cuda_problem,
+    gpus_granted,
+    resolve_device,
+    write_json,
+)
 
 KILLED_WRITER = """
 import os, signal, sys
@@ -87,3 +95,64 @@ def test_save_figure_writes_each_format_and_closes_the_figure(tmp_path):
     assert (tmp_path / "noext").read_bytes().startswith(b"\x89PNG")
     assert not plt.fignum_exists(fig.number)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.svg", "noext"]
+
+
+# ----------------------------------------------------------------------------- devices
+
+CPU_BUILD = cuda_problem("2.13.0+cpu", None, False)
+
+
+@pytest.mark.parametrize("value", [None, "", "-1", "NoDevFiles"])
+def test_no_gpus_granted(value):
+    environ = {} if value is None else {"CUDA_VISIBLE_DEVICES": value}
+    assert gpus_granted(environ) is None
+
+
+def test_gpus_granted():
+    assert gpus_granted({"CUDA_VISIBLE_DEVICES": "0,1"}) == "0,1"
+
+
+def test_auto_without_gpus_and_cpu_torch_is_cpu():
+    assert choose_device("auto", None, CPU_BUILD) == "cpu"
+
+
+def test_auto_with_working_cuda_is_cuda():
+    assert choose_device("auto", "0", None) == "cuda"
+    assert choose_device("cuda:1", None, None) == "cuda:1"
+
+
+def test_gpu_job_with_cpu_torch_fails_with_one_line_naming_the_fix():
+    """A job SLURM gave a GPU never falls back to the CPU (it would run out of time)."""
+    with pytest.raises(DeviceError) as err:
+        choose_device("auto", "0", CPU_BUILD)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "CUDA_VISIBLE_DEVICES=0" in message and "CPU-only build" in message
+    assert "TORCH_BUILD=cuda scripts/setup_venv.sh" in message
+
+
+def test_explicit_cuda_with_cpu_torch_fails():
+    with pytest.raises(DeviceError, match=r"device: 'cuda' but torch 2.13.0\+cpu"):
+        choose_device("cuda", None, CPU_BUILD)
+
+
+def test_cuda_torch_without_a_usable_gpu_fails_in_a_gpu_job():
+    problem = cuda_problem("2.13.0", "12.8", False)
+    with pytest.raises(DeviceError, match="finds no usable GPU"):
+        choose_device("auto", "0", problem)
+
+
+def test_cpu_is_always_allowed():
+    assert choose_device("cpu", "0", CPU_BUILD) == "cpu"
+
+
+def test_resolve_device_in_a_gpu_job_with_this_torch(monkeypatch):
+    """The real torch of this environment: a CPU build must refuse a granted GPU."""
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        with pytest.raises(DeviceError):
+            resolve_device("auto")
