@@ -23,11 +23,22 @@ from typing import Any
 
 import pandas as pd
 
+from plmdiff.activations.loader import count_tokens, iter_tokens
+from plmdiff.activations.readers import token_d_model, token_seq_ids
 from plmdiff.core.errors import DataError
+from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import derive_seed, resolve_device, write_json
 from plmdiff.core.tables import write_table
-from plmdiff.models.text import EncodedSequence, PromptFormat
+from plmdiff.models.checkpoints import CheckpointRecord, load_model, load_tokenizer
+from plmdiff.models.text import EncodedSequence, PromptFormat, encode_sequences
 from plmdiff.sae.folds import fold_split
+from plmdiff.sae.imports import import_sae
+from plmdiff.sae.metrics import (
+    SplicedLoss,
+    plot_training_curves,
+    reconstruction_metrics,
+    spliced_lm_loss,
+)
 from plmdiff.sae.training import (
     LAYER_NORM,
     SAESettings,
@@ -111,8 +122,6 @@ def _clean(value: Any) -> Any:
 
 
 def _records(job: SAEJob) -> dict[str, Any]:
-    from plmdiff.models.checkpoints import CheckpointRecord
-
     return {m: CheckpointRecord.read(p) for m, p in job.checkpoint_records.items()}
 
 
@@ -128,8 +137,6 @@ def _train_or_import(
     """Write the SAE directory; return what the metrics say about training, and the curves."""
     s = job.settings
     if job.scheme == "base" and job.import_path:
-        from plmdiff.sae.imports import import_sae
-
         sae = import_sae(job.import_path, layer=job.layer, d_in=d_in)
         save_sae(sae, sae_dir, metadata=metadata)
         info = {"source": "imported", "import": str(job.import_path), "train_tokens": 0}
@@ -148,8 +155,6 @@ def _train_or_import(
         standardize = normalisation == LAYER_NORM
         sae = training_sae_from(base, s, seed=job.seed("sae-init"))
         tokens, lr, source = s.finetune_tokens, s.finetune_lr, "fine-tuned"
-    from plmdiff.activations.loader import count_tokens, iter_tokens
-
     available = count_tokens(job.layer_dirs, train_ids)
     # A buffer larger than the data would re-read it epoch after epoch just to fill up.
     stream = iter_tokens(
@@ -189,10 +194,6 @@ def _train_or_import(
 def _encoded_eval_sequences(
     job: SAEJob, ids: list[str], model: str, record: Any
 ) -> list[EncodedSequence]:
-    from plmdiff.core.fasta import read_fasta
-    from plmdiff.models.checkpoints import load_tokenizer
-    from plmdiff.models.text import encode_sequences
-
     wanted = set(ids)
     sequences = [e.sequence for e in read_fasta(job.fasta[model]) if e.seq_id in wanted]
     tokenizer = load_tokenizer(record.path)
@@ -209,9 +210,6 @@ def _encoded_eval_sequences(
 def _spliced_loss(job: SAEJob, sae: Any, eval_ids: list[str], device: Any) -> dict[str, Any]:
     """CE loss recovered on a deterministic sample of the evaluation sequences, with each
     model's sequences run through the checkpoint that embedded them."""
-    from plmdiff.models.checkpoints import load_model
-    from plmdiff.sae.metrics import SplicedLoss, spliced_lm_loss
-
     sample = eval_sample(eval_ids, job.settings.eval_sequences, job.settings.seed)
     records = _records(job)
     by_checkpoint: dict[str, list[str]] = {}
@@ -251,10 +249,6 @@ def _spliced_loss(job: SAEJob, sae: Any, eval_ids: list[str], device: Any) -> di
 
 def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
     """Train (or fine-tune, or import) one SAE, evaluate it, write every output. Returns the metrics."""
-    from plmdiff.activations.loader import iter_tokens
-    from plmdiff.activations.readers import token_d_model, token_seq_ids
-    from plmdiff.sae.metrics import plot_training_curves, reconstruction_metrics
-
     s = job.settings
     device = resolve_device(job.device)
     layer_dirs = job.layer_dirs

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from plmdiff.core.errors import DataError
+from plmdiff.core.runtime import save_figure
 from plmdiff.models.anatomy import decoder_anatomy
 from plmdiff.models.text import EncodedSequence
 
@@ -307,8 +308,6 @@ def plot_training_curves(curves: pd.DataFrame, path: Any, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from plmdiff.core.runtime import save_figure
 
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(11, 3.2), constrained_layout=True)
     for ax, (column, label, log_scale) in zip(axes, CURVE_PANELS, strict=True):
