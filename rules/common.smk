@@ -51,6 +51,7 @@ from plmdiff.config.paths import (  # noqa: E402
 )
 from plmdiff.config.schema import SELF_EMBEDDER  # noqa: E402
 from plmdiff.core.errors import PlmdiffError  # noqa: E402
+from plmdiff.core.fasta import resolve_fasta_sources  # noqa: E402
 from plmdiff.demo.settings import resolve_family_fasta  # noqa: E402
 from plmdiff.sae.imports import import_source_files, resolve_import_path  # noqa: E402
 
@@ -266,7 +267,19 @@ def demo_family_fasta():
 
 
 def sample_shards(model):
+    """The model's sample shards: sampling.shards of them, or the one shard its own FASTA
+    (models[].fasta) becomes."""
+    if STUDY.given_fasta(model) is not None:
+        return [sample_shard(model, paths.sample_shard_ids(1)[0])]
     return [sample_shard(model, s) for s in SAMPLE_SHARDS]
+
+
+def given_fasta_files(wildcards):
+    """The files models[].fasta names for this model (a file or a glob), resolved now."""
+    spec = STUDY.given_fasta(wildcards.model)
+    return [
+        str(f) for f in resolve_fasta_sources(spec, f"models[{wildcards.model}].fasta")
+    ]
 
 
 def base_sample_shards(wildcards):

@@ -1,6 +1,8 @@
 # Stage: sampling. Every checkpoint draws sampling.n_sequences sequences over sampling.shards
 # jobs (per-sequence seeds, so the set does not depend on the shard count), then a cheap local
-# job per model filters them into FASTA, and one figure and table summarise all models.
+# job per model filters them into FASTA, and one figure and table summarise all models. A model
+# with its own FASTA (models[].fasta) skips sampling: import_fasta writes its sequences as its
+# one shard, which the same filter reads.
 
 
 rule sample:
@@ -12,6 +14,8 @@ rule sample:
         "logs/sample/{model}/shard_{shard}.log",
     benchmark:
         "benchmarks/sample/{model}/shard_{shard}.tsv"
+    wildcard_constraints:
+        model=wc.alternatives(STUDY.sampled_models),
     conda:
         "../envs/torch.yaml"
     threads: 4
@@ -25,6 +29,25 @@ rule sample:
         prompt=config["prompt"],
     script:
         "../workflow_scripts/sample.py"
+
+
+rule import_fasta:
+    input:
+        fasta=given_fasta_files,
+    output:
+        sample_shard("{model}", "000"),
+    log:
+        "logs/import_fasta/{model}.log",
+    wildcard_constraints:
+        model=wc.alternatives(STUDY.given_models),
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
+    script:
+        "../workflow_scripts/import_fasta.py"
 
 
 rule filter_samples:
