@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,9 @@ class _RowGroupReader:
         return acts
 
 
-def _prefetched(units: Iterator[Any], read: Callable[[Any], Any], threads: int) -> Iterator[Any]:
+def _prefetched(
+    units: Iterator[Any], read: Callable[[Any], Any], threads: int
+) -> Generator[Any, None, None]:
     """read(unit) for each unit, in order, computed by `threads` threads a few units ahead
     (Parquet decoding and torch conversions release the GIL)."""
     if threads <= 1:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -121,7 +121,7 @@ class _SinkWriter:
 
     _sink: _ParquetSink
 
-    def __enter__(self) -> _SinkWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

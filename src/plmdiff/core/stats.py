@@ -133,7 +133,7 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.nd
 
 
 def bias_corrected_interval(
-    samples: np.ndarray, estimate: np.ndarray, level: float = 0.95
+    samples: np.ndarray, estimate: np.ndarray | float, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over the last axis, shifted by the bootstrap estimate of bias.
 

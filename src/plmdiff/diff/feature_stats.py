@@ -217,7 +217,7 @@ def complete_sequences(batches: Iterable[Any], source: str) -> Iterator[Sequence
     seen: set[str] = set()
     carry: tuple[np.ndarray, ...] | None = None
     for batch in batches:
-        parts = (
+        parts: tuple[np.ndarray, ...] = (
             np.asarray(batch.seq_id).astype(str),
             np.asarray(batch.pos, dtype=np.int64),
             np.asarray(batch.residue).astype(str),

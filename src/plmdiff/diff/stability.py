@@ -140,7 +140,7 @@ def scheme_alignment_rows(
     Fine-tuned SAEs start from the base SAE, so a high identity fraction says fine-tuning kept
     the features where they were; matched_a says how many base features survive at all.
     """
-    rows = []
+    rows: list[list[Any]] = []
     if (BASE_SCHEME, fold) not in decoders:
         return rows
     base = decoders[(BASE_SCHEME, fold)]

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from plmdiff.core.errors import CheckpointError
 from plmdiff.models.anatomy import ConfigShape, decoder_anatomy
@@ -226,7 +226,7 @@ def load_model(
 ) -> Any:
     """Load a causal LM for inference, refusing missing weights instead of initialising them."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, PreTrainedModel
 
     directory = Path(directory)
     fmt, _ = weight_files(directory, allow_pickle)
@@ -239,8 +239,13 @@ def load_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            str(directory), output_loading_info=True, **kwargs
+        # With output_loading_info=True it returns (model, loading info); the stubs know only
+        # the model.
+        model, info = cast(
+            tuple[PreTrainedModel, dict[str, list[Any]]],
+            AutoModelForCausalLM.from_pretrained(
+                str(directory), output_loading_info=True, **kwargs
+            ),
         )
     except Exception as exc:
         raise CheckpointError(

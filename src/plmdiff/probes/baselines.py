@@ -8,7 +8,7 @@ folds, same C choice), and every layer is reported against the best of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def baseline_features(
     return out
 
 
-def sequences_for(seq_ids: Sequence[str], sequence_of: Mapping[str, str], source: str) -> list[str]:
+def sequences_for(seq_ids: Iterable[str], sequence_of: Mapping[str, str], source: str) -> list[str]:
     """The sequence of each seq_id; an id without one means the FASTA and pooled rows disagree."""
     out = []
     for seq_id in seq_ids:

@@ -180,7 +180,7 @@ def write_clusters(clusters: Clusters, path: str | Path) -> None:
         clusters.table.assign(method=clusters.method).to_csv(tmp, sep="\t", index=False)
 
 
-def read_clusters(path: str | Path) -> dict[str, str]:
+def read_clusters(path: str | os.PathLike) -> dict[str, str]:
     """seq_id -> cluster."""
     path = Path(path)
     if not path.is_file():
@@ -191,7 +191,7 @@ def read_clusters(path: str | Path) -> dict[str, str]:
     return dict(zip(table["seq_id"], table["cluster"], strict=True))
 
 
-def read_cluster_method(path: str | Path) -> str:
+def read_cluster_method(path: str | os.PathLike) -> str:
     """The method recorded in a cluster table; a table without one predates the column."""
     table = pd.read_csv(path, sep="\t", dtype=str, usecols=lambda c: c == "method")
     if "method" not in table.columns or table.empty:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 _ARMIJO = 1e-4
 # A float32 objective cannot resolve decreases much below this fraction of its value.
 _F32_RESOLUTION = 4 * torch.finfo(torch.float32).eps
+
+
+class _TensorLike(TypedDict):
+    """dtype and device of a tensor, for torch factory functions (`torch.zeros(..., **like)`)."""
+
+    dtype: torch.dtype
+    device: torch.device
 
 
 @dataclass(frozen=True)
@@ -222,7 +230,7 @@ def fit_multinomial(
     """
     L, _, d = X.shape
     P, K = problems.n_problems, problems.n_classes
-    like = {"dtype": X.dtype, "device": X.device}
+    like = _TensorLike(dtype=X.dtype, device=X.device)
     # Moments only of the splits in use: a batch may name a few of many splits.
     used, local_split = torch.unique(problems.split, return_inverse=True)
     mean, scale = split_moments(X, problems.train[used])

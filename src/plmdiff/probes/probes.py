@@ -23,6 +23,7 @@ them is tested by cluster-wise swaps of the two probes' hits (plmdiff.probes.inf
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -257,7 +258,9 @@ def load_round_embeddings(
     """Read one pooling of `layers` (default: every stored layer) from the pooled files."""
     layers = pooled_layers(pooled_paths[0]) if layers is None else list(layers)
     X: dict[int, np.ndarray] = {}
-    seq_id = models = order = None
+    seq_id: np.ndarray | None = None
+    models: np.ndarray | None = None
+    order: np.ndarray | None = None
     for layer in layers:
         matrix = load_pooled(pooled_paths, layer, pooling)
         if seq_id is None:
@@ -266,7 +269,10 @@ def load_round_embeddings(
         elif not np.array_equal(seq_id, matrix.seq_id[order]):
             raise DataError(f"pooled files {pooled_paths} list different rows for layer {layer}")
         X[layer] = matrix.X[order]
-    groups, method = None, "none"
+    if seq_id is None or models is None:
+        raise DataError(f"pooled files {pooled_paths}: no layers to read")
+    groups: np.ndarray | None = None
+    method = "none"
     if clusters is not None:
         groups = np.asarray(groups_for(seq_id, read_clusters(clusters), str(clusters)))
         method = read_cluster_method(clusters)
@@ -873,7 +879,12 @@ def _mode(values: np.ndarray) -> float:
     return float(uniq[counts.argmax()])
 
 
-def write_probe_tables(result: ProbeResult, accuracy: str, folds: str, confusion: str) -> None:
+def write_probe_tables(
+    result: ProbeResult,
+    accuracy: str | os.PathLike,
+    folds: str | os.PathLike,
+    confusion: str | os.PathLike,
+) -> None:
     """TSV outputs, each written atomically."""
     for frame, path, index in (
         (result.accuracy, accuracy, False),

@@ -238,7 +238,8 @@ def import_sae(
                 f"({' + '.join(SAE_FILES)}) nor a Zym_SAEs {ZYM_CHECKPOINT}"
             )
         checkpoint = load_zym_checkpoint(file)
-        cfg = checkpoint.get("cfg") if isinstance(checkpoint.get("cfg"), Mapping) else {}
+        stored_cfg = checkpoint.get("cfg")
+        cfg: Mapping[str, Any] = stored_cfg if isinstance(stored_cfg, Mapping) else {}
         trained_on = zym_layer(cfg)
         if layer is not None and trained_on is not None and trained_on != layer:
             raise ConfigError(

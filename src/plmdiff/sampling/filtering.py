@@ -173,14 +173,15 @@ def classify_samples(
         elif sample.sequence and not is_canonical(sample.sequence):
             outcome = "invalid"
         else:
-            outcome = window.classify(len(sample.sequence))
-            if outcome is None:
-                if dedupe and sample.sequence in seen:
-                    outcome = "duplicate"
-                else:
-                    outcome = "kept"
-                    seen.add(sample.sequence)
-                    kept.append(sample)
+            out_of_window = window.classify(len(sample.sequence))
+            if out_of_window is not None:
+                outcome = out_of_window
+            elif dedupe and sample.sequence in seen:
+                outcome = "duplicate"
+            else:
+                outcome = "kept"
+                seen.add(sample.sequence)
+                kept.append(sample)
         counts[outcome] += 1
     return FilterResult(kept=kept, counts=counts)
 

@@ -8,12 +8,16 @@ the filled part.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
-def _growing_layer_class() -> type:
+def _growing_layer_class(capacity_hint: int) -> type:
     """The layer class, built on first use: it subclasses transformers' DynamicLayer, and
-    importing transformers at module level would slow every import of plmdiff.sampling."""
+    importing transformers at module level would slow every import of plmdiff.sampling.
+    `capacity_hint`: the length a buffer reallocated by a row selection is given at least."""
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
@@ -21,6 +25,9 @@ def _growing_layer_class() -> type:
         at every step (which copies the whole cache per token: quadratic in the length)."""
 
         length = 0
+        # The buffers; keys and values are views of their filled part.
+        _k: torch.Tensor | None
+        _v: torch.Tensor | None
 
         def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
             super().lazy_initialization(key_states, value_states)
@@ -38,6 +45,7 @@ def _growing_layer_class() -> type:
             k = torch.empty(shape, dtype=like.dtype, device=like.device)
             v = torch.empty(shape, dtype=like.dtype, device=like.device)
             if self.length:
+                assert self._k is not None and self._v is not None  # filled rows live there
                 k[..., : self.length, :] = self._k[..., : self.length, :]
                 v[..., : self.length, :] = self._v[..., : self.length, :]
             self._k, self._v = k, v
@@ -47,6 +55,7 @@ def _growing_layer_class() -> type:
                 self.lazy_initialization(key_states, value_states)
             end = self.length + key_states.shape[-2]
             self._reserve(end, key_states)
+            assert self._k is not None and self._v is not None  # allocated by _reserve
             self._k[..., self.length : end, :] = key_states
             self._v[..., self.length : end, :] = value_states
             self.length = end
@@ -71,13 +80,14 @@ def _growing_layer_class() -> type:
             self._k = self._v = None
             n, self.length = self.length, 0
             self._reserve(max(n, self._capacity_hint), keys)
+            assert self._k is not None and self._v is not None  # allocated by _reserve
             self._k[..., :n, :] = keys
             self._v[..., :n, :] = values
             self.length = n
             self.keys = self._k[..., :n, :]
             self.values = self._v[..., :n, :]
 
-        _capacity_hint = 0
+        _capacity_hint = capacity_hint
 
     return GrowingLayer
 
@@ -86,8 +96,7 @@ def new_cache(total_length: int) -> Any:
     """An empty KV cache for sequences of at most `total_length` tokens."""
     from transformers.cache_utils import DynamicCache
 
-    layer_class = _growing_layer_class()
-    layer_class._capacity_hint = total_length
+    layer_class = _growing_layer_class(total_length)
     cache = DynamicCache()
     cache.layer_class_to_replicate = layer_class
     cache.layers = []

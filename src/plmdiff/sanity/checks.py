@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,8 @@ class SanitySettings:
         """The configured layers, each of which must be stored in the pooled files."""
         if self.layers == "all":
             return sorted(stored)
+        # The schema allows no other string than "all".
+        assert not isinstance(self.layers, str), self.layers
         missing = [layer for layer in self.layers if layer not in set(stored)]
         if missing:
             raise ConfigError(
@@ -288,7 +291,8 @@ def variance_ratio_test(
     observed_between = float(_between_ss(Z, eye[torch.from_numpy(y)][None])[0])
     observed = (observed_between / (K - 1)) / ((total - observed_between) / (n - K))
     null = np.concatenate(
-        [ratios(labels[b : b + batch]).numpy() for b in range(0, len(labels), batch)] or [[]]
+        [ratios(labels[b : b + batch]).numpy() for b in range(0, len(labels), batch)]
+        or [np.empty(0)]
     ).astype(np.float64)
     # The relative tolerance keeps a permutation equal to the observed labels on the >= side.
     p = float(permutation_p(np.array(observed * (1 - 1e-6)), null))
@@ -552,7 +556,12 @@ def sanity_checks(
     )
 
 
-def write_sanity_tables(result: SanityResult, variance: str, trend: str, cosine: str) -> None:
+def write_sanity_tables(
+    result: SanityResult,
+    variance: str | os.PathLike,
+    trend: str | os.PathLike,
+    cosine: str | os.PathLike,
+) -> None:
     """TSV outputs, each written atomically."""
     for frame, path in (
         (result.variance, variance),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from plmdiff.core.fasta import read_fasta
 from plmdiff.models.lm_training import LMTrainingConfig, train_causal_lm
@@ -122,6 +122,14 @@ def special_ids_of(tokenizer: Any) -> SpecialIds:
     )
 
 
+class _TokenIds(TypedDict):
+    """Special token ids, as the keyword arguments of a transformers config."""
+
+    bos_token_id: int | None
+    eos_token_id: int
+    pad_token_id: int
+
+
 def decoder_config(
     family: Family,
     special: SpecialIds,
@@ -142,7 +150,7 @@ def decoder_config(
 
     if n_embd % n_head or (family in LLAMA_STYLE and n_head % 2):
         raise ValueError(f"n_head={n_head} must divide n_embd={n_embd} (and be even for {family})")
-    ids = {"bos_token_id": special.bos, "eos_token_id": special.eos, "pad_token_id": special.pad}
+    ids = _TokenIds(bos_token_id=special.bos, eos_token_id=special.eos, pad_token_id=special.pad)
     if family in LLAMA_STYLE:
         return AutoConfig.for_model(
             family,
