@@ -3,12 +3,12 @@ fine-tuned, each from the previous one, on the family transformed by a study (a 
 an enriched residue class, shorter sequences), so the answer is known by construction.
 
 Two formats: GPT-2 in the ZymCTRL layout (`{label}<sep><start>SEQ<end><|endoftext|>`) and a
-LLaMA-style decoder in the plain format (BOS + SEQ + EOS, same character-level tokenizer).
+LLaMA-style decoder in the plain format (BOS + SEQ + EOS, a per-residue tokenizer), both built by
+plmdiff.testing.checkpoints and trained by plmdiff.models.lm_training.
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +17,20 @@ from typing import Any, Literal
 
 from plmdiff.models.lm_training import LMTrainingConfig, train_causal_lm
 from plmdiff.models.zymctrl import (
-    SPECIAL_TOKENS,
     gpt2_config,
     load_zymctrl_tokenizer,
     new_gpt2,
     save_checkpoint,
 )
-from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS
+from plmdiff.testing.checkpoints import (
+    PLAIN_FORMAT,
+    ZYMCTRL_FORMAT,
+    ZYMCTRL_IDS,
+    decoder_config,
+    new_decoder,
+    residue_tokenizer,
+    special_ids_of,
+)
 
 Architecture = Literal["gpt2", "llama"]
 PROMPT_FORMAT: dict[str, str] = {"gpt2": "zymctrl", "llama": "plain"}
@@ -39,102 +46,40 @@ class ModelShape:
     n_positions: int
 
 
-def new_model(arch: Architecture, shape: ModelShape, seed: int) -> Any:
-    """A randomly initialised decoder with ZymCTRL's vocabulary and special-token ids."""
-    import torch
+def tokenizer_for(arch: Architecture) -> Any:
+    """ZymCTRL's tokenizer for GPT-2; the per-residue tokenizer (distinct BOS and EOS, so a tiny
+    model learns to end sequences) for the plain-format LLaMA."""
+    return load_zymctrl_tokenizer() if arch == "gpt2" else residue_tokenizer()
 
+
+def new_model(arch: Architecture, shape: ModelShape, seed: int) -> Any:
+    """A randomly initialised decoder of `arch` for its tokenizer (plmdiff.testing.checkpoints)."""
     if arch == "gpt2":
         return new_gpt2(
             gpt2_config(shape.n_layer, shape.n_embd, shape.n_head, n_positions=shape.n_positions),
             seed=seed,
         )
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=458,
-        hidden_size=shape.n_embd,
-        intermediate_size=2 * shape.n_embd,
-        num_hidden_layers=shape.n_layer,
-        num_attention_heads=shape.n_head,
-        # Grouped-query attention, so the KV-cache sizing sees n_kv_heads != n_heads.
-        num_key_value_heads=max(1, shape.n_head // 2),
-        max_position_embeddings=shape.n_positions,
-        bos_token_id=SPECIAL_TOKENS["<|endoftext|>"],
-        eos_token_id=SPECIAL_TOKENS["<|endoftext|>"],
-        pad_token_id=SPECIAL_TOKENS["<pad>"],
-        tie_word_embeddings=False,
+    tokenizer = residue_tokenizer()
+    config = decoder_config(
+        "llama",
+        special_ids_of(tokenizer),
+        vocab_size=len(tokenizer.get_vocab()),
+        n_layer=shape.n_layer,
+        n_embd=shape.n_embd,
+        n_head=shape.n_head,
+        n_positions=shape.n_positions,
     )
-    return LlamaForCausalLM(config).eval()
-
-
-def _plain_batches(encoded: list[list[int]], batch_size: int, pad: int, generator: Any) -> Any:
-    import torch
-
-    order = torch.randperm(len(encoded), generator=generator).tolist()
-    for i in range(0, len(order), batch_size):
-        chunk = [encoded[j] for j in order[i : i + batch_size]]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            labels[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        yield ids, mask, labels
-
-
-def train_plain(
-    model: Any, tokenizer: Any, sequences: Sequence[str], cfg: LMTrainingConfig
-) -> None:
-    """Causal-LM training on BOS + SEQ + EOS.
-
-    plmdiff's plain scoring text has no end token (extraction never needs one), but a sampled
-    plain model stops at EOS, so it must learn to emit it: hence this loop rather than
-    `train_causal_lm` with the plain format.
-    """
-    import torch
-
-    bos = eos = SPECIAL_TOKENS["<|endoftext|>"]
-    encoded = [[bos, *tokenizer.encode(s, add_special_tokens=False), eos] for s in sequences]
-    total = cfg.max_steps or max(1, round(cfg.epochs * math.ceil(len(encoded) / cfg.batch_size)))
-    warmup = max(1, int(cfg.warmup_fraction * total))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model.train()
-    step = 0
-    while step < total:
-        for ids, mask, labels in _plain_batches(
-            encoded, cfg.batch_size, SPECIAL_TOKENS["<pad>"], generator
-        ):
-            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step >= total:
-                break
-    model.eval()
+    return new_decoder(config, seed=seed)
 
 
 def train(
     model: Any, arch: Architecture, tokenizer: Any, sequences: Sequence[str], cfg: LMTrainingConfig
 ) -> None:
-    """Train in place in the architecture's text format."""
+    """Train in place in the architecture's text format (plain text ends with EOS)."""
     if arch == "gpt2":
         train_causal_lm(model, tokenizer, ZYMCTRL_FORMAT, ZYMCTRL_IDS, sequences, cfg)
     else:
-        train_plain(model, tokenizer, sequences, cfg)
+        train_causal_lm(model, tokenizer, PLAIN_FORMAT, special_ids_of(tokenizer), sequences, cfg)
 
 
 def build_base(
@@ -148,7 +93,7 @@ def build_base(
     (the studies differ in their rounds), reused when it exists."""
     if directory.is_dir():
         return directory
-    tokenizer = load_zymctrl_tokenizer()
+    tokenizer = tokenizer_for(arch)
     model = new_model(arch, shape, cfg.seed)
     train(model, arch, tokenizer, sequences, cfg)
     return save_checkpoint(model, tokenizer, directory)
@@ -179,7 +124,7 @@ def build_rounds(
         if p.exists():
             shutil.rmtree(p)
     shutil.copytree(base, out[0])
-    tokenizer = load_zymctrl_tokenizer()
+    tokenizer = tokenizer_for(arch)
     model = load_model(base)
     for i, data in enumerate(round_data, start=1):
         if data is None:

@@ -1,14 +1,13 @@
-"""Rule check_checkpoint: verify a checkpoint and record its fingerprint."""
+"""Rule check_checkpoint: verify a checkpoint and record its fingerprint (plmdiff.models.job)."""
 
-from plmdiff.core.runtime import setup_logging, write_json
-from plmdiff.models.checkpoints import inspect_checkpoint
-from plmdiff.models.text import PromptFormat
+from plmdiff.core.runtime import setup_logging
+from plmdiff.models.job import check_checkpoint
 
 setup_logging(snakemake.log[0])
-record = inspect_checkpoint(
+check_checkpoint(
     snakemake.params.checkpoint,
     snakemake.wildcards.model,
-    PromptFormat.from_section(snakemake.params.prompt),
+    snakemake.params.prompt,
+    snakemake.output[0],
     allow_pickle=snakemake.config["allow_pickle"],
 )
-write_json(snakemake.output[0], record.to_json())
