@@ -35,6 +35,13 @@ import time
 from pathlib import Path
 
 
+def bench_token_part(layer: int) -> str:
+    """Where the workflow would put this layer's one token part (plmdiff.config.paths)."""
+    from plmdiff.config import paths
+
+    return paths.token_part("bench", "model", paths.layer_id(layer), paths.extract_part_ids(1)[0])
+
+
 def _demo_settings() -> tuple[dict, tuple[int, ...], int]:
     """The demo model's shape and what the demo stores (config/demo.yaml)."""
     from plmdiff.config.schema import DEMO_CONFIG_PATH, load_config
@@ -126,9 +133,7 @@ def worker_extract(args: argparse.Namespace) -> dict:
             }
         ),
         pooled_path=out / "pooled.parquet",
-        token_paths={
-            layer: out / f"layer_{layer:02d}" / "part-00000.parquet" for layer in DEMO_TOKEN_LAYERS
-        },
+        token_paths={layer: out / bench_token_part(layer) for layer in DEMO_TOKEN_LAYERS},
     )
     return {"seconds": time.perf_counter() - start, "tokens": summary.n_tokens}
 
@@ -348,9 +353,7 @@ def zymctrl_shape_benchmark(args: argparse.Namespace) -> None:
         write_activations(
             iter_batch_activations(extractor, sequences, args.batch_tokens),
             pooled_path=out / "pooled.parquet",
-            token_paths={
-                layer: out / f"layer_{layer:02d}" / "part-00000.parquet" for layer in ZYM_SAE_LAYERS
-            },
+            token_paths={layer: out / bench_token_part(layer) for layer in ZYM_SAE_LAYERS},
             pooled_layers=list(range(config.n_layer + 1)),
             poolings=("last", "mean"),
             d_model=config.n_embd,

@@ -1,6 +1,6 @@
 """The SLURM profile, and the tiny workflow run for real through a local single-node SLURM.
 
-The static tests check the profile against the executor plugin's traps (anchors.md); the
+The static tests check the profile against the executor plugin's traps (profiles/slurm/README.md); the
 integration test starts slurmctld + slurmd with two fake GPUs (tests/slurm/cluster.py), runs a
 slice of the tiny study through `--profile` (a copy of profiles/slurm with only its EDIT lines
 changed, as a user would) and checks that every non-local job went through sbatch, that GPU
@@ -90,7 +90,7 @@ def test_profile_avoids_the_plugin_traps():
     assert profile["printshellcmds"] is False  # scripts, no shell: "Shell command: None" noise
     assert profile["slurm-jobname-prefix"] and profile["slurm-efficiency-report"] is True
     defaults = profile["default-resources"]
-    # tasks -> --ntasks-per-gpu on GPU jobs; cpus_per_task overrides threads (anchors.md).
+    # tasks -> --ntasks-per-gpu on GPU jobs; cpus_per_task overrides threads (the plugin's documented mapping).
     assert not {"tasks", "cpus_per_task", "gpu", "gres"} & set(defaults)
     assert {"mem_mb", "runtime"} <= set(defaults)
     # No partition in the profile: a command-line --set-resources/--default-resources replaces

@@ -27,7 +27,7 @@ import pandas as pd
 from plmdiff.config.sections import from_section
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.core.fasta import SequenceEntry, write_fasta
-from plmdiff.core.runtime import atomic_path
+from plmdiff.core.tables import write_table
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,7 @@ def _mmseqs_clusters(
 
 def write_clusters(clusters: Clusters, path: str | Path) -> None:
     """seq_id, cluster and the method that made them (one value, repeated on every row)."""
-    with atomic_path(path) as tmp:
-        clusters.table.assign(method=clusters.method).to_csv(tmp, sep="\t", index=False)
+    write_table(clusters.table.assign(method=clusters.method), path, float_format=None)
 
 
 def read_clusters(path: str | os.PathLike) -> dict[str, str]:

@@ -41,7 +41,7 @@ from plmdiff.activations.readers import load_pooled, pooled_layers
 from plmdiff.config.sections import from_section
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import read_fasta
-from plmdiff.core.runtime import atomic_path, derive_seed
+from plmdiff.core.runtime import derive_seed
 from plmdiff.core.stats import (
     balanced_accuracy_from_counts,
     benjamini_hochberg,
@@ -50,6 +50,7 @@ from plmdiff.core.stats import (
     permute_clusters,
     westfall_young,
 )
+from plmdiff.core.tables import write_table
 from plmdiff.probes.baselines import LAYER0, sequences_for
 from plmdiff.probes.clustering import groups_for, read_cluster_method, read_clusters
 from plmdiff.probes.inference import bootstrap_balanced_accuracy, margin_test
@@ -891,5 +892,4 @@ def write_probe_tables(
         (result.folds, folds, False),
         (result.confusion, confusion, True),
     ):
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, sep="\t", index=index, float_format="%.6g")
+        write_table(frame, path, index=index)

@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import read_fasta, write_fasta
-from plmdiff.core.runtime import atomic_path, read_json, resolve_device, write_json
+from plmdiff.core.runtime import read_json, resolve_device, write_json
+from plmdiff.core.tables import write_table
 from plmdiff.models.checkpoints import CheckpointRecord, load_model, load_tokenizer
 from plmdiff.models.text import PromptFormat
 from plmdiff.sampling.filtering import (
@@ -173,7 +174,6 @@ def sampling_summary(
     kept_ppl = kept_ppl_frame(
         {m: read_fasta(path) for m, path in zip(models, fasta_paths, strict=True)}
     )
-    with atomic_path(tsv_path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_table(table, tsv_path)
     summary_figure(table, valid, kept_ppl, figure_paths)
     return table

@@ -37,7 +37,7 @@ import torch
 
 from plmdiff.config.sections import from_section
 from plmdiff.core.errors import ConfigError
-from plmdiff.core.runtime import atomic_path, derive_seed
+from plmdiff.core.runtime import derive_seed
 from plmdiff.core.stats import (
     benjamini_hochberg,
     bias_corrected_interval,
@@ -47,6 +47,7 @@ from plmdiff.core.stats import (
     permute_clusters,
     westfall_young,
 )
+from plmdiff.core.tables import write_table
 
 log = logging.getLogger(__name__)
 
@@ -568,5 +569,4 @@ def write_sanity_tables(
         (result.trend, trend),
         (result.cosine, cosine),
     ):
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        write_table(frame, path)
