@@ -15,8 +15,9 @@ run_dpo_round(
     snakemake.output.checkpoint,
     snakemake.output.samples,
     snakemake.output.training,
-    snakemake.params.dpo,
+    {**snakemake.config["demo"]["dpo"], **snakemake.params.dpo},
     snakemake.params.prompt,
-    snakemake.params.sampling,
+    # Result-defining keys from params (the rerun triggers), the rest from the config.
+    {**snakemake.config["sampling"], **snakemake.params.sampling},
     snakemake.config["device"],
 )

@@ -15,6 +15,7 @@ run_summary(
     snakemake.output.samples,
     snakemake.params.dpo,
     snakemake.params.prompt,
-    snakemake.params.sampling,
+    # Result-defining keys from params (the rerun triggers), the rest from the config.
+    {**snakemake.config["sampling"], **snakemake.params.sampling},
     snakemake.config["device"],
 )

@@ -14,6 +14,7 @@ run_train_base(
     snakemake.params.base,
     snakemake.params.seed,
     snakemake.params.prompt,
-    snakemake.params.sampling,
+    # Result-defining keys from params (the rerun triggers), the rest from the config.
+    {**snakemake.config["sampling"], **snakemake.params.sampling},
     snakemake.config["device"],
 )

@@ -9,7 +9,6 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plmdiff.config.sections import section_defaults
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import read_json, resolve_device, seed_everything, write_json
 from plmdiff.core.tables import write_table
@@ -33,9 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def _sampling_settings(sampling: Mapping[str, Any]) -> SamplingSettings:
-    """The demo rules pass only the sampling keys that change samples (SAMPLING_KEYS of
-    plmdiff.demo.settings); the others (batch_size) take the schema's defaults."""
-    return SamplingSettings.from_section({**section_defaults("sampling"), **sampling})
+    """The validated `sampling` section (the rule scripts complete the rerun-defining keys of
+    params with the config's)."""
+    return SamplingSettings.from_section(sampling)
 
 
 def _special(tokenizer: Any, fmt: PromptFormat) -> SpecialIds:
