@@ -42,7 +42,7 @@ rule import_fasta:
         model=wc.alternatives(STUDY.given_models),
     localrule: True
     conda:
-        "../envs/stats.yaml"
+        "../envs/torch.yaml"
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(10),
@@ -61,7 +61,7 @@ rule filter_samples:
         "logs/filter_samples/{model}.log",
     localrule: True
     conda:
-        "../envs/stats.yaml"
+        "../envs/torch.yaml"
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(10),
@@ -89,7 +89,7 @@ rule sampling_summary:
         "logs/sampling_summary.log",
     localrule: True
     conda:
-        "../envs/stats.yaml"
+        "../envs/torch.yaml"
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(10),

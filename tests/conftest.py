@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,16 @@ def local_slurm(tmp_path_factory):
         pytest.skip(str(exc))
     with local_slurm(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
+
+
+def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a `snakemake -n` output lists ("rule X:" blocks)."""
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", "\n" + output):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        found = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+        pairs = [w.split("=", 1) for w in found.group(1).split(", ")] if found else []
+        jobs.append((head.group(1), {k: v for k, v in pairs}))
+    return jobs

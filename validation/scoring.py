@@ -282,24 +282,30 @@ def sample_summary(
 
 
 def probe_margins(workdir: Path, lenses: Mapping[str, str]) -> list[dict[str, float | str]]:
-    """Best layer's probe accuracy against chance and the permutation mean, per lens x pooling
-    (`lenses`: label -> embedder directory)."""
-    rows = []
+    """Best layer's balanced accuracy against chance, the permutation mean and the best
+    baseline (length, composition, layer 0), per lens x pooling (`lenses`: label -> embedder
+    directory). The `self` lens has no probes: its rounds are embedded by different models."""
+    rows: list[dict[str, float | str]] = []
     for label, embedder in lenses.items():
         for pooling in ("last", "mean"):
-            acc = pd.read_csv(
-                workdir / paths.probe_file(embedder, pooling, "accuracy.tsv"), sep="\t"
-            )
-            best = acc.loc[acc["mean_accuracy"].idxmax()]
+            path = workdir / paths.probe_file(embedder, pooling, "accuracy.tsv")
+            if not path.is_file():
+                continue
+            acc = pd.read_csv(path, sep="\t")
+            layers = acc[acc["layer"].notna()]
+            best = layers.loc[layers["balanced_accuracy"].idxmax()]
             rows.append(
                 {
                     "embedder": label,
                     "pooling": pooling,
                     "layer": int(best["layer"]),
-                    "accuracy": float(best["mean_accuracy"]),
+                    "accuracy": float(best["balanced_accuracy"]),
                     "chance": float(best["chance"]),
                     "permutation_mean": float(best["permutation_mean"]),
-                    "margin": float(best["mean_accuracy"] - best["permutation_mean"]),
+                    "margin": float(best["balanced_accuracy"] - best["permutation_mean"]),
+                    "baseline": str(best["best_baseline"]),
+                    "baseline_margin": float(best["margin"]),
+                    "baseline_margin_p_fwer": float(best["margin_p_fwer"]),
                 }
             )
     return rows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import duckdb
@@ -15,7 +14,7 @@ from plmdiff.activations.loader import count_tokens
 from plmdiff.activations.readers import load_pooled, read_metadata, token_seq_ids
 from plmdiff.core.fasta import SequenceEntry, read_fasta, write_fasta
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
-from tests.conftest import run_snakemake, tiny_config, write_config
+from tests.conftest import dry_run_jobs, run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -125,7 +124,7 @@ def test_rerun_has_nothing_to_do_and_a_changed_fasta_reruns_its_model(extraction
     write_fasta(fasta, entries[:-1])
     dry = run_snakemake(workdir, configfile, "-n", "--allowed-rules", *RULES, "--", *targets)
     out = dry.stdout + dry.stderr
-    jobs = re.findall(r"(Extracting|Gathering) .*activations of model (\w+)", out)
+    jobs = [(rule, wc["model"]) for rule, wc in dry_run_jobs(out) if rule in RULES]
     # Only r1's jobs are stale: two embedders x (2 parts + 1 gather).
-    assert sorted(jobs) == sorted([("Extracting", "r1")] * 4 + [("Gathering", "r1")] * 2), out
+    assert sorted(jobs) == sorted([("extract", "r1")] * 4 + [("gather_pooled", "r1")] * 2), out
     write_fasta(fasta, entries)  # restore for any later test

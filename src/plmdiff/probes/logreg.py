@@ -131,7 +131,16 @@ def _correlation_basis(X: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.
     cov = torch.bmm(X.transpose(1, 2), X) / X.shape[1] - mean[:, :, None] * mean[:, None, :]
     sd = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0.0).sqrt()
     sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
-    evals, evecs = torch.linalg.eigh(cov / (sd[:, :, None] * sd[:, None, :]))
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    try:
+        evals, evecs = torch.linalg.eigh(corr)
+    except torch.linalg.LinAlgError:
+        # Float32 LAPACK can fail on many repeated eigenvalues (constant or duplicate columns,
+        # as in sparse dipeptide compositions): float64 with a tiny ridge always converges, and
+        # the basis only preconditions the solver, so the optimum does not change.
+        eye = torch.eye(corr.shape[-1], dtype=torch.float64, device=corr.device)
+        evals, evecs = torch.linalg.eigh(corr.double() + 1e-9 * eye)
+        evals, evecs = evals.to(corr.dtype), evecs.to(corr.dtype)
     return evals.clamp_min(0.0), evecs
 
 

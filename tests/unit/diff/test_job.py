@@ -148,16 +148,22 @@ def test_rule_scripts_hand_over_to_the_job(planted, tmp_path, monkeypatch):
     _run_script(
         "feature_stats.py",
         monkeypatch,
-        wildcards=SimpleNamespace(embedder="r0", layer="01", scheme="base", fold="0"),
+        wildcards=SimpleNamespace(embedder="r0", scheme="base"),
         params=SimpleNamespace(
-            token_dirs={m: str(d[0]) for m, d in planted["dirs"].items()},
+            replicas=[
+                {
+                    "layer": 1,
+                    "fold": 0,
+                    "token_dirs": {m: str(d[0]) for m, d in planted["dirs"].items()},
+                }
+            ],
             diff={**section_defaults("diff"), "top_examples": 2},
             kfold=2,
             fold_seed=0,
-            device="cpu",
         ),
-        input=SimpleNamespace(sae=planted["sae_paths"][("base", 0)], base_sae=[]),
-        output={k: str(p) for k, p in stats.items()},
+        config={"device": "cpu"},
+        input=SimpleNamespace(saes=[planted["sae_paths"][("base", 0)]], base_saes=[]),
+        output={k: [str(p)] for k, p in stats.items()},
     )
     fs = FeatureStats.read(stats["stats"])
     assert fs.metadata["held_out"] and fs.metadata["scheme"] == "base"

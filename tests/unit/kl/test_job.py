@@ -135,9 +135,8 @@ def test_rule_scripts_hand_over_to_the_job(tiny_checkpoints, tmp_path, monkeypat
                 base_checkpoint=tiny_checkpoints["r0"],
                 prompt={"format": ZYMCTRL_FORMAT.format, "label": ZYMCTRL_FORMAT.label},
                 kl=section_defaults("kl"),
-                device="cpu",
-                allow_pickle=False,
             ),
+            config={"device": "cpu", "allow_pickle": False},
             input=SimpleNamespace(
                 own=_fasta(tmp_path / f"{model}.fasta", model),
                 base=_fasta(tmp_path / "base.fasta", "r0"),

@@ -389,3 +389,25 @@ def test_cuda_matches_cpu():
     cpu, _ = cv_accuracy(list(data.X), data.y, folds, C=1.0, device="cpu")
     gpu, _ = cv_accuracy(list(data.X), data.y, folds, C=1.0, device="cuda")
     assert np.abs(cpu - gpu).max() <= 1 / 30
+
+
+def test_correlation_basis_survives_a_lapack_failure(monkeypatch):
+    """Float32 eigh can fail on many repeated eigenvalues (sparse dipeptide compositions): the
+    basis falls back to float64 with a tiny ridge and still spans the features."""
+    from plmdiff.probes import logreg
+
+    X = torch.zeros(1, 50, 6)
+    X[0, :, 0] = torch.arange(50.0)
+    X[0, :, 1] = X[0, :, 0]  # a duplicate column; 2..5 constant
+    real_eigh = torch.linalg.eigh
+
+    def flaky(matrix):
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: failed to converge")
+        return real_eigh(matrix)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    evals, evecs = logreg._correlation_basis(X, rows=50)
+    assert evals.dtype == torch.float32 and evecs.shape == (1, 6, 6)
+    assert torch.allclose(evecs[0] @ evecs[0].T, torch.eye(6), atol=1e-5)
+    assert evals.max().item() == pytest.approx(2.0, abs=1e-4)  # the duplicated pair
