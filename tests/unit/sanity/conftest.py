@@ -1,13 +1,3 @@
-"""One torch thread in these tests: their problems are small, and on a shared machine a second
-thread waiting for a busy core makes small LAPACK calls (eigh) a hundred times slower."""
+"""Fixtures of these tests: one torch thread (tests.unit.threads)."""
 
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.unit.threads import one_torch_thread  # noqa: F401  (an autouse fixture)
