@@ -79,14 +79,18 @@ SAE_SCHEMES = STUDY.sae_schemes
 SAE_FAMILIES = STUDY.sae_families
 FEATURE_STATS_KEYS = list(FEATURE_STATS_SUFFIXES)
 FOLDS = list(range(config["sae"]["kfold"]))
-# (layer, fold) of every SAE replica of one (embedder, scheme): what one feature_stats job reads.
-SAE_REPLICAS = [(layer, fold) for layer in SAE_LAYERS for fold in FOLDS]
 POOLINGS = config["activations"]["pooling"]
 SAMPLE_SHARDS = paths.sample_shard_ids(config["sampling"]["shards"])
 EXTRACT_SHARDS = paths.extract_part_ids(config["activations"]["shards"])
 TOKEN_LAYERS = [
     paths.layer_id(layer) for layer in config["activations"]["token_layers"]
 ]
+# Groups (`group:`; active on a cluster only): the jobs of one group are one SLURM submission.
+# The pooled and token jobs of one extraction part share the embedder's load and input; an SAE
+# family's training and its feature statistics run back to back. Names cannot contain '.', so
+# the ids are unique.
+EXTRACT_GROUP = "extract.{embedder}.{model}.{part}"
+SAE_GROUP = "sae.{embedder}.{layer}.{scheme}"
 
 
 wildcard_constraints:
@@ -171,20 +175,35 @@ def sample_runtime_min(wildcards, input, attempt):
 
 
 def extract_mem_mb(wildcards, input, attempt):
-    """The model, plus one token batch of every layer in float32 (twice: overlapped writing)."""
+    """The model, plus one token batch in float32, twice (overlapped writing): a token job holds
+    one layer's rows, a pooled job far less (one vector per sequence and layer)."""
     parameters, d_model = record_shape(input.record)
-    n_layers = json.loads(Path(input.record).read_text())["n_layers"]
-    batch = config["activations"]["batch_tokens"] * (n_layers + 1) * d_model * 4 * 2
+    batch = config["activations"]["batch_tokens"] * d_model * 4 * 2
     return attempt_scaled(HOST_MB + model_host_mb(parameters) + batch / MB, attempt)
 
 
+def part_residues(input):
+    """The residues of one extraction part (the FASTA's bytes bound them)."""
+    return input.size_mb * MB / config["activations"]["shards"]
+
+
 def extract_runtime_min(wildcards, input, attempt):
-    """A forward pass over this part's residues (the FASTA's bytes bound them), plus writing
-    their float16 rows of every token layer."""
+    """A forward pass over this part's residues through every block."""
+    parameters, _ = record_shape(input.record)
+    seconds = 2 * parameters * part_residues(input) / LM_FLOPS
+    return attempt_scaled(10 + seconds / 60, attempt)
+
+
+def extract_tokens_runtime_min(wildcards, input, attempt):
+    """The forward pass up to the layer (its share of the blocks), plus writing its float16 rows."""
     parameters, d_model = record_shape(input.record)
-    residues = input.size_mb * MB / config["activations"]["shards"]
-    written = residues * len(TOKEN_LAYERS) * d_model * 2
-    seconds = 2 * parameters * residues / LM_FLOPS + written / WRITE_BYTES_PER_S
+    n_layers = json.loads(Path(input.record).read_text())["n_layers"]
+    residues = part_residues(input)
+    depth = int(wildcards.layer) / max(n_layers, 1)
+    seconds = (
+        2 * parameters * residues * depth / LM_FLOPS
+        + residues * d_model * 2 / WRITE_BYTES_PER_S
+    )
     return attempt_scaled(10 + seconds / 60, attempt)
 
 
@@ -389,6 +408,14 @@ def all_targets():
     targets += [fasta(m) for m in MODELS]
     targets.append(paths.sampling_summary("tsv"))
     targets += [pooled(e, m) for e in EMBEDDERS for m in STUDY.embedded_models(e)]
+    # Every token layer, also those no SAE trains on (a product of their own).
+    targets += [
+        part
+        for e in EMBEDDERS
+        for m in STUDY.embedded_models(e)
+        for layer in TOKEN_LAYERS
+        for part in token_parts(e, m, layer)
+    ]
     targets += [
         probe_file(e, p, "accuracy.tsv") for e in ROUND_EMBEDDERS for p in POOLINGS
     ]

@@ -44,6 +44,8 @@ rule train_sae:
         "logs/train_sae/{embedder}/layer_{layer}/{scheme}.log",
     benchmark:
         "benchmarks/train_sae/{embedder}/layer_{layer}/{scheme}.tsv"
+    group:
+        SAE_GROUP
     conda:
         "../envs/sae.yaml"
     threads: 4
