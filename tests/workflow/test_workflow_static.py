@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,8 @@ def test_user_config_replaces_demo_defaults(tiny_checkpoints, tmp_path):
 
 # ----------------------------------------------------------------------------- cluster readiness
 
-GPU_RULES = {"sample", "extract", "probes", "train_sae", "feature_stats", "kl"}
+GPU_RULES = {"sample", "extract", "extract_tokens", "probes", "train_sae", "feature_stats", "kl"}
+PROFILE = REPO / "profiles" / "slurm"
 
 
 @pytest.fixture(scope="module")
@@ -182,22 +184,63 @@ def paper_study_two_lenses(paper_study) -> tuple[Path, Path]:
     return root, write_config(root / "study_two_lenses.yaml", config)
 
 
+def slurm_submissions(dry_run: str) -> list[list[str]]:
+    """The rules of each job a `-n --profile profiles/slurm` would submit: a job alone (a
+    `rule` block at the top level) or a group job (`Group job ...:` and its indented jobs)."""
+    submissions: list[list[str]] = []
+    in_group = False
+    for line in dry_run.splitlines():
+        if re.match(r"^\[.*\] Group job \S+ \(jobs in lexicogr\. order\):", line):
+            submissions.append([])
+            in_group = True
+        elif found := re.match(r"^(\s*)(?:local)?rule (\w+):", line):
+            if found.group(1) and in_group:
+                submissions[-1].append(found.group(2))
+            else:
+                submissions.append([found.group(2)])
+                in_group = False
+    return submissions
+
+
+def test_slurm_submissions_are_read_from_a_dry_run():
+    text = (
+        "[Tue Dec  1 08:35:53 2026]\nrule kl:\n    wildcards: model=r1\n"
+        "[Tue Dec  1 08:35:53 2026] Group job extract.r0.r1.00000 (jobs in lexicogr. order):\n\n"
+        "    [Tue Dec  1 08:35:53 2026]\n    rule extract:\n        jobid: 3\n"
+        "    [Tue Dec  1 08:35:53 2026]\n    rule extract_tokens:\n        jobid: 4\n"
+        "[Tue Dec  1 08:35:53 2026]\nlocalrule all:\n"
+    )
+    assert slurm_submissions(text) == [["kl"], ["extract", "extract_tokens"], ["all"]]
+
+
 def test_paper_scale_dag_has_few_full_gpu_jobs(paper_study_two_lenses):
-    """10 checkpoints, base and self lenses, 6 SAE layers, 5 folds: at most 300 GPU jobs (SAE
-    replicas of a family share a job), and the dry run takes under 10 s of CPU."""
+    """10 checkpoints, base and self lenses, 6 SAE layers, 5 folds: at most 300 GPU jobs
+    submitted to SLURM (the profile's groups: an extraction part's pooled and token jobs are one
+    submission, an SAE family's training and feature statistics another; SAE replicas of a
+    family share a job), and the dry run takes under 10 s of CPU."""
     import resource
 
     root, configfile = paper_study_two_lenses
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = run_snakemake(root, configfile, "-n", "--quiet", "rules")
+    proc = run_snakemake(root, configfile, "-n", "--profile", str(PROFILE))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     jobs = _dry_run_jobs(proc)
-    gpu_jobs = sum(n for rule, n in jobs.items() if rule in GPU_RULES)
-    assert gpu_jobs <= 300, jobs
+    submissions = slurm_submissions(proc.stdout)
+    assert sum(len(s) for s in submissions) == sum(jobs.values()), jobs
+    gpu_submissions = [s for s in submissions if GPU_RULES & set(s)]
+    assert len(gpu_submissions) <= 300, Counter(tuple(sorted(set(s))) for s in gpu_submissions)
+    # One per extraction part (2 lenses x 10 models x 2 parts): its pooled job and a token job
+    # for each of the 6 token layers.
+    parts = [s for s in submissions if "extract" in s]
+    assert len(parts) == 2 * 10 * 2 and all(
+        sorted(s) == ["extract"] + ["extract_tokens"] * 6 for s in parts
+    )
     # 2 lenses x 6 layers x 11 schemes (base, 9 rounds, pooled), 5 folds in each job
-    assert jobs["train_sae"] == 2 * 6 * 11, jobs
-    assert jobs["feature_stats"] == 2 * 11, jobs
+    assert jobs["train_sae"] == jobs["feature_stats"] == 2 * 6 * 11, jobs
+    assert Counter(tuple(s) for s in submissions if "train_sae" in s) == {
+        ("feature_stats", "train_sae"): 2 * 6 * 11
+    }
     assert jobs["kl"] == 9, jobs  # every round against the base, not the base against itself
     assert cpu_seconds < 10, f"dry run took {cpu_seconds:.1f} s of CPU"
 
@@ -210,15 +253,16 @@ def _tiny_dry_run(tiny_checkpoints, tmp_path, *args: str) -> str:
 
 def test_dry_run_shows_rule_wildcards_and_resources_of_every_job(tiny_checkpoints, tmp_path):
     """No `message:` hides a job's rule, wildcards and resources; no 'Shell command: None'."""
-    out = _tiny_dry_run(tiny_checkpoints, tmp_path, "--profile", str(REPO / "profiles" / "slurm"))
+    out = _tiny_dry_run(tiny_checkpoints, tmp_path, "--profile", str(PROFILE))
     blocks = [
-        block.split("\n[")[0]  # up to the next job's timestamp line
-        for block in re.split(r"\n(?=(?:local)?rule \w+:)", out)
-        if re.match(r"(?:local)?rule \w+:", block)
+        re.split(r"\n\s*\[", block)[0]  # up to the next job's timestamp line
+        for block in re.split(r"\n(?=\s*(?:local)?rule \w+:)", out)  # group jobs: indented
+        if re.match(r"\s*(?:local)?rule \w+:", block)
     ]
     assert len(blocks) > 20, out[-2000:]
+    assert {re.match(r"\s*(?:local)?rule (\w+):", b).group(1) for b in blocks} >= GPU_RULES
     for block in blocks:
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M).group(1)
+        rule = re.search(r"^\s*(?:local)?rule (\w+):", block, re.M).group(1)
         if rule != "all":
             assert "    resources: " in block, block
         if rule in GPU_RULES:
