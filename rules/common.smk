@@ -78,6 +78,11 @@ SAE_LAYERS = STUDY.sae_layers
 SAE_SCHEMES = STUDY.sae_schemes
 SAE_FAMILIES = STUDY.sae_families
 FEATURE_STATS_KEYS = list(FEATURE_STATS_SUFFIXES)
+# What the extraction rules embed: every model's samples and, when sae.base.sequences is set,
+# the base SAE's extra sequences (paths.SAE_BASE_SOURCE, token parts only).
+TOKEN_SOURCES = MODELS + (
+    [paths.SAE_BASE_SOURCE] if STUDY.sae_base_sequences else []
+)
 FOLDS = list(range(config["sae"]["kfold"]))
 POOLINGS = config["activations"]["pooling"]
 SAMPLE_SHARDS = paths.sample_shard_ids(config["sampling"]["shards"])
@@ -261,8 +266,11 @@ def checkpoint_inputs(wildcards):
 
 
 def embedder_model(embedder, model):
-    """The model whose checkpoint embeds `model`'s sequences for `embedder`."""
-    return model if embedder == SELF_EMBEDDER else embedder
+    """The model whose checkpoint embeds `model`'s sequences for `embedder` (sae.base.sequences
+    are embedded as the base model's samples)."""
+    if embedder != SELF_EMBEDDER:
+        return embedder
+    return BASE if model == paths.SAE_BASE_SOURCE else model
 
 
 # ----------------------------------------------------------------------------- demo
@@ -331,20 +339,28 @@ def sanity_tsne(embedder):
 
 
 def sae_token_parts(wildcards):
-    """Token part files of this layer of every model that trains the scheme."""
+    """Token part files of this layer of every source that trains the scheme."""
     return [
         part
-        for m in STUDY.scheme_models(wildcards.scheme)
+        for m in STUDY.sae_training_sources(wildcards.scheme)
         for part in token_parts(wildcards.embedder, m, wildcards.layer)
     ]
 
 
 def sae_checkpoint_records(wildcards):
-    """model -> record of the checkpoint that embedded it (spliced LM loss)."""
+    """source -> record of the checkpoint that embedded it (spliced LM loss)."""
     return {
         m: checkpoint_record(embedder_model(wildcards.embedder, m))
-        for m in STUDY.scheme_models(wildcards.scheme)
+        for m in STUDY.sae_training_sources(wildcards.scheme)
     }
+
+
+def sae_base_sequence_files(wildcards):
+    """The files sae.base.sequences names (a file or a glob), resolved now."""
+    return [
+        str(f)
+        for f in resolve_fasta_sources(STUDY.sae_base_sequences, "sae.base.sequences")
+    ]
 
 
 def sae_base_input(wildcards):
