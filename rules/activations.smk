@@ -55,13 +55,13 @@ rule extract_tokens:
         ),
     output:
         tokens=token_part("{embedder}", "{model}", "{layer}", "{part}"),
-    wildcard_constraints:
-        # Also sae.base.sequences (paths.SAE_BASE_SOURCE): the base SAE's extra sequences.
-        model=wc.alternatives(TOKEN_SOURCES),
     log:
         "logs/extract_tokens/{embedder}/{model}/layer_{layer}/part-{part}.log",
     benchmark:
         "benchmarks/extract_tokens/{embedder}/{model}/layer_{layer}/part-{part}.tsv"
+    wildcard_constraints:
+        # Also sae.base.sequences (paths.SAE_BASE_SOURCE): the base SAE's extra sequences.
+        model=wc.alternatives(TOKEN_SOURCES),
     group:
         EXTRACT_GROUP
     conda:

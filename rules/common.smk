@@ -80,9 +80,7 @@ SAE_FAMILIES = STUDY.sae_families
 FEATURE_STATS_KEYS = list(FEATURE_STATS_SUFFIXES)
 # What the extraction rules embed: every model's samples and, when sae.base.sequences is set,
 # the base SAE's extra sequences (paths.SAE_BASE_SOURCE, token parts only).
-TOKEN_SOURCES = MODELS + (
-    [paths.SAE_BASE_SOURCE] if STUDY.sae_base_sequences else []
-)
+TOKEN_SOURCES = MODELS + ([paths.SAE_BASE_SOURCE] if STUDY.sae_base_sequences else [])
 FOLDS = list(range(config["sae"]["kfold"]))
 POOLINGS = config["activations"]["pooling"]
 SAMPLE_SHARDS = paths.sample_shard_ids(config["sampling"]["shards"])
