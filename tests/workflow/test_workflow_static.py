@@ -161,6 +161,64 @@ def test_sae_layer_outside_token_layers_stops_dag_build(tiny_checkpoints, tmp_pa
     assert "sae.layers: layer 0 is not in activations.token_layers" in msg
 
 
+def _planned_inputs(out: str) -> list[tuple[str, dict[str, str], list[str]]]:
+    """(rule, wildcards, input files) of every job of a `-n` output."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        block = block.split("\n[")[0]
+        found = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+        wildcards = dict(w.split("=", 1) for w in found.group(1).split(", ")) if found else {}
+        inputs = re.search(r"^\s+input: (.+)$", block, re.M)
+        jobs.append((head.group(1), wildcards, inputs.group(1).split(", ") if inputs else []))
+    return jobs
+
+
+def test_sae_base_sequences_are_embedded_and_train_only_the_base_sae(tiny_checkpoints, tmp_path):
+    """sae.base.sequences plans its FASTA, the extraction of its token parts (SAE layers only,
+    by the base embedder) and makes them inputs of the base SAE, of no other scheme."""
+    family = REPO / "resources" / "gamma_ca_4.2.1.1.fasta"
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["sae"]["base"] = {"sequences": str(family)}
+    proc = run_snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n")
+    jobs = _planned_inputs(proc.stdout)
+    source = "_sae_base"
+    (prepare,) = [j for j in jobs if j[0] == "sae_base_sequences"]
+    assert prepare[2] == [str(family)]
+    extracted = sorted(
+        (w["layer"], w["part"], inputs[0])
+        for rule, w, inputs in jobs
+        if rule == "extract_tokens" and w["model"] == source
+    )
+    fasta = f"results/fasta/{source}.fasta"
+    assert extracted == [("01", "00000", fasta), ("01", "00001", fasta)]
+    assert not [j for j in jobs if j[0] in ("extract", "kl") and j[1].get("model") == source]
+    parts = {f"results/activations/r0/{source}/layer_01/part-0000{p}.parquet" for p in (0, 1)}
+    for rule, w, inputs in jobs:
+        if rule == "train_sae":
+            base = w["scheme"] == "base"
+            assert (parts <= set(inputs)) is base and (fasta in inputs) is base, (w, inputs)
+        elif rule in ("feature_stats", "diff", "probes", "sanity"):
+            assert not [f for f in inputs if source in f], (rule, w)
+
+
+def test_missing_sae_base_sequences_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["sae"]["base"] = {"sequences": str(tmp_path / "no_family.fasta")}
+    msg = _config_error(tmp_path, cfg)
+    assert "sae.base.sequences" in msg and "no_family.fasta" in msg and "does not exist" in msg
+
+
+def test_sae_base_sequences_with_an_imported_base_sae_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    family = REPO / "resources" / "gamma_ca_4.2.1.1.fasta"
+    cfg["sae"]["base"] = {"sequences": str(family), "import": str(tmp_path / "sae")}
+    msg = _config_error(tmp_path, cfg)
+    assert "sae.base.sequences and sae.base.import are both set" in msg
+
+
 def test_user_config_replaces_demo_defaults(tiny_checkpoints, tmp_path):
     """A --configfile is not merged with config/demo.yaml (no demo key leaks into a study)."""
     configfile = write_config(tmp_path / "c.yaml", tiny_config(tiny_checkpoints))
