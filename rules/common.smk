@@ -78,15 +78,22 @@ SAE_LAYERS = STUDY.sae_layers
 SAE_SCHEMES = STUDY.sae_schemes
 SAE_FAMILIES = STUDY.sae_families
 FEATURE_STATS_KEYS = list(FEATURE_STATS_SUFFIXES)
+# What the extraction rules embed: every model's samples and, when sae.base.sequences is set,
+# the base SAE's extra sequences (paths.SAE_BASE_SOURCE, token parts only).
+TOKEN_SOURCES = MODELS + ([paths.SAE_BASE_SOURCE] if STUDY.sae_base_sequences else [])
 FOLDS = list(range(config["sae"]["kfold"]))
-# (layer, fold) of every SAE replica of one (embedder, scheme): what one feature_stats job reads.
-SAE_REPLICAS = [(layer, fold) for layer in SAE_LAYERS for fold in FOLDS]
 POOLINGS = config["activations"]["pooling"]
 SAMPLE_SHARDS = paths.sample_shard_ids(config["sampling"]["shards"])
 EXTRACT_SHARDS = paths.extract_part_ids(config["activations"]["shards"])
 TOKEN_LAYERS = [
     paths.layer_id(layer) for layer in config["activations"]["token_layers"]
 ]
+# Groups (`group:`; active on a cluster only): the jobs of one group are one SLURM submission.
+# The pooled and token jobs of one extraction part share the embedder's load and input; an SAE
+# family's training and its feature statistics run back to back. Names cannot contain '.', so
+# the ids are unique.
+EXTRACT_GROUP = "extract.{embedder}.{model}.{part}"
+SAE_GROUP = "sae.{embedder}.{layer}.{scheme}"
 
 
 wildcard_constraints:
@@ -171,20 +178,35 @@ def sample_runtime_min(wildcards, input, attempt):
 
 
 def extract_mem_mb(wildcards, input, attempt):
-    """The model, plus one token batch of every layer in float32 (twice: overlapped writing)."""
+    """The model, plus one token batch in float32, twice (overlapped writing): a token job holds
+    one layer's rows, a pooled job far less (one vector per sequence and layer)."""
     parameters, d_model = record_shape(input.record)
-    n_layers = json.loads(Path(input.record).read_text())["n_layers"]
-    batch = config["activations"]["batch_tokens"] * (n_layers + 1) * d_model * 4 * 2
+    batch = config["activations"]["batch_tokens"] * d_model * 4 * 2
     return attempt_scaled(HOST_MB + model_host_mb(parameters) + batch / MB, attempt)
 
 
+def part_residues(input):
+    """The residues of one extraction part (the FASTA's bytes bound them)."""
+    return input.size_mb * MB / config["activations"]["shards"]
+
+
 def extract_runtime_min(wildcards, input, attempt):
-    """A forward pass over this part's residues (the FASTA's bytes bound them), plus writing
-    their float16 rows of every token layer."""
+    """A forward pass over this part's residues through every block."""
+    parameters, _ = record_shape(input.record)
+    seconds = 2 * parameters * part_residues(input) / LM_FLOPS
+    return attempt_scaled(10 + seconds / 60, attempt)
+
+
+def extract_tokens_runtime_min(wildcards, input, attempt):
+    """The forward pass up to the layer (its share of the blocks), plus writing its float16 rows."""
     parameters, d_model = record_shape(input.record)
-    residues = input.size_mb * MB / config["activations"]["shards"]
-    written = residues * len(TOKEN_LAYERS) * d_model * 2
-    seconds = 2 * parameters * residues / LM_FLOPS + written / WRITE_BYTES_PER_S
+    n_layers = json.loads(Path(input.record).read_text())["n_layers"]
+    residues = part_residues(input)
+    depth = int(wildcards.layer) / max(n_layers, 1)
+    seconds = (
+        2 * parameters * residues * depth / LM_FLOPS
+        + residues * d_model * 2 / WRITE_BYTES_PER_S
+    )
     return attempt_scaled(10 + seconds / 60, attempt)
 
 
@@ -242,8 +264,11 @@ def checkpoint_inputs(wildcards):
 
 
 def embedder_model(embedder, model):
-    """The model whose checkpoint embeds `model`'s sequences for `embedder`."""
-    return model if embedder == SELF_EMBEDDER else embedder
+    """The model whose checkpoint embeds `model`'s sequences for `embedder` (sae.base.sequences
+    are embedded as the base model's samples)."""
+    if embedder != SELF_EMBEDDER:
+        return embedder
+    return BASE if model == paths.SAE_BASE_SOURCE else model
 
 
 # ----------------------------------------------------------------------------- demo
@@ -312,20 +337,28 @@ def sanity_tsne(embedder):
 
 
 def sae_token_parts(wildcards):
-    """Token part files of this layer of every model that trains the scheme."""
+    """Token part files of this layer of every source that trains the scheme."""
     return [
         part
-        for m in STUDY.scheme_models(wildcards.scheme)
+        for m in STUDY.sae_training_sources(wildcards.scheme)
         for part in token_parts(wildcards.embedder, m, wildcards.layer)
     ]
 
 
 def sae_checkpoint_records(wildcards):
-    """model -> record of the checkpoint that embedded it (spliced LM loss)."""
+    """source -> record of the checkpoint that embedded it (spliced LM loss)."""
     return {
         m: checkpoint_record(embedder_model(wildcards.embedder, m))
-        for m in STUDY.scheme_models(wildcards.scheme)
+        for m in STUDY.sae_training_sources(wildcards.scheme)
     }
+
+
+def sae_base_sequence_files(wildcards):
+    """The files sae.base.sequences names (a file or a glob), resolved now."""
+    return [
+        str(f)
+        for f in resolve_fasta_sources(STUDY.sae_base_sequences, "sae.base.sequences")
+    ]
 
 
 def sae_base_input(wildcards):
@@ -389,6 +422,14 @@ def all_targets():
     targets += [fasta(m) for m in MODELS]
     targets.append(paths.sampling_summary("tsv"))
     targets += [pooled(e, m) for e in EMBEDDERS for m in STUDY.embedded_models(e)]
+    # Every token layer, also those no SAE trains on (a product of their own).
+    targets += [
+        part
+        for e in EMBEDDERS
+        for m in STUDY.embedded_models(e)
+        for layer in TOKEN_LAYERS
+        for part in token_parts(e, m, layer)
+    ]
     targets += [
         probe_file(e, p, "accuracy.tsv") for e in ROUND_EMBEDDERS for p in POOLINGS
     ]

@@ -1,5 +1,6 @@
 # Stage: diff. feature_stats encodes every model's held-out token activations with each SAE replica
-# (one GPU job per embedder and scheme, over every SAE layer and fold); diff compares a family's SAEs across rounds,
+# (one GPU job per embedder, layer and scheme, over every fold, grouped with the SAE family's
+# training into one SLURM submission); diff compares a family's SAEs across rounds,
 # folds and schemes (a cheap CPU job); kl scores every model against the base on the same
 # sequences (one GPU job per model) and kl_summary gathers them.
 
@@ -7,54 +8,55 @@
 rule feature_stats:
     input:
         saes=lambda wildcards: [
-            sae_dir(wildcards.embedder, layer, wildcards.scheme, fold)
-            for layer, fold in SAE_REPLICAS
+            sae_dir(wildcards.embedder, wildcards.layer, wildcards.scheme, fold)
+            for fold in FOLDS
         ],
         base_saes=lambda wildcards: (
             []
             if wildcards.scheme == paths.BASE_SCHEME
             else [
-                sae_dir(wildcards.embedder, layer, paths.BASE_SCHEME, fold)
-                for layer, fold in SAE_REPLICAS
+                sae_dir(wildcards.embedder, wildcards.layer, paths.BASE_SCHEME, fold)
+                for fold in FOLDS
             ]
         ),
         tokens=lambda wildcards: [
             part
-            for layer in SAE_LAYERS
             for m in STUDY.embedded_models(wildcards.embedder)
-            for part in token_parts(wildcards.embedder, m, layer)
+            for part in token_parts(wildcards.embedder, m, wildcards.layer)
         ],
     output:
         **{
             key: [
-                feature_stats_files("{embedder}", layer, "{scheme}", fold)[key]
-                for layer, fold in SAE_REPLICAS
+                feature_stats_files("{embedder}", "{layer}", "{scheme}", fold)[key]
+                for fold in FOLDS
             ]
             for key in FEATURE_STATS_KEYS
         },
     log:
-        "logs/feature_stats/{embedder}/{scheme}.log",
+        "logs/feature_stats/{embedder}/layer_{layer}/{scheme}.log",
     benchmark:
-        "benchmarks/feature_stats/{embedder}/{scheme}.tsv"
+        "benchmarks/feature_stats/{embedder}/layer_{layer}/{scheme}.tsv"
+    group:
+        SAE_GROUP
     conda:
         "../envs/sae.yaml"
     threads: 4
     resources:
         mem_mb=mem_mb(16000),
-        runtime=runtime_min(30 * len(SAE_REPLICAS)),
+        runtime=runtime_min(30 * len(FOLDS)),
         gpu=1,
     params:
         # In the order of the outputs: the layer, fold and token directories of each replica.
         replicas=lambda wildcards: [
             {
-                "layer": int(layer),
+                "layer": int(wildcards.layer),
                 "fold": fold,
                 "token_dirs": {
-                    m: token_layer_dir(wildcards.embedder, m, layer)
+                    m: token_layer_dir(wildcards.embedder, m, wildcards.layer)
                     for m in STUDY.embedded_models(wildcards.embedder)
                 },
             }
-            for layer, fold in SAE_REPLICAS
+            for fold in FOLDS
         ],
         diff=config["diff"],
         kfold=config["sae"]["kfold"],

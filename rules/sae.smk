@@ -13,7 +13,7 @@ rule train_sae:
     input:
         tokens=sae_token_parts,
         fasta=lambda wildcards: [
-            fasta(m) for m in STUDY.scheme_models(wildcards.scheme)
+            fasta(m) for m in STUDY.sae_training_sources(wildcards.scheme)
         ],
         records=lambda wildcards: sorted(
             set(sae_checkpoint_records(wildcards).values())
@@ -44,6 +44,8 @@ rule train_sae:
         "logs/train_sae/{embedder}/layer_{layer}/{scheme}.log",
     benchmark:
         "benchmarks/train_sae/{embedder}/layer_{layer}/{scheme}.tsv"
+    group:
+        SAE_GROUP
     conda:
         "../envs/sae.yaml"
     threads: 4
@@ -54,12 +56,32 @@ rule train_sae:
     params:
         sae={k: config["sae"][k] for k in SAE_JOB_KEYS},
         folds=FOLDS,
-        models=lambda wildcards: STUDY.scheme_models(wildcards.scheme),
+        models=lambda wildcards: STUDY.sae_training_sources(wildcards.scheme),
         fasta=lambda wildcards: {
-            m: fasta(m) for m in STUDY.scheme_models(wildcards.scheme)
+            m: fasta(m) for m in STUDY.sae_training_sources(wildcards.scheme)
         },
         records=sae_checkpoint_records,
         import_path=sae_import_path,
         prompt=config["prompt"],
     script:
         "../workflow_scripts/train_sae.py"
+
+
+# sae.base.sequences: more sequences for the base SAE, written as the FASTA of the token source
+# paths.SAE_BASE_SOURCE, which extract_tokens embeds as it embeds a model's samples.
+rule sae_base_sequences:
+    input:
+        fasta=sae_base_sequence_files,
+    output:
+        fasta=fasta(paths.SAE_BASE_SOURCE),
+        stats=fasta_stats(paths.SAE_BASE_SOURCE),
+    log:
+        "logs/sae_base_sequences.log",
+    localrule: True
+    conda:
+        "../envs/sae.yaml"
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
+    script:
+        "../workflow_scripts/sae_base_sequences.py"

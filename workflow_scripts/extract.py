@@ -1,4 +1,4 @@
-"""Rule extract: embed one part of a model's FASTA (plmdiff.activations.job.extract)."""
+"""Rule extract: the pooled part of one part of a model's FASTA (plmdiff.activations.job.extract)."""
 
 from plmdiff.activations.job import extract
 from plmdiff.core.runtime import setup_logging
@@ -15,8 +15,6 @@ extract(
     # Result-defining keys from params (the rerun triggers), batching keys from the config.
     activations_section={**snakemake.config["activations"], **snakemake.params.activations},
     pooled_path=snakemake.output.pooled,
-    token_layers=snakemake.params.token_layers,
-    token_paths=snakemake.output.tokens,
     device=snakemake.config["device"],
     allow_pickle=snakemake.config["allow_pickle"],
     threads=snakemake.threads,

@@ -1,5 +1,5 @@
-"""Rule feature_stats: encode every model's held-out tokens with each SAE replica of one
-(embedder, scheme), every SAE layer and fold, and summarise each feature."""
+"""Rule feature_stats: encode every model's held-out tokens with each fold replica of one
+(embedder, layer, scheme), and summarise each feature."""
 
 from plmdiff.core.runtime import setup_logging
 from plmdiff.diff.job import run_feature_stats_replicas

@@ -102,12 +102,20 @@ class SbatchCall:
         return values
 
     @property
-    def target_wildcards(self) -> dict[str, str]:
-        """The job's wildcards, from the `--target-jobs 'rule:name=value,...'` of its command."""
-        match = re.search(r"--target-jobs '?[^:' ]+:([^' ]*)", self.option("--wrap") or "")
-        if not match or not match.group(1):
-            return {}
-        return dict(item.split("=", 1) for item in match.group(1).split(","))
+    def target_jobs(self) -> list[tuple[str, dict[str, str]]]:
+        """(rule, wildcards) of every job the submission runs: one, or each job of a group
+        (`--target-jobs 'rule:name=value,...' ...` of its command)."""
+        wrap = self.option("--wrap") or ""
+        _, _, rest = wrap.partition("--target-jobs ")
+        jobs = []
+        for rule, values in re.findall(r"'?([A-Za-z_]\w*):([^' ]*)'?(?= |$)", rest.split(" --")[0]):
+            pairs = [item.split("=", 1) for item in values.split(",") if item]
+            jobs.append((rule, dict(pairs)))
+        return jobs
+
+    @property
+    def rules(self) -> set[str]:
+        return {rule for rule, _ in self.target_jobs}
 
     @property
     def attempt(self) -> int:

@@ -114,7 +114,7 @@ def test_profile_defaults_grow_with_attempt(resource):
 
 
 def test_gpu_rules_are_the_ones_that_declare_a_gpu():
-    expected = {"sample", "extract", "probes", "train_sae", "feature_stats", "kl"}
+    expected = {"sample", "extract", "extract_tokens", "probes", "train_sae", "feature_stats", "kl"}
     assert expected == GPU_RULES
 
 
@@ -154,9 +154,10 @@ class DryRunJob:
 
 
 def dry_run_jobs(text: str) -> list[DryRunJob]:
+    """Every job, also those inside a group job (printed indented)."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
-        head = re.match(r"(?:local)?rule (\w+):", block)
+    for block in re.split(r"\n(?=\s*(?:local)?rule \w+:)", text):
+        head = re.match(r"\s*(?:local)?rule (\w+):", block)
         resources = re.search(r"^\s+resources: (.*)$", block, flags=re.MULTILINE)
         if not head or not resources:
             continue
@@ -204,8 +205,9 @@ def integration_targets(config: dict, rules: set[str]) -> list[str]:
     """A slice of the tiny study that fits in a couple of minutes on 2 cores.
 
     Two checkpoint records (CPU jobs through sbatch), the sampling shards of r1 (GPU jobs) with
-    its local filter, r1's pooled activations (GPU extraction parts + a local gather), and the
-    base SAE family of the first SAE layer (one GPU job for every fold replica).
+    its local filter, r1's pooled activations (GPU extraction parts + a local gather) and its
+    first token layer (one group with the pooled job of each part), and the base SAE family of
+    the first SAE layer (one GPU job for every fold replica).
     """
     models = [m["name"] for m in config["models"]]
     targets = [f"results/checkpoints/{m}.json" for m in models[:2]]
@@ -215,6 +217,12 @@ def integration_targets(config: dict, rules: set[str]) -> list[str]:
         embedder = config["activations"]["embedders"][0]
         embedder = models[0] if embedder == "base" else embedder
         targets.append(f"results/activations/{embedder}/{models[1]}.pooled.parquet")
+        if "extract_tokens" in rules:
+            layer = f"{config['activations']['token_layers'][0]:02d}"
+            targets += [
+                f"results/activations/{embedder}/{models[1]}/layer_{layer}/part-{part:05d}.parquet"
+                for part in range(config["activations"]["shards"])
+            ]
     if "train_sae" in rules:
         layer = f"{config['sae']['layers'][0]:02d}"
         targets.append(f"results/saes/{models[0]}/layer_{layer}/base/fold_0.metrics.json")
@@ -265,16 +273,24 @@ def test_tiny_workflow_through_slurm(local_slurm, tiny_checkpoints, tmp_path):
         f"run of {targets} {slurm_seconds:.0f} s"
     )
 
-    # Every job of a non-local rule went through sbatch exactly once; local rules never did.
+    # Every job of a non-local rule went through sbatch exactly once (alone or in its group);
+    # local rules never did.
     calls = cluster.sbatch_calls()
     jobs = finished_jobs(tmp_path / "slurm")
     local_only = local_rules()
     remote = [j for j in jobs if j.rule not in local_only]
     assert remote, "no job ran through SLURM"
     assert all(c.attempt == 1 for c in calls), "a job needed a retry"
-    assert len(calls) == len(remote), f"{len(calls)} sbatch calls for {len(remote)} jobs"
-    matched = {job_of_call(jobs, c.rule, c.target_wildcards): c for c in calls}
+    submitted = [(c, rule, w) for c in calls for rule, w in c.target_jobs]
+    assert len(submitted) == len(remote), f"{len(submitted)} submitted jobs for {len(remote)}"
+    matched = {job_of_call(jobs, rule, w): c for c, rule, w in submitted}
     assert set(matched) == set(remote), "jobs and sbatch calls do not pair up"
+    # An extraction part's pooled and token jobs are one submission that asks for one GPU
+    # (profiles/slurm: group-components, group_slot), not one GPU per job.
+    if "extract_tokens" in rules:
+        parts = [c for c in calls if c.rules == {"extract", "extract_tokens"}]
+        assert len(parts) == config["activations"]["shards"], [c.target_jobs for c in calls]
+        assert all(c.gpus == "1" for c in parts), [c.args for c in parts]
 
     # GPU rules asked for and got a GPU on the GPU partition; CPU rules neither.
     for job, call in matched.items():
@@ -296,10 +312,11 @@ def test_tiny_workflow_through_slurm(local_slurm, tiny_checkpoints, tmp_path):
     if {"sample", "extract"} & rules:
         assert GPU_RULES & {j.rule for j in remote}, "no GPU rule ran"
     for call in calls:
-        if call.rule in ("sample", "train_sae"):
-            assert call.runtime_min == {"sample": 33, "train_sae": 34}[call.rule], call.args
+        if call.rules in ({"sample"}, {"train_sae"}):
+            (rule,) = call.rules
+            assert call.runtime_min == {"sample": 33, "train_sae": 34}[rule], call.args
     # One SLURM job trained every fold replica of the SAE family.
-    sae_calls = [c for c in calls if c.rule == "train_sae"]
+    sae_calls = [c for c in calls if "train_sae" in c.rules]
     if "train_sae" in rules:
         assert len(sae_calls) == 1, sae_calls
         kfold = config["sae"]["kfold"]

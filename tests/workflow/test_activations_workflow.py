@@ -1,4 +1,4 @@
-"""The extract and gather_pooled rules in a real Snakemake run on the tiny config."""
+"""The extract, extract_tokens and gather_pooled rules in a real Snakemake run on the tiny config."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.conftest import dry_run_jobs, run_snakemake, tiny_config, write_confi
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
-RULES = ("check_checkpoint", "extract", "gather_pooled")
+RULES = ("check_checkpoint", "extract", "extract_tokens", "gather_pooled")
 
 
 def write_study_fasta(workdir: Path, models: list[str]) -> dict[str, list[SequenceEntry]]:
@@ -60,6 +60,13 @@ def extraction_run(checkpoints, tmp_path_factory):
     # The base embeds every model; 'self' is exercised on one model (each job costs a process).
     targets = [f"results/activations/r0/{m}.pooled.parquet" for m in checkpoints]
     targets.append("results/activations/self/r1.pooled.parquet")
+    # The base's token parts of every model (extract_tokens: one job per layer and part).
+    targets += [
+        f"results/activations/r0/{m}/layer_{layer:02d}/part-{part:05d}.parquet"
+        for m in checkpoints
+        for layer in config["activations"]["token_layers"]
+        for part in range(2)
+    ]
     # Other stages' rules are left out: this test starts from FASTA files it wrote itself.
     run_snakemake(workdir, configfile, "--cores", "2", "--allowed-rules", *RULES, "--", *targets)
     return workdir, configfile, fastas, targets
@@ -118,13 +125,16 @@ def test_token_parts_hold_every_residue(extraction_run):
 def test_rerun_has_nothing_to_do_and_a_changed_fasta_reruns_its_model(extraction_run):
     workdir, configfile, _, targets = extraction_run
     dry = run_snakemake(workdir, configfile, "-n", "--allowed-rules", *RULES, "--", *targets)
-    assert "Nothing to be done" in dry.stdout + dry.stderr
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
     fasta = workdir / "results" / "fasta" / "r1.fasta"
     entries = list(read_fasta(fasta))
     write_fasta(fasta, entries[:-1])
     dry = run_snakemake(workdir, configfile, "-n", "--allowed-rules", *RULES, "--", *targets)
     out = dry.stdout + dry.stderr
     jobs = [(rule, wc["model"]) for rule, wc in dry_run_jobs(out) if rule in RULES]
-    # Only r1's jobs are stale: two embedders x (2 parts + 1 gather).
-    assert sorted(jobs) == sorted([("extract", "r1")] * 4 + [("gather_pooled", "r1")] * 2), out
+    # Only r1's jobs are stale: two embedders x (2 parts + 1 gather), and the base's token
+    # parts of r1 (2 layers x 2 parts).
+    expected = [("extract", "r1")] * 4 + [("gather_pooled", "r1")] * 2
+    expected += [("extract_tokens", "r1")] * 4
+    assert sorted(jobs) == sorted(expected), out
     write_fasta(fasta, entries)  # restore for any later test

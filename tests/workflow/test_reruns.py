@@ -261,6 +261,49 @@ def test_adding_a_scheme_runs_only_its_jobs(tiny_run, tmp_path):
     )
 
 
+def _job_set(jobs) -> Counter:
+    return Counter((rule, tuple(sorted(w.items()))) for rule, w in jobs)
+
+
+# The tiny study: the base embeds every model (embedder r0), two extraction parts, and the SAE
+# schemes and diff families of the schema's default sae.schemes.
+TINY_MODELS = ("r0", "r1", "r2")
+TINY_PARTS = ("00000", "00001")
+TINY_SCHEMES = ("base", "ft_r1", "ft_r2", "pooled")
+TINY_FAMILIES = ("base", "per_model", "pooled")
+
+
+@pytest.mark.parametrize("with_saes", [False, True], ids=["tokens only", "tokens and SAEs"])
+def test_adding_a_token_layer_runs_only_that_layers_jobs(tiny_run, tmp_path, with_saes):
+    """token_layers [1, 2] -> [1, 2, 0] (and sae.layers [1] -> [1, 0]): the new layer's token
+    parts (one job per part, whose forward pass stops at layer 0), its SAE families, their
+    feature statistics and diffs; no pooled extraction, no other layer's token parts, probes,
+    sanity checks or SAEs."""
+    work = copy_run(tiny_run, tmp_path / "work")
+
+    def add_layer(config):
+        assert config["activations"]["token_layers"] == [1, 2] and config["sae"]["layers"] == [1]
+        config["activations"]["token_layers"].append(0)
+        if with_saes:
+            config["sae"]["layers"].append(0)
+
+    edit_config(work, add_layer)
+    new = {"embedder": "r0", "layer": "00"}
+    expected = [("all", {})]
+    expected += [
+        ("extract_tokens", {**new, "model": m, "part": p}) for m in TINY_MODELS for p in TINY_PARTS
+    ]
+    if with_saes:
+        expected += [("report", {})]
+        expected += [
+            (rule, {**new, "scheme": s})
+            for rule in ("train_sae", "feature_stats")
+            for s in TINY_SCHEMES
+        ]
+        expected += [("diff", {**new, "family": f}) for f in TINY_FAMILIES]
+    assert _job_set(planned_jobs(work)) == _job_set(expected)
+
+
 # Rules that read every model, so adding one reruns them: summaries, the clustering and the
 # probes over all rounds, and the feature statistics (each SAE encodes every model's tokens).
 ALL_MODEL_RULES = {

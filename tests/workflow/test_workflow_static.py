@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,64 @@ def test_sae_layer_outside_token_layers_stops_dag_build(tiny_checkpoints, tmp_pa
     assert "sae.layers: layer 0 is not in activations.token_layers" in msg
 
 
+def _planned_inputs(out: str) -> list[tuple[str, dict[str, str], list[str]]]:
+    """(rule, wildcards, input files) of every job of a `-n` output."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        block = block.split("\n[")[0]
+        found = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+        wildcards = dict(w.split("=", 1) for w in found.group(1).split(", ")) if found else {}
+        inputs = re.search(r"^\s+input: (.+)$", block, re.M)
+        jobs.append((head.group(1), wildcards, inputs.group(1).split(", ") if inputs else []))
+    return jobs
+
+
+def test_sae_base_sequences_are_embedded_and_train_only_the_base_sae(tiny_checkpoints, tmp_path):
+    """sae.base.sequences plans its FASTA, the extraction of its token parts (SAE layers only,
+    by the base embedder) and makes them inputs of the base SAE, of no other scheme."""
+    family = REPO / "resources" / "gamma_ca_4.2.1.1.fasta"
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["sae"]["base"] = {"sequences": str(family)}
+    proc = run_snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n")
+    jobs = _planned_inputs(proc.stdout)
+    source = "_sae_base"
+    (prepare,) = [j for j in jobs if j[0] == "sae_base_sequences"]
+    assert prepare[2] == [str(family)]
+    extracted = sorted(
+        (w["layer"], w["part"], inputs[0])
+        for rule, w, inputs in jobs
+        if rule == "extract_tokens" and w["model"] == source
+    )
+    fasta = f"results/fasta/{source}.fasta"
+    assert extracted == [("01", "00000", fasta), ("01", "00001", fasta)]
+    assert not [j for j in jobs if j[0] in ("extract", "kl") and j[1].get("model") == source]
+    parts = {f"results/activations/r0/{source}/layer_01/part-0000{p}.parquet" for p in (0, 1)}
+    for rule, w, inputs in jobs:
+        if rule == "train_sae":
+            base = w["scheme"] == "base"
+            assert (parts <= set(inputs)) is base and (fasta in inputs) is base, (w, inputs)
+        elif rule in ("feature_stats", "diff", "probes", "sanity"):
+            assert not [f for f in inputs if source in f], (rule, w)
+
+
+def test_missing_sae_base_sequences_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["sae"]["base"] = {"sequences": str(tmp_path / "no_family.fasta")}
+    msg = _config_error(tmp_path, cfg)
+    assert "sae.base.sequences" in msg and "no_family.fasta" in msg and "does not exist" in msg
+
+
+def test_sae_base_sequences_with_an_imported_base_sae_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    family = REPO / "resources" / "gamma_ca_4.2.1.1.fasta"
+    cfg["sae"]["base"] = {"sequences": str(family), "import": str(tmp_path / "sae")}
+    msg = _config_error(tmp_path, cfg)
+    assert "sae.base.sequences and sae.base.import are both set" in msg
+
+
 def test_user_config_replaces_demo_defaults(tiny_checkpoints, tmp_path):
     """A --configfile is not merged with config/demo.yaml (no demo key leaks into a study)."""
     configfile = write_config(tmp_path / "c.yaml", tiny_config(tiny_checkpoints))
@@ -170,7 +229,8 @@ def test_user_config_replaces_demo_defaults(tiny_checkpoints, tmp_path):
 
 # ----------------------------------------------------------------------------- cluster readiness
 
-GPU_RULES = {"sample", "extract", "probes", "train_sae", "feature_stats", "kl"}
+GPU_RULES = {"sample", "extract", "extract_tokens", "probes", "train_sae", "feature_stats", "kl"}
+PROFILE = REPO / "profiles" / "slurm"
 
 
 @pytest.fixture(scope="module")
@@ -182,22 +242,63 @@ def paper_study_two_lenses(paper_study) -> tuple[Path, Path]:
     return root, write_config(root / "study_two_lenses.yaml", config)
 
 
+def slurm_submissions(dry_run: str) -> list[list[str]]:
+    """The rules of each job a `-n --profile profiles/slurm` would submit: a job alone (a
+    `rule` block at the top level) or a group job (`Group job ...:` and its indented jobs)."""
+    submissions: list[list[str]] = []
+    in_group = False
+    for line in dry_run.splitlines():
+        if re.match(r"^\[.*\] Group job \S+ \(jobs in lexicogr\. order\):", line):
+            submissions.append([])
+            in_group = True
+        elif found := re.match(r"^(\s*)(?:local)?rule (\w+):", line):
+            if found.group(1) and in_group:
+                submissions[-1].append(found.group(2))
+            else:
+                submissions.append([found.group(2)])
+                in_group = False
+    return submissions
+
+
+def test_slurm_submissions_are_read_from_a_dry_run():
+    text = (
+        "[Tue Dec  1 08:35:53 2026]\nrule kl:\n    wildcards: model=r1\n"
+        "[Tue Dec  1 08:35:53 2026] Group job extract.r0.r1.00000 (jobs in lexicogr. order):\n\n"
+        "    [Tue Dec  1 08:35:53 2026]\n    rule extract:\n        jobid: 3\n"
+        "    [Tue Dec  1 08:35:53 2026]\n    rule extract_tokens:\n        jobid: 4\n"
+        "[Tue Dec  1 08:35:53 2026]\nlocalrule all:\n"
+    )
+    assert slurm_submissions(text) == [["kl"], ["extract", "extract_tokens"], ["all"]]
+
+
 def test_paper_scale_dag_has_few_full_gpu_jobs(paper_study_two_lenses):
-    """10 checkpoints, base and self lenses, 6 SAE layers, 5 folds: at most 300 GPU jobs (SAE
-    replicas of a family share a job), and the dry run takes under 10 s of CPU."""
+    """10 checkpoints, base and self lenses, 6 SAE layers, 5 folds: at most 300 GPU jobs
+    submitted to SLURM (the profile's groups: an extraction part's pooled and token jobs are one
+    submission, an SAE family's training and feature statistics another; SAE replicas of a
+    family share a job), and the dry run takes under 10 s of CPU."""
     import resource
 
     root, configfile = paper_study_two_lenses
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = run_snakemake(root, configfile, "-n", "--quiet", "rules")
+    proc = run_snakemake(root, configfile, "-n", "--profile", str(PROFILE))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     jobs = _dry_run_jobs(proc)
-    gpu_jobs = sum(n for rule, n in jobs.items() if rule in GPU_RULES)
-    assert gpu_jobs <= 300, jobs
+    submissions = slurm_submissions(proc.stdout)
+    assert sum(len(s) for s in submissions) == sum(jobs.values()), jobs
+    gpu_submissions = [s for s in submissions if GPU_RULES & set(s)]
+    assert len(gpu_submissions) <= 300, Counter(tuple(sorted(set(s))) for s in gpu_submissions)
+    # One per extraction part (2 lenses x 10 models x 2 parts): its pooled job and a token job
+    # for each of the 6 token layers.
+    parts = [s for s in submissions if "extract" in s]
+    assert len(parts) == 2 * 10 * 2 and all(
+        sorted(s) == ["extract"] + ["extract_tokens"] * 6 for s in parts
+    )
     # 2 lenses x 6 layers x 11 schemes (base, 9 rounds, pooled), 5 folds in each job
-    assert jobs["train_sae"] == 2 * 6 * 11, jobs
-    assert jobs["feature_stats"] == 2 * 11, jobs
+    assert jobs["train_sae"] == jobs["feature_stats"] == 2 * 6 * 11, jobs
+    assert Counter(tuple(s) for s in submissions if "train_sae" in s) == {
+        ("feature_stats", "train_sae"): 2 * 6 * 11
+    }
     assert jobs["kl"] == 9, jobs  # every round against the base, not the base against itself
     assert cpu_seconds < 10, f"dry run took {cpu_seconds:.1f} s of CPU"
 
@@ -210,15 +311,16 @@ def _tiny_dry_run(tiny_checkpoints, tmp_path, *args: str) -> str:
 
 def test_dry_run_shows_rule_wildcards_and_resources_of_every_job(tiny_checkpoints, tmp_path):
     """No `message:` hides a job's rule, wildcards and resources; no 'Shell command: None'."""
-    out = _tiny_dry_run(tiny_checkpoints, tmp_path, "--profile", str(REPO / "profiles" / "slurm"))
+    out = _tiny_dry_run(tiny_checkpoints, tmp_path, "--profile", str(PROFILE))
     blocks = [
-        block.split("\n[")[0]  # up to the next job's timestamp line
-        for block in re.split(r"\n(?=(?:local)?rule \w+:)", out)
-        if re.match(r"(?:local)?rule \w+:", block)
+        re.split(r"\n\s*\[", block)[0]  # up to the next job's timestamp line
+        for block in re.split(r"\n(?=\s*(?:local)?rule \w+:)", out)  # group jobs: indented
+        if re.match(r"\s*(?:local)?rule \w+:", block)
     ]
     assert len(blocks) > 20, out[-2000:]
+    assert {re.match(r"\s*(?:local)?rule (\w+):", b).group(1) for b in blocks} >= GPU_RULES
     for block in blocks:
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M).group(1)
+        rule = re.search(r"^\s*(?:local)?rule (\w+):", block, re.M).group(1)
         if rule != "all":
             assert "    resources: " in block, block
         if rule in GPU_RULES:

@@ -1,10 +1,16 @@
 """Residual-stream extraction: embed FASTA sequences with a checkpoint, pool, and store as Parquet.
 
-The `extract` rule's logic (its entry function: plmdiff.activations.job.extract). For each sequence of one part of a model's FASTA:
+The logic of the `extract` and `extract_tokens` rules (entry functions:
+plmdiff.activations.job.extract, .extract_tokens). For each sequence of one part of a model's FASTA:
 
 - pooled, every stored layer: `last` = the last residue token, `mean` = the mean over residue
   tokens (never the control tag, special tokens or position 0);
-- tokens, the layers in `activations.token_layers`: one row per residue.
+- tokens, one layer of `activations.token_layers`: one row per residue.
+
+One call writes any mix of the two; the rules write the pooled part in one job and each token
+layer in a job of its own, so adding a token layer runs only that layer's jobs. The forward pass
+stops at the deepest layer a call needs: a token job of layer l runs blocks 0..l-1 only, and its
+file is byte for byte the one a pass over every layer writes (tests/unit/activations).
 
 Layer `l` is the input of block `l` (0 = embeddings) and layer `L` the input of the final
 LayerNorm, captured with forward pre-hooks, so every layer is the same kind of object (Hugging
@@ -459,8 +465,12 @@ class _BackgroundWriter:
     compress in parallel; pyarrow releases the GIL while it encodes and compresses.
     """
 
-    def __init__(self, pooled: PooledWriter, tokens: Mapping[int, TokenWriter], model: str) -> None:
-        self.lanes = [_Lane("pooled", functools.partial(_write_pooled_rows, pooled, model))]
+    def __init__(
+        self, pooled: PooledWriter | None, tokens: Mapping[int, TokenWriter], model: str
+    ) -> None:
+        self.lanes = []
+        if pooled is not None:
+            self.lanes.append(_Lane("pooled", functools.partial(_write_pooled_rows, pooled, model)))
         self.lanes += [
             _Lane(f"layer{layer:02d}", functools.partial(_write_token_rows, writer, layer))
             for layer, writer in tokens.items()
@@ -520,7 +530,7 @@ def iter_batch_activations(
 def write_activations(
     batches: Iterable[BatchActivations],
     *,
-    pooled_path: str | os.PathLike,
+    pooled_path: str | os.PathLike | None,
     token_paths: Mapping[int, str | os.PathLike],
     pooled_layers: Sequence[int],
     poolings: Sequence[str],
@@ -529,19 +539,24 @@ def write_activations(
     model: str,
     metadata: Mapping[str, Any],
 ) -> ExtractionSummary:
-    """Write batches to one pooled part and one token part per layer, all atomically."""
+    """Write batches to the pooled part (none: `pooled_path` None) and one token part per layer
+    of `token_paths`, all atomically."""
     start = time.perf_counter()
     n_seq = n_tok = n_trunc = n_batches = 0
     truncated: list[str] = []
     with ExitStack() as stack:
-        pooled = stack.enter_context(
-            PooledWriter(
-                pooled_path,
-                layers=pooled_layers,
-                poolings=poolings,
-                d_model=d_model,
-                dtype=settings.dtype,
-                metadata=metadata,
+        pooled = (
+            None
+            if pooled_path is None
+            else stack.enter_context(
+                PooledWriter(
+                    pooled_path,
+                    layers=pooled_layers,
+                    poolings=poolings,
+                    d_model=d_model,
+                    dtype=settings.dtype,
+                    metadata=metadata,
+                )
             )
         )
         tokens = {
@@ -582,7 +597,8 @@ def write_activations(
             "truncated_seq_ids": truncated,
         }
         # Close (and rename) every file only when all of them are complete.
-        pooled.close(footer)
+        if pooled is not None:
+            pooled.close(footer)
         for writer_ in tokens.values():
             writer_.close(footer)
     return ExtractionSummary(
@@ -605,20 +621,22 @@ def extract_part(
     part: int,
     fmt: PromptFormat,
     settings: ExtractionSettings,
-    pooled_path: str | os.PathLike,
+    pooled_path: str | os.PathLike | None,
     token_paths: Mapping[int, str | os.PathLike],
     device: Any = "cpu",
     allow_pickle: bool = False,
 ) -> ExtractionSummary:
-    """The extract rule: embed part `part` of `fasta_path` with `record`'s checkpoint."""
+    """Embed part `part` of `fasta_path` with `record`'s checkpoint: the pooled part of every
+    layer of activations.layers (`pooled_path`; None: no pooled part) and the token part of each
+    layer of `token_paths`."""
     return_freed_memory_to_os()
     n_layers, d_model = record.n_layers, record.d_model
-    pooled_layers = settings.pooled_layers(n_layers)
-    token_layers = settings.checked_token_layers(n_layers)
-    if sorted(token_paths) != token_layers:
+    pooled_layers = [] if pooled_path is None else settings.pooled_layers(n_layers)
+    token_layers = sorted(int(layer) for layer in token_paths)
+    _check_layers("activations.token_layers", token_layers, n_layers)
+    if not pooled_layers and not token_layers:
         raise DataError(
-            f"token outputs for layers {sorted(token_paths)} but activations.token_layers is "
-            f"{token_layers}"
+            f"extraction of part {part} of {fasta_path}: neither a pooled nor a token output"
         )
     entries = shard_sequences(list(read_fasta(fasta_path)), part, settings.shards)
     tokenizer = load_tokenizer(checkpoint_dir)

@@ -18,6 +18,10 @@ BENCHMARKS = "benchmarks"
 # ----------------------------------------------------------------------------- SAE schemes
 
 BASE_SCHEME = "base"  # trained from scratch (or imported) on the base model's tokens
+# The token source of sae.base.sequences: more sequences for the base SAE, embedded like the base
+# model's samples (a pseudo-model of the extraction rules, its FASTA at fasta(SAE_BASE_SOURCE)).
+# Model names start with a letter or digit, so it never collides with one.
+SAE_BASE_SOURCE = "_sae_base"
 FINETUNE_PREFIX = "ft_"  # ft_{model}: the base SAE fine-tuned on one round's tokens
 POOLED_SCHEME = "pooled"  # the base SAE fine-tuned on every round's tokens
 POOLED_PREFIX = "pooled_"  # pooled_{group}: ... on the rounds of one sae.groups entry

@@ -137,6 +137,19 @@ class Study:
             return list(self.rounds) if group is None else list(self.config["sae"]["groups"][group])
         raise ConfigError(f"unknown SAE scheme '{scheme}'; accepted: {', '.join(self.sae_schemes)}")
 
+    @property
+    def sae_base_sequences(self) -> str | None:
+        """sae.base.sequences: a FASTA (or glob) whose sequences also train the base SAE."""
+        return self.config["sae"]["base"].get("sequences")
+
+    def sae_training_sources(self, scheme: str) -> list[str]:
+        """Token sources that train (or fine-tune) an SAE of this scheme: its models, and for the
+        base scheme also sae.base.sequences (paths.SAE_BASE_SOURCE) when set."""
+        models = self.scheme_models(scheme)
+        if scheme == paths.BASE_SCHEME and self.sae_base_sequences:
+            return [*models, paths.SAE_BASE_SOURCE]
+        return models
+
     def family_schemes(self, family: str) -> list[str]:
         """SAE schemes compared by one diff family (the base SAE is the reference of each)."""
         base = [paths.BASE_SCHEME]
@@ -230,6 +243,23 @@ def check_given_fasta(study: Study) -> None:
             raise ConfigError(str(exc)) from None
 
 
+def check_sae_base_sequences(study: Study) -> None:
+    """sae.base.sequences names at least one file, and is not combined with sae.base.import
+    (an imported base SAE is not trained, so extra training sequences would be ignored)."""
+    spec = study.sae_base_sequences
+    if not spec:
+        return
+    if study.config["sae"]["base"]["import"]:
+        raise ConfigError(
+            "sae.base.sequences and sae.base.import are both set: an imported base SAE is not "
+            "trained; set one of them"
+        )
+    try:
+        resolve_fasta_sources(spec, "sae.base.sequences")
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def validate_workflow_config(
     config: Mapping[str, Any], schema_path: str | Path, configfiles: Sequence[Any] = ()
 ) -> dict[str, Any]:
@@ -248,6 +278,7 @@ def validate_workflow_config(
         check_checkpoints_exist(validated, study)
         check_layers(validated, study)
         check_given_fasta(study)
+        check_sae_base_sequences(study)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return validated

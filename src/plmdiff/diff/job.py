@@ -201,10 +201,11 @@ def run_feature_stats_replicas(
     fold_seed: int,
     device: Any,
 ) -> None:
-    """The feature_stats rule: every SAE replica of one (embedder, scheme) in turn, in the order
-    of `replicas` ({layer, fold, token_dirs}); `outputs` maps each file kind of
-    plmdiff.config.paths.FEATURE_STATS_SUFFIXES to one path per replica. One GPU job per
-    (embedder, scheme) keeps a paper-scale study's job count low."""
+    """The feature_stats rule: every fold replica of one (embedder, layer, scheme) in turn, in
+    the order of `replicas` ({layer, fold, token_dirs}); `outputs` maps each file kind of
+    plmdiff.config.paths.FEATURE_STATS_SUFFIXES to one path per replica. One job per layer keeps
+    reruns exact (a new layer encodes only its replicas); on a cluster it shares the SLURM job of
+    its SAE family's training (SAE_GROUP), which keeps submissions few."""
     bases: Sequence[str | None] = list(base_sae_paths) or [None] * len(replicas)
     for i, replica in enumerate(replicas):
         run_feature_stats(

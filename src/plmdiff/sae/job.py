@@ -26,11 +26,12 @@ import pandas as pd
 from plmdiff.activations.loader import count_tokens, iter_tokens
 from plmdiff.activations.readers import token_d_model, token_seq_ids
 from plmdiff.core.errors import DataError
-from plmdiff.core.fasta import read_fasta
+from plmdiff.core.fasta import read_fasta, write_fasta
 from plmdiff.core.runtime import derive_seed, resolve_device, write_json
 from plmdiff.core.tables import write_table
 from plmdiff.models.checkpoints import CheckpointRecord, load_model, load_tokenizer
 from plmdiff.models.text import EncodedSequence, PromptFormat, encode_sequences
+from plmdiff.sae import checks
 from plmdiff.sae.folds import fold_split
 from plmdiff.sae.imports import import_sae
 from plmdiff.sae.metrics import (
@@ -39,6 +40,7 @@ from plmdiff.sae.metrics import (
     reconstruction_metrics,
     spliced_lm_loss,
 )
+from plmdiff.sae.sequences import read_base_sequences
 from plmdiff.sae.training import (
     LAYER_NORM,
     SAESettings,
@@ -139,14 +141,20 @@ def _train_or_import(
     if job.scheme == "base" and job.import_path:
         sae = import_sae(job.import_path, layer=job.layer, d_in=d_in)
         save_sae(sae, sae_dir, metadata=metadata)
-        info = {"source": "imported", "import": str(job.import_path), "train_tokens": 0}
+        info = {
+            "source": "imported",
+            "import": str(job.import_path),
+            "train_tokens": 0,
+            "epochs_over_unique_tokens": None,
+            "epochs_warning": None,
+        }
         return info, pd.DataFrame(columns=CURVE_COLUMNS)
 
     if job.scheme == "base":
         sae = build_training_sae(s, d_in, seed=job.seed("sae-init"))
         standardize = s.normalize == "unit_norm"
         normalisation = LAYER_NORM if standardize else None
-        tokens, lr, source = s.training_tokens, s.lr, "trained"
+        tokens, lr, source, tokens_key = s.training_tokens, s.lr, "trained", "sae.training_tokens"
     else:
         if not job.base_sae:
             raise DataError(f"scheme '{job.scheme}' fine-tunes the base SAE, but none was given")
@@ -155,7 +163,11 @@ def _train_or_import(
         standardize = normalisation == LAYER_NORM
         sae = training_sae_from(base, s, seed=job.seed("sae-init"))
         tokens, lr, source = s.finetune_tokens, s.finetune_lr, "fine-tuned"
+        tokens_key = "sae.finetune_tokens"
     available = count_tokens(job.layer_dirs, train_ids)
+    epochs_warning = checks.epochs_warning(tokens, available, key=tokens_key)
+    if epochs_warning:
+        log.warning("%s fold %d: %s", job.scheme, job.fold, epochs_warning)
     # A buffer larger than the data would re-read it epoch after epoch just to fill up.
     stream = iter_tokens(
         job.layer_dirs,
@@ -187,6 +199,8 @@ def _train_or_import(
         "train_epochs": result.tokens / available,
         "train_steps": result.steps,
         "train_dead_fraction": result.dead_fraction,
+        "epochs_over_unique_tokens": checks.epochs_over_unique_tokens(tokens, available),
+        "epochs_warning": epochs_warning,
     }
     return info, result.curves
 
@@ -329,9 +343,17 @@ def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
         "eval_tokens": recon.n_tokens,
         **{k: v for k, v in recon.to_json().items() if k != "n_tokens"},
         "dense_threshold": s.dense_threshold,
+        "dead_fraction_flag": checks.dead_fraction_flag(recon.dead_fraction),
         **_spliced_loss(job, sae, eval_ids, device),
         "device": str(device),
     }
+    if metrics["dead_fraction_flag"]:
+        log.warning(
+            "SAE %s: %.0f%% of its features never fire on held-out tokens (flagged above %.0f%%)",
+            outputs.sae_dir,
+            100 * recon.dead_fraction,
+            100 * checks.DEAD_FRACTION_FLAG,
+        )
     write_json(outputs.metrics, _clean(metrics))
     curves = curves if len(curves) else pd.DataFrame(columns=CURVE_COLUMNS)
     write_table(curves, outputs.curves_tsv, float_format=None)
@@ -362,3 +384,24 @@ def run_train_sae_replicas(
     if len(jobs) != len(outputs):
         raise ValueError(f"{len(jobs)} SAE replicas but {len(outputs)} output sets")
     return [run_train_sae(job, out) for job, out in zip(jobs, outputs, strict=True)]
+
+
+def prepare_base_sequences(
+    files: Sequence[str], fasta_out: str | Path, stats_out: str | Path
+) -> int:
+    """Rule sae_base_sequences: sae.base.sequences as the FASTA of paths.SAE_BASE_SOURCE, with
+    its counts; returns how many sequences train the base SAE besides the base model's."""
+    base = read_base_sequences(files)
+    stats = base.stats(files)
+    if base.n_non_canonical or base.n_empty:
+        log.warning(
+            "sae.base.sequences: dropped %d sequences with letters outside the 20 canonical amino "
+            "acids and %d empty ones of %d",
+            base.n_non_canonical,
+            base.n_empty,
+            base.n_records,
+        )
+    write_fasta(fasta_out, base.entries)
+    write_json(stats_out, stats)
+    log.info("sae.base.sequences: %d sequences from %s", len(base.entries), ", ".join(files))
+    return len(base.entries)

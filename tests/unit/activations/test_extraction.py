@@ -38,10 +38,13 @@ from plmdiff.models.checkpoints import (
 )
 from plmdiff.models.text import PromptFormat, encode_sequences
 from plmdiff.testing.checkpoints import (
+    FAMILIES,
+    PLAIN_FORMAT,
     ZYMCTRL_FORMAT,
     ZYMCTRL_IDS,
     family_sequences,
     make_tiny_checkpoint,
+    make_tiny_plain_checkpoint,
 )
 
 N_LAYER = 4
@@ -439,3 +442,95 @@ def test_killed_job_leaves_nothing_a_rerun_accepts(tmp_path, checkpoint, record,
         sum(len(b) for b in iter_token_batches([token_paths[1].parent], batch_rows=50))
         == summary.n_tokens
     )
+
+
+# ----------------------------------------------------------------------------- one token layer per job
+
+
+def _one_pass_and_per_layer(tmp, checkpoint, fmt, entries, layers):
+    """Token files of `layers` from one pass that also writes the pooled part (as the single
+    extract job wrote them) and from one call per layer without a pooled part (extract_tokens)."""
+    fasta = tmp / "in.fasta"
+    write_fasta(fasta, entries)
+    record = inspect_checkpoint(checkpoint, "r0", fmt)
+    settings = extraction_settings(token_layers=layers, batch_tokens=300, rows_per_file=40)
+
+    def run(out, pooled, token_layers):
+        paths = {layer: out / f"layer_{layer:02d}.parquet" for layer in token_layers}
+        extract_part(
+            fasta_path=fasta,
+            record=record,
+            checkpoint_dir=checkpoint,
+            embedder="r0",
+            model="r1",
+            part=0,
+            fmt=fmt,
+            settings=settings,
+            pooled_path=out / "pooled.parquet" if pooled else None,
+            token_paths=paths,
+        )
+        return paths
+
+    together = run(tmp / "together", True, layers)
+    alone = {layer: run(tmp / f"alone_{layer}", False, [layer])[layer] for layer in layers}
+    assert not list(tmp.glob("alone_*/pooled.parquet"))
+    return together, alone
+
+
+@pytest.mark.parametrize("family", ["gpt2", *FAMILIES])
+def test_a_token_layer_alone_writes_the_same_bytes(tmp_path, checkpoint, sequences, family):
+    """A token job per layer (extract_tokens) writes byte for byte the file of a pass over every
+    layer, for every supported decoder family."""
+    if family == "gpt2":
+        ckpt, fmt, n_layers = checkpoint, ZYMCTRL_FORMAT, N_LAYER
+    else:
+        n_layers = 3
+        ckpt = make_tiny_plain_checkpoint(
+            tmp_path / family, family, n_layer=n_layers, train_steps=0, n_positions=128
+        )
+        fmt = PLAIN_FORMAT
+    layers = list(range(n_layers + 1))
+    together, alone = _one_pass_and_per_layer(tmp_path, ckpt, fmt, sequences, layers)
+    for layer in layers:
+        assert alone[layer].read_bytes() == together[layer].read_bytes(), layer
+
+
+def test_a_token_job_stops_the_forward_pass_at_its_layer(tmp_path, checkpoint, record, sequences):
+    """Layer l needs blocks 0..l-1 only: the deeper blocks never run."""
+    model = load_model(checkpoint)
+    calls = {i: 0 for i in range(N_LAYER)}
+    for i, block in enumerate(model.transformer.h):
+        block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    extractor = ResidualExtractor(
+        model, pooled_layers=[], token_layers=[2], poolings=["last"], dtype="float32", pad_id=0
+    )
+    tokenizer = load_tokenizer(checkpoint)
+    prepared = prepare_sequences(
+        sequences[:3], tokenizer, ZYMCTRL_FORMAT, record.special_ids, n_positions=128, truncate=True
+    )
+    batch = extractor(prepared)
+    assert set(batch.tokens) == {2} and batch.pooled == {}
+    assert calls == {0: 1, 1: 1, 2: 0, 3: 0}
+
+
+def test_an_extraction_without_outputs_or_beyond_the_depth_is_refused(
+    tmp_path, checkpoint, record, sequences
+):
+    fasta = tmp_path / "in.fasta"
+    write_fasta(fasta, sequences)
+    common = dict(
+        fasta_path=fasta,
+        record=record,
+        checkpoint_dir=checkpoint,
+        embedder="r0",
+        model="r1",
+        part=0,
+        fmt=ZYMCTRL_FORMAT,
+        settings=extraction_settings(),
+        pooled_path=None,
+    )
+    with pytest.raises(DataError, match="neither a pooled nor a token output"):
+        extract_part(**common, token_paths={})
+    with pytest.raises(DataError, match=r"activations\.token_layers: layer 9 does not exist"):
+        extract_part(**common, token_paths={9: tmp_path / "layer_09.parquet"})
+    assert not list(tmp_path.glob("*.parquet"))

@@ -1,10 +1,10 @@
-"""plmdiff.activations.job: the `extract` and `gather_pooled` entry functions, from config sections."""
+"""plmdiff.activations.job: the `extract`, `extract_tokens` and `gather_pooled` entry functions."""
 
 from __future__ import annotations
 
 import pytest
 
-from plmdiff.activations.job import extract, gather_pooled
+from plmdiff.activations.job import extract, extract_tokens, gather_pooled
 from plmdiff.activations.readers import load_pooled, read_metadata, token_files
 from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import DataError
@@ -28,8 +28,9 @@ def inputs(tiny_checkpoints, tmp_path_factory):
 
 
 def run(inputs, out, part, token_layers=(1,), **section):
+    """The pooled job and one token job per layer of one part, as the rules run them."""
     _, fasta, record, checkpoint, _ = inputs
-    return extract(
+    common = dict(
         fasta_path=fasta,
         record_path=record,
         checkpoint_dir=checkpoint,
@@ -39,19 +40,23 @@ def run(inputs, out, part, token_layers=(1,), **section):
         prompt_section=PROMPT,
         activations_section={
             **section_defaults("activations"),
-            "token_layers": [1],
+            "token_layers": list(token_layers),
             "shards": 2,
             **section,
         },
-        pooled_path=out / f"pooled.part-{part}.parquet",
-        token_layers=list(token_layers),
-        token_paths=[
-            out / f"layer_{layer:02d}" / f"part-{part:05d}.parquet" for layer in token_layers
-        ],
         device="cpu",
         allow_pickle=False,
         threads=1,
     )
+    summary = extract(**common, pooled_path=out / f"pooled.part-{part}.parquet")
+    for layer in token_layers:
+        tokens = extract_tokens(
+            **common,
+            layer=layer,
+            token_path=out / f"layer_{layer:02d}" / f"part-{part:05d}.parquet",
+        )
+        assert tokens.n_sequences == summary.n_sequences
+    return summary
 
 
 def test_two_parts_gathered_hold_every_sequence_once(inputs, tmp_path):
@@ -67,20 +72,24 @@ def test_two_parts_gathered_hold_every_sequence_once(inputs, tmp_path):
     assert (meta["embedder"], meta["n_parts"], meta["n_sequences"]) == ("base", 2, n_sequences)
 
 
-def test_token_outputs_must_match_the_token_layers(inputs, tmp_path):
-    with pytest.raises(DataError, match=r"1 token outputs for token layers \[1, 2\]"):
-        extract(
+def test_pooled_job_writes_no_token_files(inputs, tmp_path):
+    run(inputs, tmp_path, 0, token_layers=())
+    assert [p.name for p in tmp_path.iterdir()] == ["pooled.part-0.parquet"]
+
+
+def test_token_layer_beyond_the_embedder_is_refused(inputs, tmp_path):
+    with pytest.raises(DataError, match=r"activations\.token_layers: layer 7 does not exist"):
+        extract_tokens(
             fasta_path=inputs[1],
             record_path=inputs[2],
             checkpoint_dir=inputs[3],
             embedder="base",
             model="r1",
             part=0,
+            layer=7,
             prompt_section=PROMPT,
             activations_section=section_defaults("activations"),
-            pooled_path=tmp_path / "p.parquet",
-            token_layers=[1, 2],
-            token_paths=[tmp_path / "layer_01" / "part-00000.parquet"],
+            token_path=tmp_path / "layer_07" / "part-00000.parquet",
             device="cpu",
             allow_pickle=False,
             threads=None,
