@@ -59,6 +59,8 @@ class CheckpointRecord:
     fingerprint: str
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     record_version: int = RECORD_VERSION
+    # What the tokenizer does (tokenizer_fingerprint); None in records written before it existed.
+    tokenizer_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +184,19 @@ def load_tokenizer(directory: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"tokenizer in {directory} cannot be loaded ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """SHA-256 of what decides a tokenizer's token ids: its vocabulary and, for a fast
+    tokenizer, its model (BPE merges included), normalizer and pre-tokenizer. Files that
+    differ only in padding, truncation or a recorded path give the same fingerprint."""
+    described: dict[str, Any] = {"vocab": sorted(tokenizer.get_vocab().items())}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        described.update({k: state.get(k) for k in ("model", "normalizer", "pre_tokenizer")})
+    text = json.dumps(described, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def special_token_ids(tokenizer: Any, fmt: PromptFormat) -> dict[str, int | None]:
@@ -313,6 +328,7 @@ def inspect_checkpoint(
         n_parameters=int(sum(p.numel() for p in model.parameters())),
         fingerprint=digest,
         files=per_file,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
     log.info(
         "checkpoint %s: %s, %d layers x %d, %d parameters, fingerprint %s",
