@@ -180,6 +180,8 @@ class PreparedSequence:
 
 
 def max_residues(n_positions: int, prefix_tokens: int) -> int:
+    """Residue tokens that fit after the prompt: residues with one token per residue, more with
+    a tokenizer that merges them (the file metadata key keeps its name, `max_residues`)."""
     return n_positions - prefix_tokens
 
 

@@ -18,9 +18,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from plmdiff.core.errors import CheckpointError
+from plmdiff.core.errors import CheckpointError, DataError
 from plmdiff.models.anatomy import ConfigShape, decoder_anatomy
-from plmdiff.models.text import END, EOS, PAD, SEP, START, PromptFormat, SpecialIds
+from plmdiff.models.text import (
+    END,
+    EOS,
+    PAD,
+    SEP,
+    START,
+    PromptFormat,
+    SpecialIds,
+    residue_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,8 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
+# Every canonical residue, alone and in pairs, so that a BPE tokenizer merges some of them.
+RESIDUE_PROBE = "ACDEFGHIKLMNPQRSTVWY" + "AACCDDEEFFGGHHIIKKLLMMNNPPQQRRSSTTVVWWYY"
 # Files that do not change what the model computes (training state, logs) are not fingerprinted.
 RECORD_VERSION = 1
 
@@ -199,6 +210,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_residue_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """Fail at intake, not hours later in extraction, on a tokenizer whose tokens cannot be
+    mapped to residues (plmdiff.models.text.residue_tokens)."""
+    try:
+        residue_tokens(tokenizer, RESIDUE_PROBE, f"tokenizer in {directory}")
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def special_token_ids(tokenizer: Any, fmt: PromptFormat) -> dict[str, int | None]:
     vocab = tokenizer.get_vocab()
 
@@ -297,6 +317,7 @@ def inspect_checkpoint(
         _verify_safetensors(weights)
     tokenizer = load_tokenizer(directory)
     special = special_token_ids(tokenizer, fmt)
+    check_residue_tokenizer(tokenizer, directory)
 
     model = load_model(directory, allow_pickle=allow_pickle)
     cfg = model.config

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plmdiff.core.errors import DataError
-from plmdiff.models.checkpoints import tokenizer_fingerprint
+from plmdiff.core.errors import CheckpointError, DataError
+from plmdiff.models.checkpoints import check_residue_tokenizer, tokenizer_fingerprint
 from plmdiff.models.text import (
     check_tiling,
     decode_residues,
@@ -120,6 +120,13 @@ def test_a_slow_tokenizer_must_give_one_token_per_residue():
         residue_tokens(_SlowTokenizer(), "MKVL", "seq 3")
     ids, spans = residue_tokens(_SlowCharacterTokenizer(), "MKVL")
     assert ids == [ord(c) for c in "MKVL"] and spans.tolist() == [[i, i + 1] for i in range(4)]
+
+
+def test_intake_refuses_a_tokenizer_without_residue_spans(bpe, tmp_path):
+    with pytest.raises(CheckpointError, match=r"tokenizer in .*ckpt: .* not a fast tokenizer"):
+        check_residue_tokenizer(_SlowTokenizer(), tmp_path / "ckpt")
+    for tok in (bpe, load_zymctrl_tokenizer(), _SlowCharacterTokenizer()):
+        check_residue_tokenizer(tok, tmp_path / "ckpt")
 
 
 def test_tokenizer_fingerprint_tells_tokenizers_apart(bpe):
