@@ -88,7 +88,7 @@ class EncodedSequence:
 
     @property
     def n_residues(self) -> int:
-        return int(self.spans[-1, 1]) if len(self.spans) else 0
+        return int(self.spans[:, 1].max()) if len(self.spans) else 0
 
 
 def spans_from_offsets(offsets: Sequence[tuple[int, int]], begin: int, end: int) -> np.ndarray:
