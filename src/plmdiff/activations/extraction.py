@@ -3,9 +3,11 @@
 The logic of the `extract` and `extract_tokens` rules (entry functions:
 plmdiff.activations.job.extract, .extract_tokens). For each sequence of one part of a model's FASTA:
 
-- pooled, every stored layer: `last` = the last residue token, `mean` = the mean over residue
-  tokens (never the control tag, special tokens or position 0);
-- tokens, one layer of `activations.token_layers`: one row per residue.
+- pooled, every stored layer: `last` = the last residue-bearing token, `mean` = the mean over
+  residues, each residue contributing the vector of the token that holds it (a token of k
+  residues weighs k; never the control tag, special tokens or position 0);
+- tokens, one layer of `activations.token_layers`: one row per residue-bearing token, with its
+  residue span (one row per residue for a character tokenizer such as ZymCTRL's).
 
 One call writes any mix of the two; the rules write the pooled part in one job and each token
 layer in a job of its own, so adding a token layer runs only that layer's jobs. The forward pass
@@ -56,7 +58,7 @@ from plmdiff.core.fasta import SequenceEntry, read_fasta
 from plmdiff.core.oom import map_with_oom_split
 from plmdiff.models.anatomy import decoder_anatomy
 from plmdiff.models.checkpoints import CheckpointRecord, load_model, load_tokenizer
-from plmdiff.models.text import PromptFormat, SpecialIds, prompt_ids
+from plmdiff.models.text import PromptFormat, SpecialIds, prompt_ids, residue_tokens
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +153,18 @@ def shard_sequences(
 
 @dataclass(frozen=True)
 class PreparedSequence:
-    """One sequence as the model sees it: token ids up to the last embedded residue."""
+    """One sequence as the model sees it: token ids up to the last embedded residue token."""
 
     seq_id: str
     length: int  # residues in the sequence
     residues: str  # residues embedded (all of them unless truncated)
-    # prompt + embedded residues; int32, not Python ints, whose ~36 bytes per token made a
+    # prompt + embedded residue tokens; int32, not Python ints, whose ~36 bytes per token made a
     # part's memory grow with its sequence count (bench/activations.py, peak RSS 10x / 1x)
     ids: np.ndarray
-    start: int  # position of the first residue
+    start: int  # position of the first residue token
+    # residue span [pos, pos_end) of each token from `start` on (int32 [len(ids) - start, 2]);
+    # empty for a token that holds no residue
+    spans: np.ndarray
 
     @property
     def n_residues(self) -> int:
@@ -169,8 +174,20 @@ class PreparedSequence:
     def truncated(self) -> bool:
         return self.n_residues < self.length
 
+    @property
+    def bearing(self) -> np.ndarray:
+        """Which tokens from `start` on hold residues (bool [len(ids) - start])."""
+        return self.spans[:, 1] > self.spans[:, 0]
+
+    @property
+    def token_spans(self) -> np.ndarray:
+        """Residue spans of the residue-bearing tokens, the rows of the token table."""
+        return self.spans[self.bearing]
+
 
 def max_residues(n_positions: int, prefix_tokens: int) -> int:
+    """Residue tokens that fit after the prompt: residues with one token per residue, more with
+    a tokenizer that merges them (the file metadata key keeps its name, `max_residues`)."""
     return n_positions - prefix_tokens
 
 
@@ -185,35 +202,42 @@ def prepare_sequences(
     source: str = "the FASTA",
     embedder: str = "the embedder",
 ) -> list[PreparedSequence]:
-    """Token ids of each sequence; too long for the context: DataError, or truncated when asked."""
+    """Token ids of each sequence; too long for the context: DataError, or truncated when asked
+    (to its first `n_positions - prompt` residue tokens)."""
     prefix = prompt_ids(tokenizer, fmt, special)
     limit = max_residues(n_positions, len(prefix))
-    too_long = [e for e in entries if len(e.sequence) > limit]
+    encoded = [
+        residue_tokens(tokenizer, e.sequence, f"{source}: sequence {e.seq_id}") for e in entries
+    ]
+    too_long = [
+        (e, len(ids)) for e, (ids, _) in zip(entries, encoded, strict=True) if len(ids) > limit
+    ]
     if too_long and not truncate:
-        shown = ", ".join(f"{e.seq_id} ({len(e.sequence)})" for e in too_long[:5])
+        # The length in residues, and in tokens where a token holds several residues.
+        shown = ", ".join(
+            f"{e.seq_id} ({len(e.sequence)}"
+            + (f" residues, {n} tokens)" if n != len(e.sequence) else ")")
+            for e, n in too_long[:5]
+        )
         more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
         raise DataError(
             f"{source}: {len(too_long)} sequence(s) are longer than {embedder}'s context of "
-            f"{n_positions} tokens ({limit} residues after the {len(prefix)}-token prompt): "
+            f"{n_positions} tokens ({limit} residue tokens after the {len(prefix)}-token prompt): "
             f"{shown}{more}; filter them out (filter.max_length) or set activations.truncate: true "
             "to embed their first residues only"
         )
     out = []
-    for entry in entries:
-        residues = entry.sequence[:limit]
-        ids = list(tokenizer.encode(residues, add_special_tokens=False))
-        if len(ids) != len(residues):
-            raise DataError(
-                f"{source}: sequence {entry.seq_id}: the tokenizer encodes {len(residues)} residues "
-                f"as {len(ids)} tokens; plmdiff needs one token per residue (as ZymCTRL's tokenizer)"
-            )
+    for entry, (ids, spans) in zip(entries, encoded, strict=True):
+        ids, spans = ids[:limit], spans[:limit]
+        embedded = int(spans[:, 1].max()) if len(spans) else 0
         out.append(
             PreparedSequence(
                 seq_id=entry.seq_id,
                 length=len(entry.sequence),
-                residues=residues,
+                residues=entry.sequence[:embedded],
                 ids=np.asarray(prefix + ids, dtype=np.int32),
                 start=len(prefix),
+                spans=spans,
             )
         )
     return out
@@ -267,9 +291,9 @@ class _StopForward(Exception):
 class _BatchPlan:
     """Where the residues of a padded batch are, as tensors on one device."""
 
-    last_index: Any  # [B] position of the last residue
-    residue_weight: Any  # [B, T] 1/n_residues on residue positions, else 0
-    token_mask: Any  # [B, T] bool, residue positions
+    last_index: Any  # [B] position of the last residue-bearing token
+    residue_weight: Any  # [B, T] a token's residues / the sequence's (residue_weights), else 0
+    token_mask: Any  # [B, T] bool, residue-bearing positions
 
 
 @dataclass
@@ -278,7 +302,7 @@ class BatchActivations:
 
     sequences: list[PreparedSequence]
     pooled: dict[str, np.ndarray]  # pooled_column -> [B, d]
-    tokens: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [sum residues, d]
+    tokens: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [residue tokens, d]
 
 
 class ResidualExtractor:
@@ -360,8 +384,8 @@ class ResidualExtractor:
         weight = torch.zeros((len(sequences), width), dtype=torch.float32)
         for i, s in enumerate(sequences):
             ids[i, : len(s.ids)] = torch.from_numpy(s.ids)
-            weight[i, s.start : s.start + s.n_residues] = 1.0 / s.n_residues
-        last = torch.tensor([s.start + s.n_residues - 1 for s in sequences])
+            weight[i, s.start : len(s.ids)] = torch.from_numpy(residue_weights(s))
+        last = torch.tensor([s.start + int(np.flatnonzero(s.bearing)[-1]) for s in sequences])
         self._host_plan = _BatchPlan(last, weight, weight > 0)
         self._plans = {}
         self._captured = {}
@@ -405,6 +429,18 @@ def _to_numpy(tensor: Any) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+def residue_weights(sequence: PreparedSequence) -> np.ndarray:
+    """Mean-pooling weight of each token from `start` on: its residues / the sequence's.
+
+    The mean is over residues, not tokens: a sequence's pooled vector then does not depend on
+    how its tokenizer groups residues (a round that favours long repeats, which BPE merges
+    into fewer tokens, would otherwise shift the mean by the token count alone). Tokens without
+    residues weigh 0; for one token per residue every weight is 1/n, as before.
+    """
+    widths = (sequence.spans[:, 1] - sequence.spans[:, 0]).astype(np.float64)
+    return (widths / sequence.n_residues).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -421,7 +457,12 @@ def _write_pooled_rows(writer: PooledWriter, model: str, batch: BatchActivations
 
 def _write_token_rows(writer: TokenWriter, layer: int, batch: BatchActivations) -> None:
     seqs = batch.sequences
-    writer.write([s.seq_id for s in seqs], [s.residues for s in seqs], batch.tokens[layer])
+    writer.write(
+        [s.seq_id for s in seqs],
+        [s.residues for s in seqs],
+        batch.tokens[layer],
+        spans=[s.token_spans for s in seqs],
+    )
 
 
 class _Lane:
@@ -578,14 +619,14 @@ def write_activations(
                 writer.put(batch)
                 n_batches += 1
                 n_seq += len(batch.sequences)
-                n_tok += sum(s.n_residues for s in batch.sequences)
+                n_tok += sum(int(s.bearing.sum()) for s in batch.sequences)
                 for s in batch.sequences:
                     if s.truncated:
                         n_trunc += 1
                         if len(truncated) < MAX_LISTED_TRUNCATIONS:
                             truncated.append(s.seq_id)
                 if n_batches % 20 == 0:
-                    log.info("%d sequences, %d residues embedded", n_seq, n_tok)
+                    log.info("%d sequences, %d residue tokens embedded", n_seq, n_tok)
             writer.finish()
         except BaseException:
             writer.abort()
@@ -700,7 +741,7 @@ def extract_part(
         metadata=metadata,
     )
     log.info(
-        "wrote %d sequences (%d truncated), %d residues in %d batches: %.0f residues/s "
+        "wrote %d sequences (%d truncated), %d residue tokens in %d batches: %.0f tokens/s "
         "(writer busy %.1f s of %.1f s)",
         summary.n_sequences,
         summary.n_truncated,

@@ -5,12 +5,16 @@ Two kinds of file, both zstd Parquet written with pyarrow (plmdiff.activations.w
 - pooled: one row per sequence, `seq_id`, `model`, `length` (residues in the sequence),
   `embedded_length` (residues embedded; smaller only when truncated) and per stored layer
   `last_{l:02d}` / `mean_{l:02d}` as `fixed_size_list<float16|float32>[d_model]`;
-- tokens: one row per residue of one layer, `seq_id`, `pos` (0-based residue index), `residue`
-  (one letter), `act` (`fixed_size_list[d_model]`), files `layer_{l:02d}/part-{k:05d}.parquet`.
+- tokens: one row per residue-bearing model token of one layer, `seq_id`, `pos` (0-based index of
+  the token's first residue), `pos_end` (one past its last residue), `residue` (the token's
+  residues, `pos_end - pos` letters), `act` (`fixed_size_list[d_model]`), files
+  `layer_{l:02d}/part-{k:05d}.parquet`. A sequence's rows are contiguous and their spans tile
+  its residues in order; with one token per residue (ZymCTRL) `pos_end == pos + 1` and
+  `residue` is one letter. Files of format 1 have no `pos_end` (readers take `pos + 1`).
 
 Every file carries key-value metadata (plmdiff.activations.readers.read_metadata): embedder name
 and fingerprint, the layer and pooling conventions below, dtype, d_model, prompt format and
-label, truncation, FORMAT_VERSION.
+label, truncation, and the format version (POOLED_FORMAT_VERSION, TOKEN_FORMAT_VERSION).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import pyarrow as pa
 
 from plmdiff.core.errors import DataError
 
-FORMAT_VERSION = 1
+# The pooled format has not changed since version 1; the token format gained `pos_end`.
+POOLED_FORMAT_VERSION = 1
+TOKEN_FORMAT_VERSION = 2
 POOLINGS = ("last", "mean")
 LAYER_CONVENTION = (
     "layer l = residual stream after l transformer blocks (0 = token + position embeddings); "
@@ -33,7 +39,8 @@ LAYER_CONVENTION = (
 )
 POOLING_CONVENTION = (
     "residue positions only (never the control tag, special tokens or position 0); "
-    "last = last residue token (not <end>), mean = mean over residue tokens"
+    "last = last residue-bearing token (not <end>), mean = mean over residues, each residue "
+    "contributing the vector of the token that holds it"
 )
 COMPRESSION = "zstd"
 TOKEN_PART_GLOB = "part-*.parquet"
@@ -87,11 +94,12 @@ def pooled_schema(
 
 
 def token_schema(d_model: int, dtype: str) -> pa.Schema:
-    """The columns of a token part file (one row per residue of one layer)."""
+    """The columns of a token part file (one row per residue-bearing token of one layer)."""
     return pa.schema(
         [
             pa.field("seq_id", pa.string(), nullable=False),
             pa.field("pos", pa.int32(), nullable=False),
+            pa.field("pos_end", pa.int32(), nullable=False),
             pa.field("residue", pa.string(), nullable=False),
             pa.field("act", pa.list_(_value_type(dtype), d_model), nullable=False),
         ]

@@ -171,12 +171,13 @@ def token_seq_ids(layer_dirs: Sequence[str | os.PathLike]) -> list[str]:
 
 @dataclass
 class TokenBatch:
-    """Token rows in file order, with their labels."""
+    """Token rows in file order, with their labels (plmdiff.activations.format)."""
 
     seq_id: np.ndarray  # str [n]
-    pos: np.ndarray  # int [n], residue index 0-based within the sequence
-    residue: np.ndarray  # str [n], one letter
+    pos: np.ndarray  # int [n], index of the token's first residue, 0-based within the sequence
+    residue: np.ndarray  # str [n], the token's residues (one letter per residue)
     act: np.ndarray  # float32 [n, d_model]
+    pos_end: np.ndarray  # int [n], one past the token's last residue
 
     def __len__(self) -> int:
         return len(self.seq_id)
@@ -193,13 +194,12 @@ def iter_token_batches(
     if batch_rows < 1:
         raise ValueError("batch_rows must be >= 1")
     keep = seq_id_set(seq_ids)
-    columns = ["seq_id", "pos", "residue", "act"]
     pending: list[pa.Table] = []
     n_pending = 0
     for f in token_files(layer_dirs):
         pf = open_parquet(f)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            table = pa.Table.from_batches([batch])
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=token_columns(pf)):
+            table = with_pos_end(pa.Table.from_batches([batch]))
             if keep is not None:
                 table = table.filter(pa.array(keep_mask(table.column("seq_id"), keep)))
             if table.num_rows == 0:
@@ -215,10 +215,25 @@ def iter_token_batches(
         yield _token_batch(pa.concat_tables(pending))
 
 
+def token_columns(pf: pq.ParquetFile) -> list[str]:
+    """The label and activation columns of a token file (format 1 files lack `pos_end`)."""
+    names = pf.schema_arrow.names
+    return [c for c in ("seq_id", "pos", "pos_end", "residue", "act") if c in names]
+
+
+def with_pos_end(table: pa.Table) -> pa.Table:
+    """A token table with `pos_end`: a format 1 file holds one token per residue, pos + 1."""
+    if "pos_end" in table.column_names:
+        return table
+    pos_end = pc.add(table.column("pos"), pa.scalar(1, table.schema.field("pos").type))
+    return table.add_column(table.column_names.index("pos") + 1, "pos_end", pos_end)
+
+
 def _token_batch(table: pa.Table) -> TokenBatch:
     return TokenBatch(
         seq_id=table.column("seq_id").to_numpy().astype(str),
         pos=table.column("pos").to_numpy().astype(np.int64),
         residue=table.column("residue").to_numpy().astype(str),
         act=vectors_to_numpy(table.column("act")),
+        pos_end=table.column("pos_end").to_numpy().astype(np.int64),
     )

@@ -20,10 +20,11 @@ import pyarrow.parquet as pq
 
 from plmdiff.activations.format import (
     COMPRESSION,
-    FORMAT_VERSION,
     LAYER_CONVENTION,
+    POOLED_FORMAT_VERSION,
     POOLING_CONVENTION,
     POOLINGS,
+    TOKEN_FORMAT_VERSION,
     decode_metadata,
     encode_metadata,
     pooled_column,
@@ -178,7 +179,7 @@ class PooledWriter(_SinkWriter):
         meta = {
             **metadata,
             "plmdiff_format": "pooled",
-            "format_version": FORMAT_VERSION,
+            "format_version": POOLED_FORMAT_VERSION,
             "layer_convention": LAYER_CONVENTION,
             "pooling_convention": POOLING_CONVENTION,
             "layers": self.layers,
@@ -223,7 +224,7 @@ class PooledWriter(_SinkWriter):
 
 
 class TokenWriter(_SinkWriter):
-    """Append one layer's per-residue activations; final name only on close()."""
+    """Append one layer's per-token activations; final name only on close()."""
 
     def __init__(
         self,
@@ -241,7 +242,7 @@ class TokenWriter(_SinkWriter):
         meta = {
             **metadata,
             "plmdiff_format": "tokens",
-            "format_version": FORMAT_VERSION,
+            "format_version": TOKEN_FORMAT_VERSION,
             "layer_convention": LAYER_CONVENTION,
             "layer": self.layer,
             "d_model": self.d_model,
@@ -251,32 +252,82 @@ class TokenWriter(_SinkWriter):
         self._sink = _ParquetSink(path, schema, meta, row_group_rows, ["seq_id", "residue"])
 
     def write(
-        self, seq_ids: Sequence[str], residues: Sequence[str], activations: np.ndarray
+        self,
+        seq_ids: Sequence[str],
+        residues: Sequence[str],
+        activations: np.ndarray,
+        spans: Sequence[np.ndarray] | None = None,
     ) -> None:
-        """Append the residues of whole sequences: `residues[i]` is the residue string of
-        `seq_ids[i]` (as embedded) and `activations` their rows stacked [sum(len), d_model]."""
-        lengths = np.fromiter((len(r) for r in residues), dtype=np.int64, count=len(residues))
-        total = int(lengths.sum())
+        """Append the tokens of whole sequences: `residues[i]` is the residue string of
+        `seq_ids[i]` (as embedded), `spans[i]` the [pos, pos_end) residue span of each of its
+        residue-bearing tokens (int [n_i, 2], tiling the string in order; None: one token per
+        residue) and `activations` their rows stacked [sum(n_i), d_model]."""
+        if spans is None:
+            self._append(seq_ids, *_one_per_residue(residues), activations)
+        else:
+            self._append(seq_ids, *_token_columns(residues, spans), activations)
+
+    def _append(
+        self,
+        seq_ids: Sequence[str],
+        counts: np.ndarray,
+        pos: np.ndarray,
+        pos_end: np.ndarray,
+        residue: pa.Array,
+        activations: np.ndarray,
+    ) -> None:
+        total = int(counts.sum())
         if activations.shape != (total, self.d_model):
             raise ValueError(
                 f"token activations have shape {activations.shape}, expected {(total, self.d_model)}"
             )
         # Dictionary-encoded ids expanded with a C `take`: no Python object per token.
         ids = pa.array(list(seq_ids), pa.string()).take(
-            pa.array(np.repeat(np.arange(len(seq_ids), dtype=np.int32), lengths))
+            pa.array(np.repeat(np.arange(len(seq_ids), dtype=np.int32), counts))
         )
-        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        pos = (np.arange(total, dtype=np.int64) - starts).astype(np.int32)
-        letters = np.frombuffer("".join(residues).encode("ascii"), dtype="S1")
         table = pa.table(
             {
                 "seq_id": ids,
-                "pos": pa.array(pos),
-                "residue": pa.array(letters.astype("U1")),
+                "pos": pa.array(pos.astype(np.int32)),
+                "pos_end": pa.array(pos_end.astype(np.int32)),
+                "residue": residue,
                 "act": vectors_to_arrow(activations, self.dtype),
             }
         )
         self._sink.append(table)
+
+
+def _one_per_residue(
+    residues: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+    """Token columns when every residue is a token, without a Python object per residue."""
+    counts = np.fromiter((len(r) for r in residues), dtype=np.int64, count=len(residues))
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.arange(total, dtype=np.int64) - starts
+    letters = np.frombuffer("".join(residues).encode("ascii"), dtype="S1")
+    return counts, pos, pos + 1, pa.array(letters.astype("U1"))
+
+
+def _token_columns(
+    residues: Sequence[str], spans: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+    """Token columns from each sequence's residue spans."""
+    if len(spans) != len(residues):
+        raise ValueError(f"{len(spans)} span arrays for {len(residues)} sequences")
+    arrays = [np.asarray(s, dtype=np.int64).reshape(-1, 2) for s in spans]
+    for text, span in zip(residues, arrays, strict=True):
+        tiled = len(span) > 0 and span[0, 0] == 0 and span[-1, 1] == len(text)
+        if not (tiled and (span[1:, 0] == span[:-1, 1]).all() and (span[:, 1] > span[:, 0]).all()):
+            raise ValueError(f"token spans do not tile a {len(text)}-residue sequence in order")
+    counts = np.asarray([len(a) for a in arrays], dtype=np.int64)
+    if counts.sum() and bool(all((a[:, 1] - a[:, 0] == 1).all() for a in arrays)):
+        return _one_per_residue(residues)
+    joined = np.concatenate(arrays) if arrays else np.zeros((0, 2), dtype=np.int64)
+    words = [
+        text[a:b] for text, span in zip(residues, arrays, strict=True) for a, b in span.tolist()
+    ]
+    return counts, joined[:, 0], joined[:, 1], pa.array(words, pa.string())
 
 
 # Metadata that must agree across the parts of one pooled table.

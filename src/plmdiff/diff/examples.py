@@ -1,8 +1,10 @@
 """Where a changed feature fires: its top sequences per round, as residue strings with marks.
 
 feature_stats keeps, per feature and model, the sequences where the feature's activation is
-highest with a window of per-residue activations around that position; this module picks them
-for the features a diff lists and renders them as text (TSV) and HTML (report).
+highest with a window of per-residue activations around that position (`pos`, `pos_end`: the
+residue span of the most active token, one residue with a character tokenizer; every residue of
+a multi-residue token carries that token's activation); this module picks them for the features
+a diff lists and renders them as text (TSV) and HTML (report).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EXAMPLE_COLUMNS = [
     "example_rank",
     "seq_id",
     "pos",
+    "pos_end",
     "value",
     "window_start",
     "window_residues",
@@ -102,7 +105,10 @@ def examples_tsv(examples: pd.DataFrame) -> pd.DataFrame:
     """A table people read: one row per example, the window as marked text."""
     out = examples.drop(columns=["window_acts", "window_residues"]).copy()
     out["pos"] = out["pos"] + 1  # 1-based residue numbering, as biologists count
-    out = out.rename(columns={"pos": "residue_position", "value": "activation"})
+    # pos_end is exclusive 0-based, so it is the inclusive 1-based number of the last residue.
+    out = out.rename(
+        columns={"pos": "residue_position", "pos_end": "residue_end", "value": "activation"}
+    )
     out["window"] = [
         marked_text(r, a)
         for r, a in zip(examples["window_residues"], examples["window_acts"], strict=True)

@@ -16,8 +16,13 @@ Outputs (siblings of the rule's `fold_{f}.parquet`, see `FeatureStatsPaths`):
   mean_act, max_act, n_firing_sequences, sequence_fraction, dec_cos_to_base, dec_norm_ratio);
 - `fold_{f}.seqs.parquet`: seq_index, seq_id, model, n_tokens of every encoded sequence;
 - `fold_{f}.fires.parquet`: sparse seq_index, feature, n_fire (firing tokens of a sequence);
-- `fold_{f}.top.parquet`: feature, model, rank, seq_id, pos, value, window_start,
-  window_residues, window_acts (2W+1 values, NaN outside the sequence; residues '-' there).
+- `fold_{f}.top.parquet`: feature, model, rank, seq_id, pos, pos_end (the residue span of the
+  most active token), value, window_start, window_residues, window_acts (2W+1 residues, each
+  with the activation of the token that holds it; NaN outside the sequence, residues '-' there).
+
+Rows are model tokens (`n_tokens`, `frequency` count tokens); a token of a BPE tokenizer may hold
+several residues, and the windows of top examples are mapped back to residues through each
+row's span (plmdiff.activations.format).
 """
 
 from __future__ import annotations
@@ -196,12 +201,17 @@ def _top_to_arrow(top: pd.DataFrame) -> pa.Table:
 
 @dataclass
 class SequenceChunk:
-    """Complete sequences, each one contiguous run of rows with positions 0..L-1."""
+    """Complete sequences, each one contiguous run of token rows whose residue spans tile the
+    sequence's residues 0..L-1 in order."""
 
     seq_ids: list[str]
     starts: np.ndarray  # row offsets, len(seq_ids) + 1
     residues: list[str]
     act: np.ndarray
+    pos: np.ndarray  # first residue of each row, within its sequence
+    pos_end: np.ndarray  # one past the last residue of each row
+    res_starts: np.ndarray  # residue offsets of the sequences in the chunk, len(seq_ids) + 1
+    residue_row: np.ndarray  # the row that holds each residue of the chunk
 
     @property
     def n_rows(self) -> int:
@@ -212,14 +222,18 @@ def complete_sequences(batches: Iterable[Any], source: str) -> Iterator[Sequence
     """Regroup token batches (file order) into chunks that hold only whole sequences.
 
     A sequence cut by a batch boundary is carried into the next chunk. Rows of one sequence must
-    be contiguous with positions 0..L-1, as extraction writes them; anything else is a DataError.
+    be contiguous, their spans tiling positions 0..L-1 in order, as extraction writes them;
+    anything else is a DataError. A batch without `pos_end` has one token per residue.
     """
     seen: set[str] = set()
     carry: tuple[np.ndarray, ...] | None = None
     for batch in batches:
+        pos = np.asarray(batch.pos, dtype=np.int64)
+        pos_end = getattr(batch, "pos_end", None)
         parts: tuple[np.ndarray, ...] = (
             np.asarray(batch.seq_id).astype(str),
-            np.asarray(batch.pos, dtype=np.int64),
+            pos,
+            pos + 1 if pos_end is None else np.asarray(pos_end, dtype=np.int64),
             np.asarray(batch.residue).astype(str),
             np.asarray(batch.act, dtype=np.float32),
         )
@@ -239,7 +253,7 @@ def complete_sequences(batches: Iterable[Any], source: str) -> Iterator[Sequence
 
 
 def _chunk(parts: tuple[np.ndarray, ...], seen: set[str], source: str) -> SequenceChunk:
-    seq, pos, residue, act = parts
+    seq, pos, pos_end, residue, act = parts
     change = np.flatnonzero(seq[1:] != seq[:-1]) + 1
     starts = np.concatenate([[0], change, [len(seq)]]).astype(np.int64)
     ids = [str(s) for s in seq[starts[:-1]]]
@@ -251,14 +265,34 @@ def _chunk(parts: tuple[np.ndarray, ...], seen: set[str], source: str) -> Sequen
         )
     seen.update(ids)
     run = np.repeat(np.arange(len(ids)), np.diff(starts))
-    expected = np.arange(len(seq)) - starts[run]
-    if not np.array_equal(pos, expected):
-        bad = ids[int(run[np.flatnonzero(pos != expected)[0]])]
+    # Each row starts where the row before it in its sequence ended; a sequence starts at 0.
+    expected = np.concatenate([[0], pos_end[:-1]])
+    expected[starts[:-1]] = 0
+    bad_rows = np.flatnonzero((pos != expected) | (pos_end <= pos))
+    if len(bad_rows):
+        bad = ids[int(run[bad_rows[0]])]
         raise DataError(
-            f"token rows of sequence '{bad}' in {source} do not hold positions 0..L-1 in order"
+            f"token rows of sequence '{bad}' in {source} do not hold positions 0..L-1 in order "
+            "(each token's residue span must start where the one before it ended)"
         )
     residues = ["".join(residue[a:b]) for a, b in itertools.pairwise(starts)]
-    return SequenceChunk(seq_ids=ids, starts=starts, residues=residues, act=act)
+    lengths = pos_end[starts[1:] - 1]
+    mismatch = [i for i, text in enumerate(residues) if len(text) != lengths[i]]
+    if mismatch:
+        raise DataError(
+            f"token rows of sequence '{ids[mismatch[0]]}' in {source} hold "
+            f"{len(residues[mismatch[0]])} residue letters for spans covering {lengths[mismatch[0]]}"
+        )
+    return SequenceChunk(
+        seq_ids=ids,
+        starts=starts,
+        residues=residues,
+        act=act,
+        pos=pos,
+        pos_end=pos_end,
+        res_starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        residue_row=np.repeat(np.arange(len(seq), dtype=np.int64), pos_end - pos),
+    )
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -282,21 +316,22 @@ class _ModelAccumulator:
         self.top_val = torch.zeros(f, n_top, dtype=torch.float32, device=device)
         self.top_seq = torch.full((f, n_top), -1, dtype=torch.int64, device=device)
         self.top_pos = torch.zeros(f, n_top, dtype=torch.int64, device=device)
+        self.top_end = torch.zeros(f, n_top, dtype=torch.int64, device=device)
         self.top_win = torch.full(
             (f, n_top, 2 * window + 1), float("nan"), dtype=torch.float32, device=device
         )
         self.n_tokens = 0
         self.n_sequences = 0
 
-    def add(self, acts: Any, starts: np.ndarray, seq_index: np.ndarray) -> list[np.ndarray]:
+    def add(self, acts: Any, chunk: SequenceChunk, seq_index: np.ndarray) -> list[np.ndarray]:
         """Fold one chunk's feature activations [rows, d_sae] in; returns its sparse fires."""
         torch = self.torch
         n, f = acts.shape
+        starts = chunk.starts
         s = len(starts) - 1
         dev = self.device
         lengths = torch.as_tensor(np.diff(starts), device=dev)
         run = torch.repeat_interleave(torch.arange(s, device=dev), lengths)
-        starts_t = torch.as_tensor(starts, device=dev)
         # SAE codes are sparse (L0 of d_sae): every statistic is computed from the non-zero
         # entries, never from [rows, d_sae] temporaries, which would cost more than encoding.
         rows, feats = (acts > 0).nonzero(as_tuple=True)
@@ -323,10 +358,10 @@ class _ModelAccumulator:
         arg_row = torch.full((s * f,), n, dtype=torch.int64, device=dev)
         arg_row.scatter_reduce_(0, key, candidate, reduce="amin", include_self=True)
         seq_max, arg_row = seq_max.view(s, f), arg_row.view(s, f)
-        self._merge_top(acts, seq_max, arg_row, starts_t, torch.as_tensor(seq_index, device=dev))
+        self._merge_top(acts, seq_max, arg_row, chunk, torch.as_tensor(seq_index, device=dev))
         return fires
 
-    def _merge_top(self, acts, seq_max, arg_row, starts_t, seq_index_t) -> None:
+    def _merge_top(self, acts, seq_max, arg_row, chunk, seq_index_t) -> None:
         torch = self.torch
         k = self.n_top
         values, idx = torch.cat([self.top_val, seq_max.T], dim=1).topk(k, dim=1)
@@ -336,19 +371,28 @@ class _ModelAccumulator:
         feats = torch.arange(acts.shape[1], device=self.device)[:, None].expand_as(idx)
         center = arg_row[new_s, feats].clamp(max=acts.shape[0] - 1)
         seq = torch.where(from_new, seq_index_t[new_s], self.top_seq.gather(1, old))
-        row_pos = center - starts_t[new_s]
-        pos = torch.where(from_new, row_pos, self.top_pos.gather(1, old))
+        # Windows are in residues: the most active token's first residue is the centre, and
+        # each residue of the window carries the activation of the token that holds it (with
+        # one token per residue, rows and residues coincide).
+        row_pos = torch.as_tensor(chunk.pos, device=self.device)
+        row_end = torch.as_tensor(chunk.pos_end, device=self.device)
+        pos = torch.where(from_new, row_pos[center], self.top_pos.gather(1, old))
+        end = torch.where(from_new, row_end[center], self.top_end.gather(1, old))
         win = self.top_win.gather(1, old[..., None].expand(-1, -1, self.top_win.shape[2])).clone()
         fi, slot = from_new.nonzero(as_tuple=True)
         if fi.numel():
+            res_starts = torch.as_tensor(chunk.res_starts, device=self.device)
+            residue_row = torch.as_tensor(chunk.residue_row, device=self.device)
             offsets = torch.arange(-self.window, self.window + 1, device=self.device)
-            c = center[fi, slot]
             sidx = new_s[fi, slot]
+            c = res_starts[sidx] + row_pos[center[fi, slot]]
             r = c[:, None] + offsets[None, :]
-            valid = (r >= starts_t[sidx][:, None]) & (r < starts_t[sidx + 1][:, None])
-            gathered = acts[r.clamp(0, acts.shape[0] - 1), fi[:, None]]
+            valid = (r >= res_starts[sidx][:, None]) & (r < res_starts[sidx + 1][:, None])
+            rows = residue_row[r.clamp(0, len(residue_row) - 1)]
+            gathered = acts[rows, fi[:, None]]
             win[fi, slot] = torch.where(valid, gathered, torch.full_like(gathered, float("nan")))
         self.top_val, self.top_seq, self.top_pos, self.top_win = values, seq, pos, win
+        self.top_end = end
 
 
 # ----------------------------------------------------------------------------- driver
@@ -418,7 +462,7 @@ def compute_feature_stats(
                 act = chunk.act if chunk.act.flags.writeable else chunk.act.copy()
                 x = torch.from_numpy(act).to(device=device, dtype=sae.W_dec.dtype)
                 acts = sae.encode(x).float()
-                model_fires.append(acc.add(acts, chunk.starts, index))
+                model_fires.append(acc.add(acts, chunk, index))
         if acc.n_sequences == 0:
             raise DataError(f"no token activations of model '{model}' in {source}")
         if wanted is not None and acc.n_sequences < len(set(wanted)):
@@ -509,6 +553,7 @@ def _top_frame(
     val = acc.top_val.cpu().numpy()
     seq = acc.top_seq.cpu().numpy()
     pos = acc.top_pos.cpu().numpy()
+    end = acc.top_end.cpu().numpy()
     win = acc.top_win.cpu().numpy()
     # topk keeps ties in arbitrary order: sort each feature's examples by value, then sequence.
     feat, slot = np.nonzero((val > 0) & (seq >= 0))
@@ -518,6 +563,7 @@ def _top_frame(
             "value": val[feat, slot],
             "seq": seq[feat, slot],
             "pos": pos[feat, slot],
+            "pos_end": end[feat, slot],
             "slot": slot,
         }
     ).sort_values(["feature", "value", "seq"], ascending=[True, False, True], kind="stable")
@@ -537,6 +583,7 @@ def _top_frame(
             "rank": frame.groupby("feature").cumcount().to_numpy().astype(np.int64) + 1,
             "seq_id": [ids[s] for s in frame["seq"].to_numpy()],
             "pos": frame["pos"].to_numpy().astype(np.int64),
+            "pos_end": frame["pos_end"].to_numpy().astype(np.int64),
             "value": frame["value"].to_numpy().astype(np.float64),
             "window_start": (frame["pos"].to_numpy() - w).astype(np.int64),
             "window_residues": window_res,

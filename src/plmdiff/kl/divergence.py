@@ -25,7 +25,7 @@ from plmdiff.core.oom import map_with_oom_split
 from plmdiff.core.stats import cluster_bootstrap_mean_ci
 from plmdiff.kl.settings import KLConfig
 from plmdiff.models.anatomy import ConfigShape
-from plmdiff.models.checkpoints import load_model, load_tokenizer
+from plmdiff.models.checkpoints import load_model, load_tokenizer, tokenizer_fingerprint
 from plmdiff.models.text import encode_sequences
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,19 @@ def kl_frame(
     )
 
 
+def check_same_tokenizer(
+    tokenizer: Any, base_tokenizer: Any, model_dir: str | os.PathLike, base_dir: str | os.PathLike
+) -> None:
+    """Per-token KL compares two distributions over the same next token: both models must
+    split a sequence into the same tokens, so vocabulary and merges must agree."""
+    if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(base_tokenizer):
+        raise DataError(
+            f"the tokenizers of {model_dir} and of the base model {base_dir} differ (vocabulary, "
+            "merges or pre-tokenization); per-token KL needs every model of a study to share the "
+            "base model's tokenizer (save every round with the base's tokenizer files)"
+        )
+
+
 def score_model(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike,
@@ -157,11 +170,7 @@ def score_model(
 ) -> pd.DataFrame:
     """Per-sequence KL(model || base) on every named sequence set."""
     tokenizer = load_tokenizer(model_dir)
-    base_vocab = load_tokenizer(base_dir).get_vocab()
-    if tokenizer.get_vocab() != base_vocab:
-        raise DataError(
-            f"tokenizers of {model_dir} and {base_dir} differ; KL needs the same vocabulary"
-        )
+    check_same_tokenizer(tokenizer, load_tokenizer(base_dir), model_dir, base_dir)
     model = load_model(model_dir, allow_pickle=allow_pickle, device=device)
     base = (
         model

@@ -18,9 +18,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from plmdiff.core.errors import CheckpointError
+from plmdiff.core.errors import CheckpointError, DataError
 from plmdiff.models.anatomy import ConfigShape, decoder_anatomy
-from plmdiff.models.text import END, EOS, PAD, SEP, START, PromptFormat, SpecialIds
+from plmdiff.models.text import (
+    END,
+    EOS,
+    PAD,
+    SEP,
+    START,
+    PromptFormat,
+    SpecialIds,
+    residue_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,8 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
+# Every canonical residue, alone and in pairs, so that a BPE tokenizer merges some of them.
+RESIDUE_PROBE = "ACDEFGHIKLMNPQRSTVWY" + "AACCDDEEFFGGHHIIKKLLMMNNPPQQRRSSTTVVWWYY"
 # Files that do not change what the model computes (training state, logs) are not fingerprinted.
 RECORD_VERSION = 1
 
@@ -59,6 +70,8 @@ class CheckpointRecord:
     fingerprint: str
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     record_version: int = RECORD_VERSION
+    # What the tokenizer does (tokenizer_fingerprint); None in records written before it existed.
+    tokenizer_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +197,28 @@ def load_tokenizer(directory: str | os.PathLike) -> Any:
         ) from None
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """SHA-256 of what decides a tokenizer's token ids: its vocabulary and, for a fast
+    tokenizer, its model (BPE merges included), normalizer and pre-tokenizer. Files that
+    differ only in padding, truncation or a recorded path give the same fingerprint."""
+    described: dict[str, Any] = {"vocab": sorted(tokenizer.get_vocab().items())}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        described.update({k: state.get(k) for k in ("model", "normalizer", "pre_tokenizer")})
+    text = json.dumps(described, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_residue_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """Fail at intake, not hours later in extraction, on a tokenizer whose tokens cannot be
+    mapped to residues (plmdiff.models.text.residue_tokens)."""
+    try:
+        residue_tokens(tokenizer, RESIDUE_PROBE, f"tokenizer in {directory}")
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def special_token_ids(tokenizer: Any, fmt: PromptFormat) -> dict[str, int | None]:
     vocab = tokenizer.get_vocab()
 
@@ -282,6 +317,7 @@ def inspect_checkpoint(
         _verify_safetensors(weights)
     tokenizer = load_tokenizer(directory)
     special = special_token_ids(tokenizer, fmt)
+    check_residue_tokenizer(tokenizer, directory)
 
     model = load_model(directory, allow_pickle=allow_pickle)
     cfg = model.config
@@ -313,6 +349,7 @@ def inspect_checkpoint(
         n_parameters=int(sum(p.numel() for p in model.parameters())),
         fingerprint=digest,
         files=per_file,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
     log.info(
         "checkpoint %s: %s, %d layers x %d, %d parameters, fingerprint %s",

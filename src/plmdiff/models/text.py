@@ -5,6 +5,11 @@ ZymCTRL's training text is `{label}<sep><start>{SEQ}<end><|endoftext|>` and its 
 with BOS alone; generation stops at EOS, so training and scoring text end with it too. Token positions
 that hold residues are tracked explicitly, because pooling must never include the control tag,
 special tokens or position 0.
+
+Any tokenizer that tiles a residue string with tokens works: a character tokenizer (ZymCTRL's) gives
+one token per residue, a BPE tokenizer (ProtGPT2's) tokens of several residues. Each token's residue
+span `[pos, pos_end)` comes from the fast tokenizer's `offset_mapping`; a slow tokenizer (no
+offsets) is accepted only when it encodes one token per residue.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
 
 from plmdiff.core.errors import DataError
 
@@ -71,15 +78,75 @@ class PromptFormat:
 
 @dataclass(frozen=True)
 class EncodedSequence:
-    """Token ids of one scoring text, with the half-open span [start, stop) of residue tokens."""
+    """Token ids of one scoring text: tokens [start, stop) are the residue tokens, and
+    `spans[k]` is the half-open residue span of token start + k (ARCHITECTURE.md, Tokenizers)."""
 
     ids: list[int]
     start: int
     stop: int
+    spans: np.ndarray  # int32 [stop - start, 2]
 
     @property
     def n_residues(self) -> int:
-        return self.stop - self.start
+        return int(self.spans[:, 1].max()) if len(self.spans) else 0
+
+
+def spans_from_offsets(offsets: Sequence[tuple[int, int]], begin: int, end: int) -> np.ndarray:
+    """Residue span [pos, pos_end) of each token, from character offsets in a text whose
+    residues are the characters [begin, end); a token outside them (a prompt or special token)
+    gets an empty span (pos == pos_end, at the nearest residue boundary)."""
+    if not offsets:
+        return np.zeros((0, 2), dtype=np.int32)
+    raw = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    clipped = np.clip(raw, begin, end) - begin
+    return clipped.astype(np.int32)
+
+
+def check_tiling(spans: np.ndarray, n_residues: int, what: str) -> None:
+    """The non-empty spans must cover residues 0..n-1 exactly once, in order: anything else
+    would put a residue under two tokens or under none."""
+    bearing = spans[spans[:, 1] > spans[:, 0]]
+    if len(bearing) == 0:
+        covered = n_residues == 0
+    else:
+        covered = (
+            int(bearing[0, 0]) == 0
+            and int(bearing[-1, 1]) == n_residues
+            and bool((bearing[1:, 0] == bearing[:-1, 1]).all())
+        )
+    if not covered:
+        shown = ", ".join(f"[{a},{b})" for a, b in bearing[:8].tolist())
+        raise DataError(
+            f"{what}: the tokenizer's offsets do not cover the {n_residues} residues once each and "
+            f"in order (token spans {shown}{' ...' if len(bearing) > 8 else ''}); plmdiff needs a "
+            "tokenizer whose tokens tile the residue string"
+        )
+
+
+def residue_tokens(
+    tokenizer: Any, residues: str, what: str = "a sequence"
+) -> tuple[list[int], np.ndarray]:
+    """Token ids of a residue string and each token's residue span (int32 [n_tokens, 2]).
+
+    A fast tokenizer gives the spans through its offsets; a slow one (no offsets) must encode
+    one token per residue, the spans then being [i, i + 1).
+    """
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(residues, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        spans = spans_from_offsets(encoded["offset_mapping"], 0, len(residues))
+        check_tiling(spans, len(residues), what)
+        return ids, spans
+    ids = list(tokenizer.encode(residues, add_special_tokens=False))
+    if len(ids) != len(residues):
+        raise DataError(
+            f"{what}: the tokenizer ({type(tokenizer).__name__}) encodes {len(residues)} residues "
+            f"as {len(ids)} tokens and is not a fast tokenizer, so it gives no offsets to map "
+            "tokens to residues; plmdiff accepts a fast (tokenizers-backed) tokenizer, or one that "
+            "encodes one token per residue"
+        )
+    starts = np.arange(len(ids), dtype=np.int32)
+    return ids, np.stack([starts, starts + 1], axis=1)
 
 
 def prompt_ids(tokenizer: Any, fmt: PromptFormat, ids: SpecialIds) -> list[int]:
@@ -93,40 +160,41 @@ def prompt_ids(tokenizer: Any, fmt: PromptFormat, ids: SpecialIds) -> list[int]:
 def encode_sequences(
     tokenizer: Any, fmt: PromptFormat, ids: SpecialIds, sequences: Sequence[str]
 ) -> list[EncodedSequence]:
-    """Encode sequences as scoring text, keeping track of which positions are residues.
+    """Encode sequences as scoring text, keeping track of which tokens hold which residues.
 
-    The prefix, residues and suffix are encoded separately and concatenated, so the residue span
-    is exact for any tokenizer whose residues are single tokens (ZymCTRL's is character-level);
-    a tokenizer that merges residues is rejected rather than silently misaligned.
+    The prefix, residues and suffix are encoded separately and concatenated, so no token
+    straddles the prompt and the first residue, and the residue tokens are exactly those of the
+    residue string (`residue_tokens`).
     """
     prefix = prompt_ids(tokenizer, fmt, ids)
     # The stop token ends the scoring text, so a model trained on it learns to end sequences.
-    suffix = [ids.end, ids.eos] if fmt.format == "zymctrl" else [ids.eos]
+    # (zymctrl checkpoints have <end>: plmdiff.models.checkpoints.special_token_ids)
+    suffix: list[Any] = [ids.end, ids.eos] if fmt.format == "zymctrl" else [ids.eos]
     out = []
     for seq in sequences:
-        residues = list(tokenizer.encode(seq, add_special_tokens=False))
-        if len(residues) != len(seq):
-            raise DataError(
-                f"the tokenizer encodes a {len(seq)}-residue sequence as {len(residues)} tokens; "
-                "plmdiff needs one token per residue (as ZymCTRL's character-level tokenizer)"
-            )
+        residues, spans = residue_tokens(tokenizer, seq)
         out.append(
             EncodedSequence(
-                ids=prefix + residues + suffix, start=len(prefix), stop=len(prefix) + len(residues)
+                ids=prefix + residues + suffix,
+                start=len(prefix),
+                stop=len(prefix) + len(residues),
+                spans=spans,
             )
         )
     return out
 
 
 def decode_residues(tokenizer: Any, token_ids: Sequence[int], special: SpecialIds) -> str:
-    """Residue string of generated token ids (prompt excluded), special tokens and spaces stripped."""
+    """Residue string of generated token ids (prompt excluded), special tokens and whitespace
+    stripped: a character tokenizer's decode joins tokens with spaces (ZymCTRL's does), and a BPE
+    model trained on FASTA-like text (ProtGPT2) emits line breaks inside a sequence."""
     specials = {
         i
         for i in (special.pad, special.eos, special.bos, special.sep, special.start, special.end)
         if i is not None
     }
     kept = [t for t in token_ids if t not in specials]
-    return tokenizer.decode(kept, skip_special_tokens=True).replace(" ", "")
+    return "".join(tokenizer.decode(kept, skip_special_tokens=True).split())
 
 
 def is_canonical(sequence: str) -> bool:

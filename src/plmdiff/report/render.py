@@ -429,6 +429,12 @@ def diff_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def residue_label(row: Any) -> str:
+    """'residue 12', or 'residues 12-14' for a token of several residues (1-based)."""
+    end = int(getattr(row, "pos_end", row.pos + 1))
+    return f"residue {row.pos + 1}" if end <= row.pos + 1 else f"residues {row.pos + 1}-{end}"
+
+
 def examples_html(path: str, render_window: Any, *, open_: bool = True) -> str:
     """Top examples of the first features: one row per round, windows with active residues."""
     ex = pd.read_parquet(path)
@@ -444,7 +450,7 @@ def examples_html(path: str, render_window: Any, *, open_: bool = True) -> str:
         for model, dm in d.groupby("model", sort=False):
             cells = "".join(
                 f'<div class="ex">{render_window(r.window_residues, r.window_acts, r.window_start)}'
-                f'<span class="note"> {html.escape(r.seq_id)} · residue {r.pos + 1} · '
+                f'<span class="note"> {html.escape(r.seq_id)} · {residue_label(r)} · '
                 f"{r.value:.3g}</span></div>"
                 for r in dm.itertuples()
             )

@@ -215,7 +215,12 @@ def _encoded_eval_sequences(
     # Longer than the context: score the first positions only (as a truncated extraction does).
     limit = record.n_positions
     return [
-        EncodedSequence(ids=e.ids[:limit], start=e.start, stop=min(e.stop, limit))
+        EncodedSequence(
+            ids=e.ids[:limit],
+            start=e.start,
+            stop=min(e.stop, limit),
+            spans=e.spans[: min(e.stop, limit) - e.start],
+        )
         for e in encoded
         if e.start < limit - 1
     ]

@@ -216,7 +216,8 @@ def _pad_batch(
     for row, e in enumerate(encoded):
         ids[row, : len(e.ids)] = torch.tensor(e.ids)
         attention[row, : len(e.ids)] = 1
-        residues[row, e.start : e.stop] = True
+        # The SAE saw the residue-bearing tokens only (the token table's rows).
+        residues[row, e.start : e.stop] = torch.from_numpy(e.spans[:, 1] > e.spans[:, 0])
         scored[row, e.start : min(e.stop, len(e.ids) - 1)] = True
     return ids.to(device), attention.to(device), residues.to(device), scored.to(device)
 

@@ -1,5 +1,6 @@
 """Small real checkpoints for tests and benchmarks, in the ZymCTRL layout and in other decoder
-families (LLaMA-style with grouped-query attention, GPT-NeoX, OPT) for `prompt.format: plain`.
+families (LLaMA-style with grouped-query attention, GPT-NeoX, OPT) for `prompt.format: plain`,
+and a GPT-2 with a BPE tokenizer whose tokens hold several residues (ProtGPT2's kind).
 
 They are trained for a few seconds on the shipped protein family, so that they generate
 terminated sequences like a real model; random weights almost never end a sequence.
@@ -224,6 +225,67 @@ def make_tiny_plain_checkpoint(
         n_embd=n_embd,
         n_head=n_head,
         n_positions=n_positions,
+    )
+    model = new_decoder(config, seed=seed)
+    _train_briefly(
+        model, tokenizer, PLAIN_FORMAT, special, train_steps=train_steps, seed=seed, crop=crop
+    )
+    return save_checkpoint(model, tokenizer, directory)
+
+
+# A BPE vocabulary this size holds ~170 merges of the family: most tokens hold 2-4 residues.
+BPE_VOCAB_SIZE = 200
+
+
+def bpe_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Any:
+    """A BPE tokenizer trained on the shipped family, with the per-residue tokenizer's specials
+    (<pad>, <s>, </s>, <unk>), built offline with the `tokenizers` library. Its tokens hold
+    several residues, as ProtGPT2's do; every residue letter is in its alphabet."""
+    from tokenizers import Tokenizer, decoders, models, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=RESIDUE_SPECIALS["unk"]))
+    backend.decoder = decoders.Fuse()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(RESIDUE_SPECIALS.values()),
+        initial_alphabet=list(RESIDUE_LETTERS),
+        show_progress=False,
+    )
+    backend.train_from_iterator(family_sequences(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        **{f"{role}_token": token for role, token in RESIDUE_SPECIALS.items()},
+    )
+
+
+def make_tiny_bpe_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_positions: int = 256,
+    train_steps: int = 60,
+    seed: int = 0,
+    crop: int = 60,
+) -> Path:
+    """A tiny GPT-2 with the family's BPE tokenizer for `prompt.format: plain`, trained briefly
+    (ProtGPT2's layout: a GPT-2 over BPE tokens of amino-acid strings)."""
+    from transformers import GPT2Config
+
+    tokenizer = bpe_tokenizer()
+    special = special_ids_of(tokenizer)
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_positions=n_positions,
+        vocab_size=len(tokenizer.get_vocab()),
+        activation_function="gelu_new",
+        bos_token_id=special.bos,
+        eos_token_id=special.eos,
+        pad_token_id=special.pad,
     )
     model = new_decoder(config, seed=seed)
     _train_briefly(

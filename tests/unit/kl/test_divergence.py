@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import SequenceEntry
 from plmdiff.kl.divergence import (
+    check_same_tokenizer,
     check_self_kl,
     position_profile,
     score_model,
@@ -19,7 +22,13 @@ from plmdiff.kl.divergence import (
     top_sequences,
 )
 from plmdiff.kl.settings import KLConfig
-from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, ZYMCTRL_IDS, family_sequences
+from plmdiff.testing.checkpoints import (
+    RESIDUE_SPECIALS,
+    ZYMCTRL_FORMAT,
+    ZYMCTRL_IDS,
+    bpe_tokenizer,
+    family_sequences,
+)
 from tests.conftest import copy_checkpoint
 
 
@@ -135,3 +144,21 @@ def test_different_vocabularies_are_refused(tiny_checkpoints, tmp_path):
             cfg=kl_config(),
             device="cpu",
         )
+
+
+def test_same_vocabulary_other_merges_are_refused():
+    """Two BPE tokenizers with one vocabulary but other merges split sequences differently."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    ours = bpe_tokenizer()
+    state = json.loads(ours.backend_tokenizer.to_str())
+    state["model"]["merges"] = state["model"]["merges"][:-20]
+    theirs = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+        **{f"{role}_token": token for role, token in RESIDUE_SPECIALS.items()},
+    )
+    assert theirs.get_vocab() == ours.get_vocab()
+    check_same_tokenizer(ours, bpe_tokenizer(), "a", "b")
+    with pytest.raises(DataError, match=r"tokenizers of r2 and of the base model r0 differ"):
+        check_same_tokenizer(theirs, ours, "r2", "r0")
