@@ -7,7 +7,8 @@ still runs only the new jobs.
 
 Schemes (contracts.md 4): 'base' trains from scratch on the base model's tokens (or imports
 sae.base.import); every other scheme fine-tunes the base SAE of the same fold on its models'
-tokens. Replica f trains without sequence fold f (plmdiff.sae.folds) and is evaluated on fold f; with
+tokens. Replica f trains without sequence fold f (whole sequence clusters, plmdiff.sae.folds) and
+is evaluated on fold f (the null fine-tune null_ft the other way round, see scheme_split); with
 kfold == 1 there is no held-out data and the evaluation uses (a sample of) the training data,
 which the metrics say (`eval_split`).
 """
@@ -31,7 +32,7 @@ from plmdiff.core.runtime import derive_seed, resolve_device, write_json
 from plmdiff.core.tables import write_table
 from plmdiff.models.checkpoints import CheckpointRecord, load_model, load_tokenizer
 from plmdiff.models.text import EncodedSequence, PromptFormat, encode_sequences
-from plmdiff.sae.folds import fold_split
+from plmdiff.sae.folds import read_fold_table, scheme_split
 from plmdiff.sae.imports import import_sae
 from plmdiff.sae.metrics import (
     SplicedLoss,
@@ -74,6 +75,7 @@ class SAEJob:
     prompt: PromptFormat
     base_sae: str | None = None  # the base SAE directory of this fold (fine-tunes)
     import_path: str | None = None  # resolved sae.base.import (scheme base only)
+    fold_table: str | None = None  # plmdiff.sae.folds table (None: every sequence its own cluster)
     device: str = "auto"
     allow_pickle: bool = False
 
@@ -254,7 +256,8 @@ def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
     layer_dirs = job.layer_dirs
     d_in = token_d_model(layer_dirs)
     seq_ids = token_seq_ids(layer_dirs)
-    train_ids, held_out = fold_split(seq_ids, s.kfold, s.seed, job.fold)
+    fold_of = read_fold_table(job.fold_table, s.kfold) if job.fold_table else None
+    train_ids, held_out = scheme_split(job.scheme, seq_ids, s.kfold, s.seed, job.fold, fold_of)
     if not train_ids:
         raise DataError(
             f"fold {job.fold} of {s.kfold} leaves no training sequences in {', '.join(layer_dirs)}"
