@@ -20,8 +20,8 @@ from plmdiff.diff.stability import (
     pooled_union_rows,
     scheme_alignment_rows,
 )
-from plmdiff.diff.tables import FIT_COLUMNS, fit_rows
 from plmdiff.diff.statistics import RoundEvidence, analyse_rounds, change_kind, rank_features
+from plmdiff.diff.tables import FIT_COLUMNS, fit_rows
 
 
 @dataclass
@@ -90,7 +90,9 @@ def diff_family(
                 evidence, d_sae, cfg, analysis=an.name, direction=direction, null_direction=null
             )
             fit += fit_rows(
-                an.name, fold, {m: (an.evaluator[m], stats[(an.evaluator[m], fold)]) for m in models}
+                an.name,
+                fold,
+                {m: (an.evaluator[m], stats[(an.evaluator[m], fold)]) for m in models},
             )
         ref = tables[(an.name, ref_fold)]
         for fold in folds[1:]:

@@ -63,8 +63,7 @@ def run_feature_stats(
     held_out = cfg.held_out and kfold > 1
     dirs = {m: [d] for m, d in token_dirs.items()}
     seq_ids = {
-        m: held_out_sequences(d, kfold, fold_seed, fold, held_out, fold_of)
-        for m, d in dirs.items()
+        m: held_out_sequences(d, kfold, fold_seed, fold, held_out, fold_of) for m, d in dirs.items()
     }
     base = sae_decoder(load_sae(base_sae_path)) if base_sae_path else None
     fs = compute_feature_stats(

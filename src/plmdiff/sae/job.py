@@ -26,6 +26,7 @@ import pandas as pd
 
 from plmdiff.activations.loader import count_tokens, iter_tokens
 from plmdiff.activations.readers import token_d_model, token_seq_ids
+from plmdiff.config.paths import NULL_SCHEME
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import derive_seed, resolve_device, write_json
@@ -295,6 +296,9 @@ def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
     sae = load_sae(outputs.sae_dir, device=device)
     eval_ids = held_out or train_ids
     split = "heldout" if held_out else "train"
+    if job.scheme == NULL_SCHEME and held_out:
+        # The null fine-tune's evaluation tokens trained its base replica (scheme_split).
+        split = "base_train"
     stream = iter_tokens(
         layer_dirs,
         s.batch_size,

@@ -156,9 +156,7 @@ def test_direction_cut_comes_from_the_null_fine_tune_above_the_floor():
     moved = {"r2": _evidence("r0", np.zeros((1, 3)), cos=np.array([0.999, 0.99, 0.9])).stats}
     null = rng.uniform(0, 0.02, size=5000)  # fine-tuning noise moves rows up to 0.02
     cfg = diff_config(min_direction_change=0.0, direction_null_quantile=0.999)
-    table = analyse_rounds(
-        ev, 3, cfg, analysis="per_model", direction=moved, null_direction=null
-    )
+    table = analyse_rounds(ev, 3, cfg, analysis="per_model", direction=moved, null_direction=null)
     cut = float(np.quantile(null, 0.999, method="higher"))
     assert table["direction_cut"].iloc[0] == pytest.approx(cut)
     # 0.001 is within the null's noise, 0.01 too; 0.1 is beyond it

@@ -109,7 +109,7 @@ def test_fold_table_round_trip_and_sequences_outside_it(tmp_path):
     extra = "natural_001"
     train, held = fold_split([extra], 3, 0, sequence_fold(extra, 3, 0), fold_of)
     assert held == [extra] and train == []
-    with pytest.raises(DataError, match="folds outside 0..1"):
+    with pytest.raises(DataError, match=r"folds outside 0\.\.1"):
         read_fold_table(tmp_path / "folds.tsv", 2)
     with pytest.raises(DataError, match="does not exist"):
         read_fold_table(tmp_path / "none.tsv", 3)
