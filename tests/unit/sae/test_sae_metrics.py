@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from plmdiff.models.anatomy import decoder_anatomy
 from plmdiff.core.errors import DataError
+from plmdiff.models.anatomy import decoder_anatomy
 from plmdiff.sae.metrics import (
     FitAccumulator,
     SplicedLoss,
