@@ -195,8 +195,9 @@ def test_paper_scale_dag_has_few_full_gpu_jobs(paper_study_two_lenses):
     jobs = _dry_run_jobs(proc)
     gpu_jobs = sum(n for rule, n in jobs.items() if rule in GPU_RULES)
     assert gpu_jobs <= 300, jobs
-    # 2 lenses x 6 layers x 11 schemes (base, 9 rounds, pooled), 5 folds in each job
-    assert jobs["train_sae"] == 2 * 6 * 11, jobs
+    # 2 lenses x 6 layers x 12 schemes (base, 9 rounds, pooled, null_ft), 5 folds in each job
+    assert jobs["train_sae"] == 2 * 6 * 12, jobs
+    # the null fine-tune only calibrates the direction cut: no feature statistics of its own
     assert jobs["feature_stats"] == 2 * 11, jobs
     assert jobs["kl"] == 9, jobs  # every round against the base, not the base against itself
     assert cpu_seconds < 10, f"dry run took {cpu_seconds:.1f} s of CPU"
