@@ -400,6 +400,13 @@ def diff_union_keys(wildcards):
     return [(s, FOLDS[0]) for s in SAE_SCHEMES if paths.is_finetune_scheme(s)]
 
 
+def diff_null_folds(wildcards):
+    """Folds of the null fine-tune a family reads: every fold where its SAEs are fine-tuned."""
+    if wildcards.family == paths.BASE_FAMILY:
+        return []
+    return list(FOLDS)
+
+
 # ----------------------------------------------------------------------------- targets
 
 

@@ -1,7 +1,8 @@
 # Stage: diff. feature_stats encodes every model's held-out token activations with each SAE replica
 # (one GPU job per embedder, layer and scheme, over every fold, grouped with the SAE family's
 # training into one SLURM submission); diff compares a family's SAEs across rounds,
-# folds and schemes (a cheap CPU job); kl scores every model against the base on the same
+# folds and schemes (a cheap CPU job), its direction cut calibrated on the null fine-tune
+# null_ft; kl scores every model against the base on the same
 # sequences (one GPU job per model) and kl_summary gathers them.
 
 
@@ -19,6 +20,7 @@ rule feature_stats:
                 for fold in FOLDS
             ]
         ),
+        folds=paths.sae_fold_table(),
         tokens=lambda wildcards: [
             part
             for m in STUDY.embedded_models(wildcards.embedder)
@@ -86,6 +88,10 @@ rule diff:
             sae_dir(wildcards.embedder, wildcards.layer, s, f)
             for s, f in diff_union_keys(wildcards)
         ],
+        null=lambda wildcards: [
+            sae_dir(wildcards.embedder, wildcards.layer, paths.NULL_SCHEME, f)
+            for f in diff_null_folds(wildcards)
+        ],
     output:
         features=report(
             diff_file("{embedder}", "{layer}", "{family}", "features.tsv"),
@@ -118,6 +124,13 @@ rule diff:
             labels={"family": "{family}", "figure": "volcano"},
         ),
         volcano_svg=diff_file("{embedder}", "{layer}", "{family}", "volcano.svg"),
+        fit=report(
+            paths.diff_fit("{embedder}", "{layer}", "{family}"),
+            caption="../report/diff_fit.rst",
+            category="Feature diffs",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "table": "SAE fit per model"},
+        ),
         trajectories=report(
             diff_file("{embedder}", "{layer}", "{family}", "trajectories.png"),
             caption="../report/diff_trajectories.rst",
@@ -148,6 +161,7 @@ rule diff:
         folds=FOLDS,
         stats_keys=diff_keys,
         union_keys=diff_union_keys,
+        null_folds=diff_null_folds,
         diff=config["diff"],
     script:
         "../workflow_scripts/diff.py"

@@ -1,12 +1,37 @@
 # Stage: sae. One sae-lens SAE per (embedder, layer, scheme, fold): 'base' trains from scratch on
 # the base model's token activations (or imports sae.base.import), every other scheme fine-tunes
-# the base SAE of the same fold. Replica f never sees sequence fold f, which evaluates it.
+# the base SAE of the same fold. Replica f never sees sequence fold f, which evaluates it; the
+# null fine-tune null_ft (trained when fine-tuned schemes exist) fine-tunes base replica f on the
+# base's fold f only, the null that calibrates the diff's direction cut.
 # One job trains every fold replica of an (embedder, layer, scheme): fewer, fuller GPU jobs.
 # SAEs are not protected: a rerun happens only when what defines them changes (inputs, the keys
 # below, the code), and deleting one retrains it.
 
 # Keys that change what an SAE is; sae.layers/schemes/groups only choose which SAEs exist.
 SAE_JOB_KEYS = [k for k in config["sae"] if k not in ("layers", "schemes", "groups")]
+
+
+# Folds hold whole sequence clusters (the probes' MMseqs2 clusters), so near-duplicates never sit
+# in a replica's training and held-out folds at once; written once, read by train_sae and
+# feature_stats alike.
+rule sae_folds:
+    input:
+        clusters_table(),
+    output:
+        paths.sae_fold_table(),
+    log:
+        "logs/sae_folds.log",
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime_min(10),
+    params:
+        kfold=config["sae"]["kfold"],
+        seed=config["sae"]["seed"],
+    script:
+        "../workflow_scripts/sae_folds.py"
 
 
 rule train_sae:
@@ -20,6 +45,7 @@ rule train_sae:
         ),
         base=sae_base_input,
         imported=sae_import_inputs,
+        folds=paths.sae_fold_table(),
     output:
         saes=[directory(sae_dir("{embedder}", "{layer}", "{scheme}", f)) for f in FOLDS],
         metrics=[sae_metrics("{embedder}", "{layer}", "{scheme}", f) for f in FOLDS],

@@ -55,6 +55,7 @@ ANALYSIS_COLUMNS = (
     "best_stable",
     "best_change_replication",
     "best_log2_fold_change",
+    "best_posterior_log2_fold_change",
     "best_q_value",
     "qualifying",
     "qualifying_best_rank",

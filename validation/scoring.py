@@ -147,6 +147,8 @@ class AnalysisScore:
     qualifying_best_rank: int  # best rank among them (0: none)
     first_changed_rank_in_target: bool  # a qualifying feature in the top 5, called, stable
     n_occurrences: int = 0  # planted occurrences in the held-out sequences scored
+    # The fold change the call reads (gamma-Poisson posterior, plmdiff.diff.evidence).
+    best_posterior_log2_fold_change: float = np.nan
 
 
 def stable_changed(table: pd.DataFrame) -> np.ndarray:
@@ -216,6 +218,7 @@ def score_analysis(
         qualifying_best_rank=int(ranks[ok].min()) if ok.any() else 0,
         first_changed_rank_in_target=bool(target.any()),
         n_occurrences=match.n_occurrences,
+        best_posterior_log2_fold_change=float(row["posterior_log2_fold_change"]),
     )
 
 

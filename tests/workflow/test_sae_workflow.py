@@ -67,8 +67,9 @@ def test_dag_has_one_job_per_scheme_training_every_fold(tmp_path):
         for line in out.splitlines()
         if line.startswith(("train_sae ", "feature_stats "))
     )
-    # base, ft_r1, ft_r2, pooled_late, pooled_all: 5 schemes (of one layer), 3 folds each
-    assert counts == {"train_sae": "5", "feature_stats": "5"}
+    # base, ft_r1, ft_r2, pooled_late, pooled_all, null_ft: 6 schemes (of one layer), 3 folds
+    # each; the null fine-tune only calibrates the diff's direction cut: no feature statistics
+    assert counts == {"train_sae": "6", "feature_stats": "5"}
 
 
 def test_dag_of_an_import_names_its_file(tmp_path):
@@ -118,7 +119,7 @@ def import_run(tmp_path_factory) -> Path:
     write_study_fasta(workdir, list(checkpoints))
     targets = [f"results/saes/r0/layer_01/{s}/fold_0.metrics.json" for s in ("base", "ft_r1")]
     # Upstream stages are left out: this test starts from FASTA files it wrote itself.
-    rules = ("check_checkpoint", "extract", "train_sae")
+    rules = ("check_checkpoint", "extract", "cluster_sequences", "sae_folds", "train_sae")
     run_snakemake(workdir, configfile, "--cores", "2", "--allowed-rules", *rules, "--", *targets)
     return workdir
 
@@ -148,13 +149,15 @@ def test_saes_of_the_tiny_run(tiny_run):
     """Every SAE of the shared tiny run: sae-lens directory, metrics, curves."""
     saes = sorted((tiny_run / "results" / "saes").glob("*/layer_*/*/fold_*.metrics.json"))
     schemes = {p.parent.name for p in saes}
-    assert {"base", "ft_r1", "ft_r2", "pooled"} <= schemes
+    assert {"base", "ft_r1", "ft_r2", "pooled", "null_ft"} <= schemes
     for path in saes:
         metrics = json.loads(path.read_text())
         directory = Path(str(path).removesuffix(".metrics.json"))
         sae = load_sae(directory)
         assert sae.cfg.d_sae == metrics["d_sae"]
-        assert metrics["eval_split"] == "heldout" and metrics["heldout_sequences"] > 0
+        # The null fine-tune trains on its base replica's held-out fold, evaluated on the rest.
+        split = "base_train" if path.parent.name == "null_ft" else "heldout"
+        assert metrics["eval_split"] == split and metrics["heldout_sequences"] > 0
         assert 0 < metrics["fvu"] < 1.5 and metrics["l0"] > 0
         curves = pd.read_csv(f"{directory}.curves.tsv", sep="\t")
         assert len(curves) > 0 and Path(f"{directory}.curves.png").stat().st_size > 1000

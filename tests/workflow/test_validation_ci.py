@@ -4,10 +4,11 @@ study and a null study through the whole workflow, scored.
 BASELINE, not the issue's targets: this asserts what today's diff achieves (VALIDATION.md), so
 that a regression shows and the next session can tighten it. Today the null study calls no
 stable changed feature, and the planted study's motif is sampled, found by a feature of the SAE
-(its coverage and enrichment computed) and placed somewhere in the ranking. The issue's target,
-to assert once the evidence statistics (plmdiff.diff.evidence) are wired into the diff job: in
-at least one analysis a feature with coverage >= 0.5 and enrichment >= 5 ranks in the top 5,
-called changed and stable (`first_changed_rank_in_target`).
+(its coverage and enrichment computed) and placed somewhere in the ranking. The evidence
+statistics (plmdiff.diff.evidence) are now the diff job's call; the issue's target, to assert once
+the CI studies plant a motif the diff can find (VALIDATION.md): in at least one analysis a feature
+with coverage >= 0.5 and enrichment >= 5 ranks in the top 5, called changed and stable
+(`first_changed_rank_in_target`).
 """
 
 from __future__ import annotations

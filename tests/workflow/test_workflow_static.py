@@ -294,10 +294,13 @@ def test_paper_scale_dag_has_few_full_gpu_jobs(paper_study_two_lenses):
     assert len(parts) == 2 * 10 * 2 and all(
         sorted(s) == ["extract"] + ["extract_tokens"] * 6 for s in parts
     )
-    # 2 lenses x 6 layers x 11 schemes (base, 9 rounds, pooled), 5 folds in each job
-    assert jobs["train_sae"] == jobs["feature_stats"] == 2 * 6 * 11, jobs
+    # 2 lenses x 6 layers x 12 schemes (base, 9 rounds, pooled, null_ft), 5 folds in each job;
+    # the null fine-tune only calibrates the direction cut: no feature statistics of its own.
+    assert jobs["train_sae"] == 2 * 6 * 12, jobs
+    assert jobs["feature_stats"] == 2 * 6 * 11, jobs
     assert Counter(tuple(s) for s in submissions if "train_sae" in s) == {
-        ("feature_stats", "train_sae"): 2 * 6 * 11
+        ("feature_stats", "train_sae"): 2 * 6 * 11,
+        ("train_sae",): 2 * 6,
     }
     assert jobs["kl"] == 9, jobs  # every round against the base, not the base against itself
     assert cpu_seconds < 10, f"dry run took {cpu_seconds:.1f} s of CPU"

@@ -25,6 +25,10 @@ SAE_BASE_SOURCE = "_sae_base"
 FINETUNE_PREFIX = "ft_"  # ft_{model}: the base SAE fine-tuned on one round's tokens
 POOLED_SCHEME = "pooled"  # the base SAE fine-tuned on every round's tokens
 POOLED_PREFIX = "pooled_"  # pooled_{group}: ... on the rounds of one sae.groups entry
+# The base SAE fine-tuned, with the per-round budget, on base tokens it never trained on (its
+# held-out fold): how far fine-tuning moves decoders when nothing changed. Trained only when
+# fine-tuned schemes exist; the diff takes its direction cut from it.
+NULL_SCHEME = "null_ft"
 
 # Diff families: which schemes a diff job compares (the base scheme is the reference of each).
 BASE_FAMILY = "base"
@@ -42,6 +46,10 @@ def pooled_scheme(group: str | None = None) -> str:
 
 def is_finetune_scheme(scheme: str) -> bool:
     return scheme.startswith(FINETUNE_PREFIX)
+
+
+def is_null_scheme(scheme: str) -> bool:
+    return scheme == NULL_SCHEME
 
 
 def is_pooled_scheme(scheme: str) -> bool:
@@ -178,6 +186,12 @@ def sanity_tsne(embedder: str, pooling: str) -> str:
 # ----------------------------------------------------------------------------- SAEs
 
 
+def sae_fold_table() -> str:
+    """seq_id, cluster, fold of every sequence: the fold assignment of every SAE replica and of
+    the diff's held-out encoding (whole sequence clusters per fold)."""
+    return f"{RESULTS}/saes/folds.tsv"
+
+
 def sae_dir(embedder: str, layer: str, scheme: str, fold: str | int) -> str:
     return f"{RESULTS}/saes/{embedder}/layer_{layer}/{scheme}/fold_{fold}"
 
@@ -228,6 +242,11 @@ def diff_dir(embedder: str, layer: str, family: str) -> str:
 
 def diff_file(embedder: str, layer: str, family: str, name: str) -> str:
     return f"{diff_dir(embedder, layer, family)}/{name}"
+
+
+def diff_fit(embedder: str, layer: str, family: str) -> str:
+    """Per analysis, fold and model: the evaluating SAE's FVU, L0 and dead fraction."""
+    return diff_file(embedder, layer, family, "fit.tsv")
 
 
 # ----------------------------------------------------------------------------- KL, report

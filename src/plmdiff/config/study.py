@@ -76,6 +76,8 @@ class Study:
             schemes += (
                 [paths.pooled_scheme(g) for g in groups] if groups else [paths.pooled_scheme()]
             )
+        if len(schemes) > 1:
+            schemes.append(paths.NULL_SCHEME)
         families = [paths.BASE_FAMILY] + [
             f for f in (paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY) if f in wanted
         ]
@@ -128,7 +130,7 @@ class Study:
 
     def scheme_models(self, scheme: str) -> list[str]:
         """Models whose token activations train (or fine-tune) an SAE of this scheme."""
-        if scheme == paths.BASE_SCHEME:
+        if scheme in (paths.BASE_SCHEME, paths.NULL_SCHEME):
             return [self.base]
         if paths.is_finetune_scheme(scheme):
             return [paths.finetuned_model(scheme)]

@@ -31,6 +31,8 @@ from scipy import special as spf
 from scipy import stats as sps
 
 LN2 = float(np.log(2.0))
+# Two-sided 95% credible interval of a normal approximation to the posterior log2 fold change.
+CREDIBLE_Z = 1.96
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class PosteriorFoldChange:
     mean: np.ndarray
     sd: np.ndarray
 
-    def lower_abs(self, z: float = 1.96) -> np.ndarray:
+    def lower_abs(self, z: float = CREDIBLE_Z) -> np.ndarray:
         """Lower credible bound of |log2 fold change| (0 where the interval straddles 0)."""
         return np.maximum(np.abs(self.mean) - z * self.sd, 0.0)
 
@@ -101,15 +103,14 @@ def call_by_evidence(
     *,
     fdr: float,
     min_abs_log2_fold_change: float,
-    z: float = 1.96,
+    z: float = CREDIBLE_Z,
 ) -> np.ndarray:
-    """Changed: significant trend, trend and shrunk fold change agree in sign, and the posterior
-    fold change's credible interval clears `min_abs_log2_fold_change` (0: excludes no change)."""
+    """Changed: significant trend, trend and shrunk fold change agree in sign, and the lower end
+    of the posterior |log2 fold change|'s credible interval exceeds `min_abs_log2_fold_change`
+    (0: the interval excludes no change)."""
     q = np.asarray(q_value, dtype=float)
     significant = np.nan_to_num(q, nan=np.inf) <= fdr
     effect = posterior.lower_abs(z) > min_abs_log2_fold_change
-    if min_abs_log2_fold_change == 0:
-        effect = posterior.lower_abs(z) > 0
     return significant & sign_agreement(rho, posterior.mean) & effect
 
 
@@ -164,6 +165,16 @@ def null_threshold(null_values: np.ndarray, alpha: float) -> float:
     if values.size == 0:
         raise ValueError("null_threshold needs at least one non-NaN null value")
     return float(np.quantile(values, 1 - alpha, method="higher"))
+
+
+def direction_cut(null_values: np.ndarray | None, quantile: float, floor: float) -> float:
+    """The direction-change cut: the null fine-tune's `quantile` of 1 - cos, never below `floor`.
+
+    Without a null (no null fine-tune, or none of its features fire) the floor alone decides.
+    """
+    if null_values is None or np.all(np.isnan(np.asarray(null_values, dtype=float))):
+        return float(floor)
+    return max(float(floor), null_threshold(null_values, 1.0 - quantile))
 
 
 def false_discovery_proportion(called: np.ndarray, truly_changed: np.ndarray) -> float:

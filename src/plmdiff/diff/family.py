@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from plmdiff.diff.alignment import Matching, hungarian_match
+from plmdiff.config.paths import BASE_SCHEME
+from plmdiff.diff.alignment import Matching, hungarian_match, rowwise_cosine
 from plmdiff.diff.analyses import Analysis
 from plmdiff.diff.feature_stats import FeatureStats, StoredFeatureStats
 from plmdiff.diff.settings import DiffConfig
@@ -20,6 +21,7 @@ from plmdiff.diff.stability import (
     scheme_alignment_rows,
 )
 from plmdiff.diff.statistics import RoundEvidence, analyse_rounds, change_kind, rank_features
+from plmdiff.diff.tables import FIT_COLUMNS, fit_rows
 
 
 @dataclass
@@ -28,6 +30,7 @@ class FamilyResult:
     fold_tables: dict[tuple[str, int], pd.DataFrame]
     matchings: dict[tuple[str, int], Matching]  # (analysis, fold): fold-0 features
     stability: pd.DataFrame
+    fit: pd.DataFrame  # per analysis, fold and model: the evaluating SAE's FVU, L0, dead
 
 
 def diff_family(
@@ -39,16 +42,19 @@ def diff_family(
     cfg: DiffConfig,
     *,
     union_decoders: Mapping[int, Sequence[np.ndarray]] | None = None,
+    null_decoders: Mapping[int, np.ndarray] | None = None,
 ) -> FamilyResult:
     """Diff every analysis of a family on every fold; fold 0 is the reference replica.
 
     `stats[(scheme, fold)]` are the feature stats of that SAE (loaded or stored);
     `decoders[(scheme, fold)]` its decoder [d_sae, d_in]. `union_decoders[fold]`, when given,
-    are the per-round fine-tuned decoders the pooled SAE is compared with.
+    are the per-round fine-tuned decoders the pooled SAE is compared with. `null_decoders[fold]`
+    is the null fine-tune of fold `fold` (the base SAE fine-tuned on held-out base tokens):
+    it calibrates the direction cut of every analysis with fine-tuned SAEs.
     """
     folds = list(folds)
     ref_fold = folds[0]
-    features, stability = [], []
+    features, stability, fit = [], [], []
     tables: dict[tuple[str, int], pd.DataFrame] = {}
     matchings: dict[tuple[str, int], Matching] = {}
     by_reference: dict[tuple[str, int], Matching] = {}
@@ -72,8 +78,21 @@ def diff_family(
                 label: stats[(scheme, fold)].model_stats(models[0])
                 for label, scheme in an.direction.items()
             }
+            null = None
+            if direction and null_decoders and fold in null_decoders:
+                null = null_direction_change(
+                    null_decoders[fold],
+                    decoders[(BASE_SCHEME, fold)],
+                    stats[(BASE_SCHEME, fold)].model_stats(models[0]),
+                    cfg.min_firing_sequences,
+                )
             tables[(an.name, fold)] = analyse_rounds(
-                evidence, d_sae, cfg, analysis=an.name, direction=direction
+                evidence, d_sae, cfg, analysis=an.name, direction=direction, null_direction=null
+            )
+            fit += fit_rows(
+                an.name,
+                fold,
+                {m: (an.evaluator[m], stats[(an.evaluator[m], fold)]) for m in models},
             )
         ref = tables[(an.name, ref_fold)]
         for fold in folds[1:]:
@@ -100,4 +119,20 @@ def diff_family(
         fold_tables=tables,
         matchings=matchings,
         stability=pd.DataFrame(stability, columns=STABILITY_COLUMNS),
+        fit=pd.DataFrame(fit, columns=FIT_COLUMNS),
     )
+
+
+def null_direction_change(
+    null_decoder: np.ndarray,
+    base_decoder: np.ndarray,
+    base_stats: pd.DataFrame,
+    min_firing_sequences: int,
+) -> np.ndarray:
+    """1 - cos(null fine-tune row, base row) of the base SAE's features that fire in at least
+    `min_firing_sequences` of the base model's held-out sequences: a feature that never fires
+    gets no gradient and keeps its row, and counting it would pull the null quantile to 0."""
+    moved = 1.0 - rowwise_cosine(null_decoder, base_decoder)
+    rows = base_stats.set_index("feature").sort_index()
+    firing = rows["n_firing_sequences"].reindex(np.arange(len(moved)), fill_value=0).to_numpy()
+    return moved[firing >= min_firing_sequences].astype(np.float64)

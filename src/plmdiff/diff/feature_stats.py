@@ -14,6 +14,8 @@ disjoint sequences, and a change that reappears across folds has reappeared on n
 Outputs (siblings of the rule's `fold_{f}.parquet`, see `FeatureStatsPaths`):
 - `fold_{f}.parquet`: feature x model stats (n_tokens, n_sequences, n_fire, frequency, sum_act,
   mean_act, max_act, n_firing_sequences, sequence_fraction, dec_cos_to_base, dec_norm_ratio);
+  its metadata's `fit` holds, per model, the SAE's n_tokens, fvu, l0 and dead_fraction on
+  the tokens encoded here;
 - `fold_{f}.seqs.parquet`: seq_index, seq_id, model, n_tokens of every encoded sequence;
 - `fold_{f}.fires.parquet`: sparse seq_index, feature, n_fire (firing tokens of a sequence);
 - `fold_{f}.top.parquet`: feature, model, rank, seq_id, pos, pos_end (the residue span of the
@@ -49,6 +51,7 @@ from plmdiff.diff.alignment import rowwise_cosine
 from plmdiff.diff.examples import PAD_RESIDUE
 from plmdiff.diff.settings import FeatureStatsConfig
 from plmdiff.sae.folds import fold_split
+from plmdiff.sae.metrics import FitAccumulator
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +441,7 @@ def compute_feature_stats(
         cos = ratio = np.full(d_sae, np.nan)
 
     stats, seq_frames, fires, tops = [], [], [], []
+    fits: dict[str, dict[str, Any]] = {}
     n_seq_total = 0
     for model, dirs in token_dirs.items():
         wanted = None if seq_ids is None else seq_ids.get(model)
@@ -446,6 +450,7 @@ def compute_feature_stats(
                 f"no sequences of model '{model}' to encode (its held-out set is empty)"
             )
         acc = _ModelAccumulator(d_sae, cfg.top_examples, cfg.example_window, device)
+        fit = FitAccumulator(d_sae, device)
         ids: list[str] = []
         residues: list[str] = []
         lengths: list[int] = []
@@ -461,8 +466,9 @@ def compute_feature_stats(
                 lengths += np.diff(chunk.starts).tolist()
                 act = chunk.act if chunk.act.flags.writeable else chunk.act.copy()
                 x = torch.from_numpy(act).to(device=device, dtype=sae.W_dec.dtype)
-                acts = sae.encode(x).float()
-                model_fires.append(acc.add(acts, chunk, index))
+                codes = sae.encode(x)
+                fit.add(x, codes, sae.decode(codes))
+                model_fires.append(acc.add(codes.float(), chunk, index))
         if acc.n_sequences == 0:
             raise DataError(f"no token activations of model '{model}' in {source}")
         if wanted is not None and acc.n_sequences < len(set(wanted)):
@@ -474,6 +480,7 @@ def compute_feature_stats(
                 source,
             )
         log.info("model %s: %d sequences, %d tokens encoded", model, acc.n_sequences, acc.n_tokens)
+        fits[model] = fit.to_json()
         first = n_seq_total - acc.n_sequences
         seq_frames.append(
             pd.DataFrame(
@@ -499,6 +506,8 @@ def compute_feature_stats(
         "models": list(token_dirs),
         "top_examples": cfg.top_examples,
         "example_window": cfg.example_window,
+        # Per model: the SAE's FVU, L0 and dead fraction on the tokens encoded here.
+        "fit": fits,
     }
     return FeatureStats(
         stats=pd.concat(stats, ignore_index=True),
@@ -593,9 +602,15 @@ def _top_frame(
 
 
 def held_out_sequences(
-    layer_dirs: Sequence[str | os.PathLike], k: int, seed: int, fold: int, held_out: bool
+    layer_dirs: Sequence[str | os.PathLike],
+    k: int,
+    seed: int,
+    fold: int,
+    held_out: bool,
+    fold_of: Mapping[str, int] | None = None,
 ) -> list[str] | None:
-    """Sequences of the SAE's held-out fold (None = all: k == 1 or held_out disabled)."""
+    """Sequences of the SAE's held-out fold (None = all: k == 1 or held_out disabled), by the
+    fold table its SAE replica was trained with (`plmdiff.sae.folds.read_fold_table`)."""
     if not held_out or k <= 1:
         return None
-    return list(fold_split(token_seq_ids(list(layer_dirs)), k, seed, fold)[1])
+    return list(fold_split(token_seq_ids(list(layer_dirs)), k, seed, fold, fold_of)[1])

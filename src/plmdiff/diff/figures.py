@@ -43,7 +43,8 @@ def status(features: pd.DataFrame) -> pd.Series:
 
 
 def volcano(features: pd.DataFrame, cfg: DiffConfig, paths: Sequence[str | os.PathLike]) -> None:
-    """log2 fold change (last round vs base) against -log10 q, one panel per analysis."""
+    """Posterior log2 fold change (last round vs base) against -log10 q, one panel per analysis:
+    the two quantities the frequency call reads."""
     import seaborn as sns
 
     plt = _pyplot()
@@ -57,7 +58,7 @@ def volcano(features: pd.DataFrame, cfg: DiffConfig, paths: Sequence[str | os.Pa
         tested = d[d["tested"]]
         sns.scatterplot(
             data=tested,
-            x="log2_fold_change",
+            x="posterior_log2_fold_change",
             y="mlq",
             hue="status",
             palette=COLORS,
@@ -68,19 +69,19 @@ def volcano(features: pd.DataFrame, cfg: DiffConfig, paths: Sequence[str | os.Pa
             legend=ax is axes[0][0],
         )
         ax.axhline(-np.log10(cfg.fdr), color="black", lw=0.6, ls="--")
-        for x in (-cfg.min_abs_log2_fold_change, cfg.min_abs_log2_fold_change):
+        for x in {-cfg.min_abs_log2_fold_change, cfg.min_abs_log2_fold_change}:
             ax.axvline(x, color="black", lw=0.6, ls=":")
         for row in tested[tested["changed"]].head(5).itertuples():
             ax.annotate(
                 str(row.feature),
-                (row.log2_fold_change, row.mlq),
+                (row.posterior_log2_fold_change, row.mlq),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
             )
         ax.set(
             title=f"{name}: {int(d['changed'].sum())} of {int(d['tested'].sum())} tested changed",
-            xlabel="log2 fold change of firing frequency (last round vs base)",
+            xlabel="posterior log2 fold change of firing frequency (last round vs base)",
             ylabel="-log10 q (BH)",
         )
     fig.tight_layout()
@@ -197,7 +198,9 @@ def stability(
             ax=axes[1],
             fliersize=1.5,
         )
-        axes[1].axhline(cfg.min_direction_change, color="black", lw=0.6, ls="--")
+        # The direction cut of each analysis (null quantile, never below the floor).
+        for cut in features["direction_cut"].dropna().unique():
+            axes[1].axhline(float(cut), color="black", lw=0.6, ls="--")
         axes[1].set(
             title="Decoder direction change vs the base SAE",
             xlabel="fine-tuned SAE (round, or pooled scheme)",

@@ -7,6 +7,7 @@ these.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ from plmdiff.diff.feature_stats import (
 )
 from plmdiff.diff.settings import DiffConfig, FeatureStatsConfig
 from plmdiff.diff.tables import readable_features
+from plmdiff.sae.folds import read_fold_table
 from plmdiff.sae.training import load_sae
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- feature_stats
 
@@ -47,6 +51,7 @@ def run_feature_stats(
     fold: int,
     device: Any,
     metadata: Mapping[str, Any],
+    fold_of: Mapping[str, int] | None = None,
 ) -> FeatureStats:
     """The feature_stats rule: encode every model's (held-out) tokens with one SAE, write all."""
     expected = {k: str(v) for k, v in FeatureStatsPaths.of(outputs["stats"]).files().items()}
@@ -57,7 +62,9 @@ def run_feature_stats(
     dev = resolve_device(device)
     held_out = cfg.held_out and kfold > 1
     dirs = {m: [d] for m, d in token_dirs.items()}
-    seq_ids = {m: held_out_sequences(d, kfold, fold_seed, fold, held_out) for m, d in dirs.items()}
+    seq_ids = {
+        m: held_out_sequences(d, kfold, fold_seed, fold, held_out, fold_of) for m, d in dirs.items()
+    }
     base = sae_decoder(load_sae(base_sae_path)) if base_sae_path else None
     fs = compute_feature_stats(
         load_sae(sae_path, dev),
@@ -92,6 +99,7 @@ class DiffOutputs:
     volcano_svg: str
     trajectories_png: str
     stability_png: str
+    fit_tsv: str
 
     @classmethod
     def from_rule(cls, output: Any) -> DiffOutputs:
@@ -110,12 +118,20 @@ RULE_OUTPUTS = {
     "volcano_svg": "volcano_svg",
     "trajectories_png": "trajectories",
     "stability_png": "stability_png",
+    "fit_tsv": "fit",
 }
 
 
 def keyed_paths(keys: Sequence[Sequence[Any]], paths: Sequence[str]) -> dict[tuple[str, int], str]:
     """(scheme, fold) -> path, from the rule's parallel lists of keys and input files."""
     return {(str(s), int(f)): str(p) for (s, f), p in zip(keys, paths, strict=True)}
+
+
+def null_by_fold(folds: Sequence[int], paths: Sequence[str]) -> dict[int, str] | None:
+    """fold -> the null fine-tune of that fold (None: the family has no fine-tuned SAEs)."""
+    if not paths:
+        return None
+    return {int(f): str(p) for f, p in zip(folds, paths, strict=True)}
 
 
 def union_by_fold(
@@ -144,8 +160,12 @@ def run_diff(
     outputs: DiffOutputs,
     *,
     union_paths: Mapping[int, Sequence[str]] | None = None,
+    null_paths: Mapping[int, str] | None = None,
 ) -> FamilyResult:
-    """The diff rule: read feature stats and SAE decoders, diff, write tables and figures."""
+    """The diff rule: read feature stats and SAE decoders, diff, write tables and figures.
+
+    `null_paths[fold]`: the null fine-tune (scheme null_ft) of each fold, which calibrates the
+    direction cut of fine-tuned SAEs (none: the floor min_direction_change alone)."""
     analyses = family_analyses(family, schemes, models)
     stats = {key: FeatureStats.open(path) for key, path in stats_paths.items()}
     ref_fold = next(iter(folds))
@@ -153,13 +173,33 @@ def run_diff(
     # and every scheme of the reference fold (scheme alignment); not all schemes x folds.
     wanted = {(an.reference, f) for an in analyses for f in folds}
     wanted |= {(s, ref_fold) for an in analyses for s in [*an.schemes, BASE_SCHEME]}
+    if null_paths:
+        # The null's direction change is measured against the base SAE of its own fold.
+        wanted |= {(BASE_SCHEME, f) for f in folds}
     decoders = {
         key: sae_decoder(load_sae(path)) for key, path in sae_paths.items() if key in wanted
     }
     union = None
     if union_paths:
         union = {f: [sae_decoder(load_sae(p)) for p in ps] for f, ps in union_paths.items()}
-    result = diff_family(analyses, models, folds, stats, decoders, cfg, union_decoders=union)
+    nulls = None
+    if null_paths:
+        nulls = {int(f): sae_decoder(load_sae(p)) for f, p in null_paths.items()}
+    elif any(an.direction for an in analyses):
+        log.warning(
+            "no null fine-tune given: the direction cut is the floor min_direction_change = %g",
+            cfg.min_direction_change,
+        )
+    result = diff_family(
+        analyses,
+        models,
+        folds,
+        stats,
+        decoders,
+        cfg,
+        union_decoders=union,
+        null_decoders=nulls,
+    )
     features = result.features
     write_parquet(features, outputs.features_parquet)
     _write_tsv(readable_features(features, models, cfg.top_n), outputs.features_tsv)
@@ -173,6 +213,7 @@ def run_diff(
     write_parquet(examples_frame, outputs.examples_parquet)
     _write_tsv(examples_tsv(examples_frame), outputs.examples_tsv)
     _write_tsv(result.stability, outputs.stability_tsv)
+    _write_tsv(result.fit, outputs.fit_tsv)
 
     figures.volcano(features, cfg, [outputs.volcano_png, outputs.volcano_svg])
     figures.trajectories(
@@ -200,6 +241,7 @@ def run_feature_stats_replicas(
     kfold: int,
     fold_seed: int,
     device: Any,
+    fold_table: str | os.PathLike | None = None,
 ) -> None:
     """The feature_stats rule: every fold replica of one (embedder, layer, scheme) in turn, in
     the order of `replicas` ({layer, fold, token_dirs}); `outputs` maps each file kind of
@@ -207,6 +249,8 @@ def run_feature_stats_replicas(
     reruns exact (a new layer encodes only its replicas); on a cluster it shares the SLURM job of
     its SAE family's training (SAE_GROUP), which keeps submissions few."""
     bases: Sequence[str | None] = list(base_sae_paths) or [None] * len(replicas)
+    # The fold table the SAE replicas were trained with (rule sae_folds).
+    fold_of = read_fold_table(fold_table, kfold) if fold_table else None
     for i, replica in enumerate(replicas):
         run_feature_stats(
             sae_paths[i],
@@ -219,4 +263,5 @@ def run_feature_stats_replicas(
             fold=int(replica["fold"]),
             device=device,
             metadata={"embedder": embedder, "layer": int(replica["layer"]), "scheme": scheme},
+            fold_of=fold_of,
         )

@@ -19,7 +19,9 @@ class DiffConfig:
 
     fdr: float
     min_abs_log2_fold_change: float
+    prior_count: float
     min_direction_change: float
+    direction_null_quantile: float
     stability_cosine: float
     min_stable_fraction: float
     min_firing_sequences: int

@@ -37,7 +37,8 @@ def add_replication(
 
     A feature reappears in fold j when its Hungarian partner there has decoder cosine >=
     `stability_cosine`; its change reappears when, in addition, the partner is called changed
-    in the same direction (sign of log2FC; any call for a decoder-direction change).
+    in the same direction (sign of the posterior log2 fold change; any call for a
+    decoder-direction change).
     """
     out = ref.copy()
     k = 1 + len(others)
@@ -50,7 +51,7 @@ def add_replication(
         out["stable"] = pd.array([pd.NA] * len(out), dtype="boolean")
         return out
     changed0 = ref["changed"].to_numpy()
-    lfc0 = ref["log2_fold_change"].to_numpy()
+    lfc0 = ref["posterior_log2_fold_change"].to_numpy()
     # A change called on the decoder direction alone has no sign to agree on.
     direction_only = change_kind(ref, cfg).to_numpy() == "direction"
     present = np.ones(len(ref), dtype=np.int64)
@@ -60,7 +61,7 @@ def add_replication(
         ok = match.matched(cfg.stability_cosine)
         partner = np.where(match.partner >= 0, match.partner, 0)
         other_changed = other["changed"].to_numpy()[partner]
-        other_lfc = other["log2_fold_change"].to_numpy()[partner]
+        other_lfc = other["posterior_log2_fold_change"].to_numpy()[partner]
         same = (np.sign(other_lfc) == np.sign(lfc0)) | direction_only
         present += ok
         changed += ok & changed0 & other_changed & same

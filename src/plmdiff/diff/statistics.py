@@ -8,6 +8,14 @@ real null. Features that fire in fewer than `min_firing_sequences` sequences are
 (their p-value is NaN and they do not count towards the Benjamini-Hochberg m): the number of
 firing sequences does not depend on the round labels, so this filter keeps the FDR valid while
 removing tests that could never reach significance.
+
+The call (ARCHITECTURE.md, "Feature diffs"): a feature changed in frequency when its trend's
+q <= fdr, the trend and the posterior log2 fold change (last round vs base, gamma-Poisson with
+`prior_count` firings of prior, `plmdiff.diff.evidence`) agree in sign, and that posterior's
+95% credible interval of |log2 fold change| clears `min_abs_log2_fold_change`. A raw fold change
+would favour rare features (3 -> 12 firings is log2 2 by chance); the posterior shrinks them.
+A fine-tuned SAE's feature changed in direction when its decoder moved beyond the null
+fine-tune's quantile (and the floor) and it fires in both the base and the last round.
 """
 
 from __future__ import annotations
@@ -21,6 +29,15 @@ from scipy import stats as sps
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.stats import average_ranks, benjamini_hochberg
+from plmdiff.diff.evidence import (
+    PosteriorFoldChange,
+    call_by_evidence,
+    direction_cut,
+    evidence_order,
+    fires_in_both,
+    posterior_log2_fold_change,
+    sign_agreement,
+)
 from plmdiff.diff.settings import DiffConfig
 
 
@@ -122,12 +139,15 @@ def analyse_rounds(
     *,
     analysis: str,
     direction: Mapping[str, pd.DataFrame] | None = None,
+    null_direction: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per feature: frequencies per round, log2FC last vs base, trend test, q, call.
+    """One row per feature: frequencies per round, fold changes last vs base, trend test, q, call.
 
     `evidence` is ordered by round (base first). `direction` maps a label (a round, or a pooled
     scheme) to the feature stats of a fine-tuned SAE: its decoder direction change (1 - cosine
     to the base SAE's row) and norm ratio become columns, and the last label's enter the call.
+    `null_direction` is the same statistic of the null fine-tune (firing features only), whose
+    `direction_null_quantile` becomes the direction cut (never below `min_direction_change`).
     """
     if len(evidence) < 2:
         raise DataError(f"analysis '{analysis}' needs the base and at least one round")
@@ -153,13 +173,15 @@ def analyse_rounds(
     base, last = evidence[0], evidence[-1]
     b = _per_feature(base.stats, d_sae, f"scheme '{base.scheme}' for model '{base.model}'")
     lst = _per_feature(last.stats, d_sae, f"scheme '{last.scheme}' for model '{last.model}'")
+    count_b, tokens_b = b["n_fire"].to_numpy(), float(b["n_tokens"].iloc[0])
+    count_l, tokens_l = lst["n_fire"].to_numpy(), float(lst["n_tokens"].iloc[0])
     table["log2_fold_change"] = log2_fold_change(
-        b["n_fire"].to_numpy(),
-        float(b["n_tokens"].iloc[0]),
-        lst["n_fire"].to_numpy(),
-        float(lst["n_tokens"].iloc[0]),
-        cfg.pseudocount,
+        count_b, tokens_b, count_l, tokens_l, cfg.pseudocount
     )
+    posterior = posterior_log2_fold_change(count_b, tokens_b, count_l, tokens_l, cfg.prior_count)
+    table["posterior_log2_fold_change"] = posterior.mean
+    table["posterior_log2_fold_change_sd"] = posterior.sd
+    table["posterior_abs_log2_fold_change_lower"] = posterior.lower_abs()
     x = np.concatenate(xs)
     result = sparse_spearman(
         x, np.concatenate(seqs), np.concatenate(feats), np.concatenate(rates), d_sae
@@ -172,15 +194,26 @@ def analyse_rounds(
     table["p_value"] = p
     table["q_value"] = benjamini_hochberg(p)
     table["tested"] = tested & ~np.isnan(p)
+    table["sign_agreement"] = sign_agreement(result.rho, posterior.mean)
+    table["fires_in_both"] = fires_in_both(
+        b["n_firing_sequences"].to_numpy(),
+        lst["n_firing_sequences"].to_numpy(),
+        cfg.min_firing_sequences,
+    )
     table["direction_change"] = np.nan
     table["norm_ratio"] = np.nan
+    table["direction_cut"] = np.nan
     for label, frame in (direction or {}).items():
         rows = _per_feature(frame, d_sae, f"decoder stats of '{label}'")
         table[f"dir_change_{label}"] = 1.0 - rows["dec_cos_to_base"].to_numpy()
         table[f"norm_ratio_{label}"] = rows["dec_norm_ratio"].to_numpy()
         table["direction_change"] = table[f"dir_change_{label}"]
         table["norm_ratio"] = table[f"norm_ratio_{label}"]
-    table["changed"] = call_changed(table, cfg, direction=bool(direction))
+    if direction:
+        table["direction_cut"] = direction_cut(
+            null_direction, cfg.direction_null_quantile, cfg.min_direction_change
+        )
+    table["changed"] = frequency_call(table, cfg) | direction_call(table)
     return table
 
 
@@ -195,45 +228,52 @@ def _per_feature(frame: pd.DataFrame, d_sae: int, what: str) -> pd.DataFrame:
     return rows
 
 
-def call_changed(table: pd.DataFrame, cfg: DiffConfig, *, direction: bool) -> np.ndarray:
-    """Significant trend with a large enough fold change, or (fine-tuned SAEs) a moved decoder."""
-    q = table["q_value"].to_numpy()
-    lfc = table["log2_fold_change"].to_numpy()
-    by_frequency = (q <= cfg.fdr) & (np.abs(lfc) >= cfg.min_abs_log2_fold_change)
-    by_frequency &= ~np.isnan(q)
-    if not direction:
-        return by_frequency
-    moved = table["direction_change"].to_numpy() >= cfg.min_direction_change
-    return by_frequency | np.nan_to_num(moved, nan=False).astype(bool)
+def frequency_call(table: pd.DataFrame, cfg: DiffConfig) -> np.ndarray:
+    """Significant trend, its sign shared by the posterior fold change, whose credible interval
+    clears `min_abs_log2_fold_change` (plmdiff.diff.evidence.call_by_evidence)."""
+    posterior = PosteriorFoldChange(
+        mean=table["posterior_log2_fold_change"].to_numpy(),
+        sd=table["posterior_log2_fold_change_sd"].to_numpy(),
+    )
+    return call_by_evidence(
+        table["q_value"].to_numpy(),
+        table["spearman_rho"].to_numpy(),
+        posterior,
+        fdr=cfg.fdr,
+        min_abs_log2_fold_change=cfg.min_abs_log2_fold_change,
+    )
+
+
+def direction_call(table: pd.DataFrame) -> np.ndarray:
+    """A fine-tuned SAE's decoder row moved beyond the null-calibrated cut, for a feature that
+    fires in both the base and the last round (a latent nobody uses moves for no reason)."""
+    moved = np.nan_to_num(table["direction_change"].to_numpy(dtype=float), nan=0.0)
+    # No direction statistic (the base family): the cut is NaN and nothing compares above it.
+    over = moved > table["direction_cut"].to_numpy(dtype=float)
+    return over & table["fires_in_both"].to_numpy(dtype=bool)
 
 
 def change_kind(table: pd.DataFrame, cfg: DiffConfig) -> pd.Series:
     """'up', 'down', 'direction' or '' per feature, for tables people read."""
-    q = table["q_value"].to_numpy()
-    lfc = table["log2_fold_change"].to_numpy()
-    freq = (q <= cfg.fdr) & (np.abs(lfc) >= cfg.min_abs_log2_fold_change)
+    freq = frequency_call(table, cfg)
+    lfc = table["posterior_log2_fold_change"].to_numpy()
     kind = np.where(freq & (lfc > 0), "up", np.where(freq & (lfc < 0), "down", ""))
-    moved = np.nan_to_num(table["direction_change"].to_numpy(), nan=0.0)
-    moved = moved >= cfg.min_direction_change
-    kind = np.where((kind == "") & moved & table["changed"].to_numpy(), "direction", kind)
+    kind = np.where((kind == "") & direction_call(table), "direction", kind)
     return pd.Series(kind, index=table.index)
 
 
 def rank_features(table: pd.DataFrame) -> pd.DataFrame:
-    """Changed features first, then by |log2FC|, decoder direction change and q-value.
-
-    Returns the table sorted, with a 1-based `rank` column (ties broken by feature index).
-    """
-    key = pd.DataFrame(
-        {
-            "changed": ~table["changed"].to_numpy(),
-            "abs_lfc": -np.abs(table["log2_fold_change"].to_numpy()),
-            "dir": -np.nan_to_num(table["direction_change"].to_numpy(), nan=0.0),
-            "q": np.nan_to_num(table["q_value"].to_numpy(), nan=2.0),
-            "feature": table["feature"].to_numpy(),
-        }
+    """Rank by evidence (plmdiff.diff.evidence.evidence_order): changed and stable first, then
+    changed, then the rest; inside, by capped -log10 q x change replication, then by the
+    posterior |log2 fold change|. Returns the table sorted, with a 1-based `rank` column."""
+    stable = table["stable"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    order = evidence_order(
+        table["changed"].to_numpy(dtype=bool),
+        stable,
+        table["q_value"].to_numpy(dtype=float),
+        table["change_replication"].to_numpy(dtype=float),
+        table["posterior_log2_fold_change"].to_numpy(dtype=float),
     )
-    order = np.lexsort([key[c].to_numpy() for c in ("feature", "q", "dir", "abs_lfc", "changed")])
     out = table.iloc[order].reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out

@@ -7,7 +7,8 @@ still runs only the new jobs.
 
 Schemes (contracts.md 4): 'base' trains from scratch on the base model's tokens (or imports
 sae.base.import); every other scheme fine-tunes the base SAE of the same fold on its models'
-tokens. Replica f trains without sequence fold f (plmdiff.sae.folds) and is evaluated on fold f; with
+tokens. Replica f trains without sequence fold f (whole sequence clusters, plmdiff.sae.folds) and
+is evaluated on fold f (the null fine-tune null_ft the other way round, see scheme_split); with
 kfold == 1 there is no held-out data and the evaluation uses (a sample of) the training data,
 which the metrics say (`eval_split`).
 """
@@ -25,6 +26,7 @@ import pandas as pd
 
 from plmdiff.activations.loader import count_tokens, iter_tokens
 from plmdiff.activations.readers import token_d_model, token_seq_ids
+from plmdiff.config.paths import NULL_SCHEME
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import read_fasta, write_fasta
 from plmdiff.core.runtime import derive_seed, resolve_device, write_json
@@ -32,7 +34,7 @@ from plmdiff.core.tables import write_table
 from plmdiff.models.checkpoints import CheckpointRecord, load_model, load_tokenizer
 from plmdiff.models.text import EncodedSequence, PromptFormat, encode_sequences
 from plmdiff.sae import checks
-from plmdiff.sae.folds import fold_split
+from plmdiff.sae.folds import fold_split, read_fold_table, scheme_split
 from plmdiff.sae.imports import import_sae
 from plmdiff.sae.metrics import (
     SplicedLoss,
@@ -76,6 +78,7 @@ class SAEJob:
     prompt: PromptFormat
     base_sae: str | None = None  # the base SAE directory of this fold (fine-tunes)
     import_path: str | None = None  # resolved sae.base.import (scheme base only)
+    fold_table: str | None = None  # plmdiff.sae.folds table (None: every sequence its own cluster)
     device: str = "auto"
     allow_pickle: bool = False
 
@@ -273,7 +276,8 @@ def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
     layer_dirs = job.layer_dirs
     d_in = token_d_model(layer_dirs)
     seq_ids = token_seq_ids(layer_dirs)
-    train_ids, held_out = fold_split(seq_ids, s.kfold, s.seed, job.fold)
+    fold_of = read_fold_table(job.fold_table, s.kfold) if job.fold_table else None
+    train_ids, held_out = scheme_split(job.scheme, seq_ids, s.kfold, s.seed, job.fold, fold_of)
     if not train_ids:
         raise DataError(
             f"fold {job.fold} of {s.kfold} leaves no training sequences in {', '.join(layer_dirs)}"
@@ -311,6 +315,9 @@ def run_train_sae(job: SAEJob, outputs: SAEOutputs) -> dict[str, Any]:
     sae = load_sae(outputs.sae_dir, device=device)
     eval_ids = held_out or train_ids
     split = "heldout" if held_out else "train"
+    if job.scheme == NULL_SCHEME and held_out:
+        # The null fine-tune's evaluation tokens trained its base replica (scheme_split).
+        split = "base_train"
     stream = iter_tokens(
         layer_dirs,
         s.batch_size,

@@ -89,6 +89,44 @@ class _RunningVariance:
         return float(self.m2.sum().item())
 
 
+class FitAccumulator:
+    """FVU, L0 and dead fraction of an SAE on one token stream, batch by batch (the diff's
+    per-model fit: a change in fit must not be read as a change in features)."""
+
+    def __init__(self, d_sae: int, device: Any) -> None:
+        self.fired = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.err = torch.zeros((), dtype=torch.float64, device=device)
+        self.active = 0
+        self.variance: _RunningVariance | None = None
+        self.n = 0
+        self.device = device
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor) -> None:
+        """Raw inputs [n, d_in], their codes [n, d_sae] and reconstructions [n, d_in]."""
+        if x.shape[0] == 0:
+            return
+        if self.variance is None:
+            self.variance = _RunningVariance(x.shape[1], self.device)
+        self.err += (recon.double() - x.double()).pow(2).sum()
+        nonzero = acts != 0
+        self.active += int(nonzero.sum().item())
+        self.fired += nonzero.sum(0)
+        self.variance.add(x)
+        self.n += x.shape[0]
+
+    def to_json(self) -> dict[str, Any]:
+        if self.n == 0 or self.variance is None:
+            raise DataError("no token activations to measure the SAE's fit on")
+        total = self.variance.total_variance
+        return {
+            "n_tokens": self.n,
+            "fvu": float(self.err.item()) / total if total > 0 else math.nan,
+            "l0": self.active / self.n,
+            "dead_fraction": float((self.fired == 0).double().mean().item()),
+        }
+
+
 @torch.no_grad()
 def reconstruction_metrics(
     sae: Any,

@@ -12,6 +12,7 @@ from plmdiff.diff.evidence import (
     PosteriorFoldChange,
     call_by_evidence,
     clopper_pearson,
+    direction_cut,
     evidence_order,
     false_discovery_proportion,
     fires_in_both,
@@ -124,6 +125,15 @@ def test_evidence_order_groups_then_caps_q_then_effect():
     # 3 and 4 both hit the cap: the larger effect (4) first; then 2; then the unreplicated 1.
     assert order.tolist() == [4, 3, 2, 1, 0]
     assert ranks_from_order(order).tolist() == [5, 4, 3, 2, 1]
+
+
+def test_direction_cut_is_the_null_quantile_never_below_the_floor():
+    null = np.random.default_rng(3).gamma(2.0, 0.001, 4000)
+    quantile = float(np.quantile(null, 0.999, method="higher"))
+    assert direction_cut(null, 0.999, 0.0) == pytest.approx(quantile)
+    assert direction_cut(null, 0.999, 0.5) == 0.5
+    assert direction_cut(None, 0.999, 0.1) == 0.1
+    assert direction_cut(np.array([np.nan]), 0.999, 0.1) == 0.1
 
 
 def test_null_threshold_is_the_upper_quantile_and_holds_the_rate():

@@ -73,3 +73,32 @@ def test_fine_tuned_direction_change_and_pooled_union(planted, tmp_path):
     align = union.loc["scheme_alignment"]
     assert align["identity_fraction"] == 1.0
     assert list(result.stability.columns) == STABILITY_COLUMNS
+
+
+def test_null_fine_tune_sets_the_direction_cut(planted):
+    """A null fine-tune that moves atom 7 as far as the round's fine-tune did: not a change."""
+    models = list(PLANT.models)
+    atoms = planted["atoms"]
+    moved = atoms.copy()
+    moved[7] = (atoms[7] + 1.5 * atoms[8]) / np.linalg.norm(atoms[7] + 1.5 * atoms[8])
+    cfg = stats_config(batch_tokens=100, top_examples=2, example_window=3)
+    stats, decoders = {("base", 0): planted["stats"][("base", 0)]}, {("base", 0): atoms}
+    seq_ids = {m: held_out_sequences(d, K, SEED, 0, True) for m, d in planted["dirs"].items()}
+    for scheme in ("ft_r1", "ft_r2"):
+        stats[(scheme, 0)] = compute_feature_stats(
+            dictionary_sae(moved), planted["dirs"], cfg, base_decoder=atoms, seq_ids=seq_ids
+        )
+        decoders[(scheme, 0)] = moved
+    (pm,) = family_analyses("per_model", ["base", "ft_r1", "ft_r2"], models)
+    floor = diff_config(min_direction_change=0.0)
+    without = diff_family([pm], models, [0], stats, decoders, floor).features.set_index("feature")
+    assert without.loc[7, "change"] == "direction" and without.loc[7, "direction_cut"] == 0.0
+    result = diff_family([pm], models, [0], stats, decoders, floor, null_decoders={0: moved})
+    row = result.features.set_index("feature").loc[7]
+    assert row["direction_cut"] == pytest.approx(row["direction_change"], rel=1e-6)
+    assert not row["changed"]
+    still = diff_family(
+        [pm], models, [0], stats, decoders, floor, null_decoders={0: atoms}
+    ).features.set_index("feature")
+    assert still.loc[7, "change"] == "direction" and still.loc[7, "direction_cut"] < 1e-6
+    assert set(result.fit["model"]) == set(models) and (result.fit["scheme"] == "ft_r2").all()

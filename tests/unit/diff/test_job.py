@@ -11,6 +11,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from plmdiff.activations.readers import token_seq_ids
 from plmdiff.config import paths
 from plmdiff.config.sections import section_defaults
 from plmdiff.core import runtime
@@ -23,6 +24,7 @@ from plmdiff.diff.job import (
     run_feature_stats,
     union_by_fold,
 )
+from plmdiff.sae.folds import read_fold_table, write_fold_table
 from tests.unit.diff.synthetic_features import PLANT, diff_config
 
 SCRIPTS = Path(__file__).resolve().parents[3] / "workflow_scripts"
@@ -43,6 +45,7 @@ def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
                 ("volcano_svg", "volcano.svg"),
                 ("trajectories_png", "trajectories.png"),
                 ("stability_png", "stability.png"),
+                ("fit_tsv", "fit.tsv"),
             ]
         }
     )
@@ -70,6 +73,9 @@ def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
     assert ex_tsv["window"].str.contains(r"\[[A-Z]\]").all()
     stab = pd.read_csv(out.stability_tsv, sep="\t")
     assert stab.loc[0, "comparison"] == "fold_replica"
+    fit = pd.read_csv(out.fit_tsv, sep="\t")
+    assert set(fit["model"]) == set(PLANT.models) and set(fit["fold"]) == {0, 1}
+    assert ((fit["fvu"] >= 0) & (fit["l0"] > 0) & fit["dead_fraction"].between(0, 1)).all()
     for f in ("volcano_png", "volcano_svg", "trajectories_png", "stability_png"):
         assert (tmp_path / getattr(out, f).split("/")[-1]).stat().st_size > 2000
 
@@ -132,12 +138,14 @@ def test_rule_scripts_hand_over_to_the_job(planted, tmp_path, monkeypatch):
             folds=[0, 1],
             stats_keys=keys,
             union_keys=[],
+            null_folds=[],
             diff={**section_defaults("diff"), "top_n": 4},
         ),
         input=SimpleNamespace(
             stats=[planted["stats_paths"][k] for k in keys],
             saes=[planted["sae_paths"][k] for k in keys],
             union=[],
+            null=[],
         ),
         output=output,
     )
@@ -145,6 +153,14 @@ def test_rule_scripts_hand_over_to_the_job(planted, tmp_path, monkeypatch):
     assert len(tsv) == 4 and tsv.loc[0, "feature"] == PLANT.planted
 
     stats = paths.feature_stats_siblings(tmp_path / "features/fold_0.parquet")
+    # Every model's sequence i is one cluster: the held-out fold takes all three or none.
+    ids = sorted(token_seq_ids([d[0] for d in planted["dirs"].values()]))
+    clusters = tmp_path / "clusters.tsv"
+    pd.DataFrame(
+        {"seq_id": ids, "cluster": [i.rsplit("_", 1)[1] for i in ids], "method": "test"}
+    ).to_csv(clusters, sep="\t", index=False)
+    folds = tmp_path / "folds.tsv"
+    write_fold_table(clusters, folds, 2, 0)
     _run_script(
         "feature_stats.py",
         monkeypatch,
@@ -162,9 +178,16 @@ def test_rule_scripts_hand_over_to_the_job(planted, tmp_path, monkeypatch):
             fold_seed=0,
         ),
         config={"device": "cpu"},
-        input=SimpleNamespace(saes=[planted["sae_paths"][("base", 0)]], base_saes=[]),
+        input=SimpleNamespace(
+            saes=[planted["sae_paths"][("base", 0)]], base_saes=[], folds=str(folds)
+        ),
         output={k: [str(p)] for k, p in stats.items()},
     )
     fs = FeatureStats.read(stats["stats"])
+    held = fs.sequences["seq_id"].str.rsplit("_", n=1).str[1]
+    fold_of = read_fold_table(folds, 2)
+    assert {fold_of[i] for i in fs.sequences["seq_id"]} == {0}
+    assert (held.value_counts() == len(PLANT.models)).all()  # whole clusters
+    assert set(fs.metadata["fit"]) == set(PLANT.models)
     assert fs.metadata["held_out"] and fs.metadata["scheme"] == "base"
     assert fs.metadata["top_examples"] == 2 and fs.d_sae == PLANT.d_in

@@ -1,4 +1,5 @@
-"""Replication across fold replicas: a feature reappears, and so does its change (same sign)."""
+"""Replication across fold replicas: a feature reappears, and so does its change (same sign of
+the posterior log2 fold change)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ def _table(changed, lfc):
         {
             "feature": np.arange(len(changed)),
             "changed": changed,
-            "log2_fold_change": lfc,
+            "posterior_log2_fold_change": lfc,
+            "posterior_log2_fold_change_sd": 0.1,
+            "spearman_rho": np.sign(lfc) * 0.5,
             "q_value": 0.01,
             "direction_change": np.nan,
+            "direction_cut": np.nan,
+            "fires_in_both": True,
         }
     )
 

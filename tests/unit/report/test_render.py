@@ -42,7 +42,9 @@ CONFIG = {
     "diff": {
         "fdr": 0.05,
         "min_abs_log2_fold_change": 1.0,
+        "prior_count": 10.0,
         "min_direction_change": 0.1,
+        "direction_null_quantile": 0.999,
         "stability_cosine": 0.7,
         "top_n": 4,
         "top_examples": 2,
@@ -178,6 +180,7 @@ def items(tmp_path_factory) -> list[ReportItem]:
         "volcano_svg": "volcano.svg",
         "trajectories_png": "trajectories.png",
         "stability_png": "stability.png",
+        "fit_tsv": "fit.tsv",
     }
     outputs = DiffOutputs(**{k: str(d / v) for k, v in names.items()})
     run_diff(

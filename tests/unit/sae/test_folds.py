@@ -1,10 +1,22 @@
-"""Sequence folds: disjoint, covering, stable, independent of which other sequences exist."""
+"""Sequence folds: disjoint, covering, whole clusters per fold, read back from one table."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pandas as pd
 import pytest
 
-from plmdiff.sae.folds import fold_split, sequence_fold
+from plmdiff.config.paths import BASE_SCHEME, NULL_SCHEME, finetune_scheme
+from plmdiff.core.errors import DataError
+from plmdiff.sae.folds import (
+    cluster_folds,
+    fold_split,
+    read_fold_table,
+    scheme_split,
+    sequence_fold,
+    write_fold_table,
+)
 
 IDS = [f"r{m}_{s:03d}_{i:05d}" for m in range(3) for s in range(2) for i in range(200)]
 
@@ -48,3 +60,66 @@ def test_k1_means_no_held_out_data():
 def test_bad_k_or_fold_is_refused(k, fold):
     with pytest.raises(ValueError, match=r"fold|k ="):
         fold_split(IDS, k, seed=0, fold=fold)
+
+
+def _clusters() -> dict[str, str]:
+    """Near-duplicate families of very different sizes (a DPO round collapsing onto a few)."""
+    sizes = [300, 120, 60, *[5] * 40, *[1] * 300]
+    out = {}
+    for c, n in enumerate(sizes):
+        for i in range(n):
+            out[f"seq_{c}_{i}"] = f"cluster_{c}"
+    return out
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_no_cluster_is_split_across_folds_and_folds_are_balanced(k):
+    cluster_of = _clusters()
+    fold_of = cluster_folds(cluster_of, k, seed=1)
+    by_cluster: dict[str, set[int]] = {}
+    for seq_id, cluster in cluster_of.items():
+        by_cluster.setdefault(cluster, set()).add(fold_of[seq_id])
+    assert all(len(f) == 1 for f in by_cluster.values())
+    sizes = Counter(fold_of.values())
+    assert set(sizes) == set(range(k))
+    # Largest first, then to the emptiest fold: with 300 singletons left to even out, every
+    # fold that no oversized cluster fills alone ends within one sequence of the others.
+    ideal = len(cluster_of) / k
+    big = {fold_of[f"seq_{c}_0"] for c, n in enumerate([300, 120, 60]) if n > ideal}
+    rest = [n for f, n in sizes.items() if f not in big]
+    assert max(rest) - min(rest) <= 1
+    held = [set(fold_split(list(cluster_of), k, 1, f, fold_of)[1]) for f in range(k)]
+    for f, h in enumerate(held):
+        assert {cluster_of[s] for s in h}.isdisjoint(
+            {cluster_of[s] for g, other in enumerate(held) if g != f for s in other}
+        )
+
+
+def test_fold_table_round_trip_and_sequences_outside_it(tmp_path):
+    cluster_of = _clusters()
+    clusters = tmp_path / "clusters.tsv"
+    pd.DataFrame(
+        {"seq_id": list(cluster_of), "cluster": list(cluster_of.values()), "method": "m"}
+    ).to_csv(clusters, sep="\t", index=False)
+    table = write_fold_table(clusters, tmp_path / "folds.tsv", 3, 0)
+    assert list(table.columns) == ["seq_id", "cluster", "fold"]
+    fold_of = read_fold_table(tmp_path / "folds.tsv", 3)
+    assert fold_of == cluster_folds(cluster_of, 3, 0)
+    # An ID the table lacks is its own cluster, hashed as before.
+    extra = "natural_001"
+    train, held = fold_split([extra], 3, 0, sequence_fold(extra, 3, 0), fold_of)
+    assert held == [extra] and train == []
+    with pytest.raises(DataError, match=r"folds outside 0\.\.1"):
+        read_fold_table(tmp_path / "folds.tsv", 2)
+    with pytest.raises(DataError, match="does not exist"):
+        read_fold_table(tmp_path / "none.tsv", 3)
+
+
+def test_the_null_fine_tune_trains_on_the_held_out_fold():
+    fold_of = cluster_folds(_clusters(), 3, 0)
+    ids = list(fold_of)
+    train, held = fold_split(ids, 3, 0, 1, fold_of)
+    assert scheme_split(BASE_SCHEME, ids, 3, 0, 1, fold_of) == (train, held)
+    assert scheme_split(finetune_scheme("r1"), ids, 3, 0, 1, fold_of) == (train, held)
+    assert scheme_split(NULL_SCHEME, ids, 3, 0, 1, fold_of) == (held, train)
+    assert scheme_split(NULL_SCHEME, ids, 1, 0, 0) == (ids, [])

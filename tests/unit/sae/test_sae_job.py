@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from plmdiff.config.paths import NULL_SCHEME
+from plmdiff.core.fasta import read_fasta
+from plmdiff.sae.folds import write_fold_table
 from plmdiff.sae.job import SAEJob, SAEOutputs, eval_sample, hook_name, run_train_sae
 from plmdiff.sae.training import load_sae
 from plmdiff.testing.checkpoints import ZYMCTRL_FORMAT, family_sequences
@@ -88,7 +91,7 @@ def study(tiny_checkpoints, tmp_path_factory) -> dict:
 
 
 def make_job(study: dict, scheme: str, fold: int = 0, **kwargs) -> SAEJob:
-    models = ["r0"] if scheme == "base" else [scheme.removeprefix("ft_")]
+    models = ["r0"] if scheme in ("base", NULL_SCHEME) else [scheme.removeprefix("ft_")]
     return SAEJob(
         embedder="r0",
         layer=LAYER,
@@ -166,6 +169,28 @@ def test_fine_tune_starts_from_the_base_of_the_same_fold(study):
     before, after = load_sae(base.sae_dir).W_dec, load_sae(out.sae_dir).W_dec
     assert not torch.equal(before, after)
     assert torch.nn.functional.cosine_similarity(before, after, dim=1).mean() > 0.9
+
+
+def test_null_fine_tune_trains_on_the_base_replicas_held_out_cluster_fold(study):
+    """With a cluster fold table: the base replica trains on the other folds' clusters; the null
+    fine-tune of the same fold trains on exactly the base's held-out fold, evaluated on the rest."""
+    ids = [e.seq_id for e in read_fasta(study["fasta"]["r0"])]
+    clusters = study["root"] / "clusters.tsv"
+    pd.DataFrame(
+        {"seq_id": ids, "cluster": [f"c{i // 3}" for i in range(len(ids))], "method": "test"}
+    ).to_csv(clusters, sep="\t", index=False)
+    table = write_fold_table(clusters, study["root"] / "folds.tsv", 2, SETTINGS.seed)
+    held = int((table["fold"] == 1).sum())
+    base = outputs(study["root"], "base_fold1_clusters")
+    folds = str(study["root"] / "folds.tsv")
+    b = run_train_sae(make_job(study, "base", fold=1, fold_table=folds), base)
+    assert (b["train_sequences"], b["heldout_sequences"]) == (len(ids) - held, held)
+    out = outputs(study["root"], "null_fold1")
+    job = make_job(study, NULL_SCHEME, fold=1, base_sae=base.sae_dir, fold_table=folds)
+    metrics = run_train_sae(job, out)
+    assert metrics["source"] == "fine-tuned" and metrics["train_tokens"] == 128 * 15
+    assert (metrics["train_sequences"], metrics["heldout_sequences"]) == (held, len(ids) - held)
+    assert metrics["eval_split"] == "base_train"
 
 
 def test_import_replaces_training_but_still_evaluates(study, tmp_path):

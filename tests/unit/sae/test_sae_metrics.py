@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from plmdiff.core.errors import DataError
 from plmdiff.models.anatomy import decoder_anatomy
 from plmdiff.sae.metrics import (
+    FitAccumulator,
     SplicedLoss,
     _replace_stream,
     ce_loss_recovered,
@@ -63,6 +65,29 @@ def test_streaming_metrics_match_a_direct_computation():
     assert m.fvu == pytest.approx(err / ((xs - xs.mean(0)) ** 2).sum(), rel=1e-6)
     frequency = np.concatenate([(xs > 0).mean(0), (xs < 0).mean(0)])
     assert np.allclose(m.feature_frequency, frequency)
+
+
+def test_fit_accumulator_matches_the_direct_computation_and_reconstruction_metrics():
+    """The diff's per-model fit: FVU against a direct float64 computation, L0 and dead fraction
+    against reconstruction_metrics on the same tokens."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(640, 8, generator=g) * 3 + 1000.0
+    x[:, 0] = 0.0
+    sae = identity_sae(8, scale=0.5)
+    fit = FitAccumulator(sae.cfg.d_sae, "cpu")
+    for batch in batches(x, 96):
+        codes = sae.encode(batch)
+        fit.add(batch, codes, sae.decode(codes))
+    out = fit.to_json()
+    xs = x.double().numpy()
+    err = ((xs - 0.5 * xs) ** 2).sum()
+    assert out["n_tokens"] == 640
+    assert out["fvu"] == pytest.approx(err / ((xs - xs.mean(0)) ** 2).sum(), rel=1e-6)
+    ref = reconstruction_metrics(sae, batches(x, 96), dense_threshold=0.5)
+    assert out["l0"] == pytest.approx(ref.l0) and out["fvu"] == pytest.approx(ref.fvu, rel=1e-6)
+    assert out["dead_fraction"] == pytest.approx(ref.dead_fraction)
+    with pytest.raises(DataError, match="no token activations"):
+        FitAccumulator(4, "cpu").to_json()
 
 
 def test_ce_loss_recovered_formula():
