@@ -34,7 +34,7 @@ from plmdiff.core.tables import write_table
 from plmdiff.models.checkpoints import CheckpointRecord, load_model, load_tokenizer
 from plmdiff.models.text import EncodedSequence, PromptFormat, encode_sequences
 from plmdiff.sae import checks
-from plmdiff.sae.folds import fold_split, read_fold_table, scheme_split
+from plmdiff.sae.folds import read_fold_table, scheme_split
 from plmdiff.sae.imports import import_sae
 from plmdiff.sae.metrics import (
     SplicedLoss,
