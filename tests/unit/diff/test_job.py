@@ -42,6 +42,7 @@ def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
                 ("volcano_png", "volcano.png"),
                 ("volcano_svg", "volcano.svg"),
                 ("trajectories_png", "trajectories.png"),
+                ("lead_png", "lead.png"),
                 ("stability_png", "stability.png"),
             ]
         }
@@ -70,7 +71,7 @@ def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
     assert ex_tsv["window"].str.contains(r"\[[A-Z]\]").all()
     stab = pd.read_csv(out.stability_tsv, sep="\t")
     assert stab.loc[0, "comparison"] == "fold_replica"
-    for f in ("volcano_png", "volcano_svg", "trajectories_png", "stability_png"):
+    for f in ("volcano_png", "volcano_svg", "trajectories_png", "lead_png", "stability_png"):
         assert (tmp_path / getattr(out, f).split("/")[-1]).stat().st_size > 2000
 
 
