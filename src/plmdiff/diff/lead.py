@@ -6,7 +6,7 @@ features, so the choice is made here once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ def lead_features(features: pd.DataFrame, n: int = LEAD_FEATURES) -> pd.DataFram
 
 
 def sequence_share_interval(
-    share: Sequence[float], n_sequences: Sequence[int], confidence: float = 0.95
+    share: Iterable[float], n_sequences: Iterable[int], confidence: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clopper-Pearson interval of each round's share of sequences in which a feature fires.
 

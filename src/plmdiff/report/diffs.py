@@ -58,18 +58,25 @@ LENS_TEXT = {
 # ----------------------------------------------------------------------------- numbers as words
 
 
-def _finite(value: Any) -> bool:
+def _num(value: Any) -> float | None:
+    """A finite number, or None (missing, NA, NaN, text)."""
     try:
-        return value is not None and value is not pd.NA and math.isfinite(float(value))
+        v = float(value)
     except (TypeError, ValueError):
-        return False
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _finite(value: Any) -> bool:
+    return _num(value) is not None
 
 
 def pct(share: Any) -> str:
     """A share as a percentage with two significant digits below 10% ('0.10%', '3.4%', '31%')."""
-    if not _finite(share):
+    value = _num(share)
+    if value is None:
         return "NA"
-    v = 100 * float(share)
+    v = 100 * value
     if v == 0:
         return "0%"
     if v >= 10:
@@ -81,9 +88,9 @@ def pct(share: Any) -> str:
 
 def q_text(q: Any) -> str:
     """A q-value as people write it ('0.012', '3e-7'); 'not tested' without one."""
-    if not _finite(q):
+    q = _num(q)
+    if q is None:
         return "not tested"
-    q = float(q)
     if q == 0:
         return "0"
     if q < 1e-3:
@@ -102,30 +109,29 @@ def per_round(row: Mapping[str, Any], prefix: str, models: Sequence[str]) -> str
 def fold_change_text(row: Mapping[str, Any]) -> str:
     """The posterior log2 fold change with its 95% interval when the diff computed one, else the
     observed log2 fold change (last round vs base)."""
-    post = row.get(POSTERIOR)
-    if _finite(post):
-        post = float(post)
-        lower, upper = row.get(f"{POSTERIOR}_lower"), row.get(f"{POSTERIOR}_upper")
-        sd = row.get(f"{POSTERIOR}_sd")
+    post = _num(row.get(POSTERIOR))
+    if post is not None:
+        lower, upper = _num(row.get(f"{POSTERIOR}_lower")), _num(row.get(f"{POSTERIOR}_upper"))
+        sd = _num(row.get(f"{POSTERIOR}_sd"))
         interval = ""
-        if _finite(lower) and _finite(upper):
-            interval = f" [{float(lower):+.2f}, {float(upper):+.2f}]"
-        elif _finite(sd):
-            interval = f" [{post - 1.96 * float(sd):+.2f}, {post + 1.96 * float(sd):+.2f}]"
+        if lower is not None and upper is not None:
+            interval = f" [{lower:+.2f}, {upper:+.2f}]"
+        elif sd is not None:
+            interval = f" [{post - 1.96 * sd:+.2f}, {post + 1.96 * sd:+.2f}]"
         return f"posterior log2 FC {post:+.2f}{interval}"
-    observed = row.get("log2_fold_change")
-    return f"log2 FC {float(observed):+.2f}" if _finite(observed) else "log2 FC NA"
+    observed = _num(row.get("log2_fold_change"))
+    return f"log2 FC {observed:+.2f}" if observed is not None else "log2 FC NA"
 
 
 def replication_text(row: Mapping[str, Any]) -> str:
     """'k/n replicas' in which the change was called in the same direction (replica 0 included);
     'one replica' when no replica could check it."""
-    k, n = row.get("folds_changed"), row.get("n_folds")
-    if _finite(k) and _finite(n):
+    k, n = _num(row.get("folds_changed")), _num(row.get("n_folds"))
+    if k is not None and n is not None:
         return f"{int(k)}/{int(n)} replicas"
-    rep = row.get("change_replication")
-    if _finite(rep):
-        return f"{float(rep):.0%} of replicas"
+    rep = _num(row.get("change_replication"))
+    if rep is not None:
+        return f"{rep:.0%} of replicas"
     return "one replica (not checked)"
 
 
@@ -137,16 +143,18 @@ def verdict(row: Mapping[str, Any], models: Sequence[str]) -> str:
     if change in ("up", "down"):
         head = f"{change} {first} → {last}"
     elif change == "direction":
-        moved = row.get("direction_change")
-        amount = f" (1 - cos {float(moved):.2f})" if _finite(moved) else ""
-        head = f"decoder direction moved{amount}"
+        moved = _num(row.get("direction_change"))
+        head = "decoder direction moved" + (f" (1 - cos {moved:.2f})" if moved is not None else "")
     else:
         head = "not called"
     seq = [row.get(f"seqfrac_{m}") for m in (first, last)]
     tok = [row.get(f"freq_{m}") for m in (first, last)]
     fires = f"fires in {pct(tok[0])} → {pct(tok[1])} of tokens"
     if all(_finite(s) for s in seq):
-        fires = f"fires in {pct(seq[0])} → {pct(seq[1])} of sequences ({pct(tok[0])} → {pct(tok[1])} of tokens)"
+        fires = (
+            f"fires in {pct(seq[0])} → {pct(seq[1])} of sequences "
+            f"({pct(tok[0])} → {pct(tok[1])} of tokens)"
+        )
     text = (
         f"{head}: {fires}, {fold_change_text(row)}, q {q_text(row.get('q_value'))}, "
         f"change called in {replication_text(row)}"
@@ -240,13 +248,16 @@ def evaluating_sae_rows(
             if hit.empty:
                 continue
             rec = hit.iloc[0]
+            split, trained_on = rec.get("eval_split"), rec.get("models")
+            on = f"{split} tokens" if isinstance(split, str) else "evaluation tokens"
+            if isinstance(trained_on, list) and trained_on:
+                on += " of " + ", ".join(map(str, trained_on))
             rows.append(
                 {
                     "analysis": an.name,
                     "evaluates": ", ".join(evaluated),
                     "sae": f"{scheme} fold {int(rec['fold'])}",
-                    "evaluated_on": f"{rec.get('eval_split', 'NA')} tokens of "
-                    + ", ".join(map(str, rec.get("models") or [])),
+                    "evaluated_on": on,
                     **{c: rec.get(c) for c in ("fvu", "l0", "dead_fraction")},
                     **(
                         {"dead_fraction_flag": rec["dead_fraction_flag"]}
