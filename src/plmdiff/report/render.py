@@ -190,8 +190,10 @@ def sae_metrics_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> 
             flagged = frame[frame["dead_flag"] != ""]
             if len(flagged):
                 names = ", ".join(
-                    f"{r.embedder} layer {r.layer} {r.scheme} fold {r.fold}"
-                    for r in flagged.itertuples()
+                    " ".join(
+                        f"{k} {r[k]}" for k in ("embedder", "layer", "scheme", "fold") if k in r
+                    )
+                    for r in flagged.to_dict("records")
                 )
                 parts.append(
                     f'<p class="flag">{len(flagged)} of the {len(frame)} SAEs leave more than '
