@@ -359,7 +359,8 @@ def counts_sentence(c: Mapping[str, Any]) -> str:
     )
     if c["stable_called"]:
         shown = min(LEAD_FEATURES, c["stable_called"])
-        return f"{head}. Leading with the {shown} best-ranked stable changed features."
+        which = "it" if shown == 1 else f"the best-ranked {shown}"
+        return f"{head}; the diff leads with {which}."
     if not c["called"]:
         return f"{head}. No feature changed in this analysis."
     why = (

@@ -332,7 +332,7 @@ def test_the_diff_leads_with_its_stable_changed_features(items, tmp_path):
         f"of sequences ({pct(planted['freq_r0'])} → {pct(planted['freq_r2'])} of tokens)"
     )
     assert f"change called in {int(planted['folds_changed'])}/2 replicas" in line
-    assert "Leading with the 1 best-ranked stable changed features" in diff
+    assert "1 of them stable; the diff leads with it." in diff
     assert "Top examples of the lead features" in diff and "#1 · feature 0" in diff
     assert diff.count("lead.png") >= 1 and "Clopper-Pearson" in diff
     # SAE fit: the base SAE evaluates every round; no per-model fit table was written
