@@ -138,6 +138,13 @@ rule diff:
             subcategory="{embedder} layer {layer}",
             labels={"family": "{family}", "figure": "trajectories"},
         ),
+        lead=report(
+            diff_file("{embedder}", "{layer}", "{family}", "lead.png"),
+            caption="../report/diff_lead.rst",
+            category="Feature diffs",
+            subcategory="{embedder} layer {layer}",
+            labels={"family": "{family}", "figure": "lead features"},
+        ),
         stability_png=report(
             diff_file("{embedder}", "{layer}", "{family}", "stability.png"),
             caption="../report/diff_stability.rst",

@@ -31,6 +31,8 @@ REPORT_RULES = [
     ("kl", "kl", {"model": ROUNDS}),
 ]
 REPORT_SUFFIXES = (".tsv", ".png", ".json")
+# Parquet tables the report reads: the diff's examples, and its full ranking (lead features).
+REPORT_PARQUETS = ("examples.parquet", "features.parquet")
 # Outputs a report() category sends to another section than their rule's.
 REPORT_CATEGORY_SECTIONS = {"Stability": "stability"}
 
@@ -82,7 +84,7 @@ def report_items():
                 path = str(pattern).format(**wc)
                 if (
                     not path.endswith(REPORT_SUFFIXES)
-                    and Path(path).name != "examples.parquet"
+                    and Path(path).name not in REPORT_PARQUETS
                 ):
                     continue
                 caption, category = _report_caption(spec.flags)

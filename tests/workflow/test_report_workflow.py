@@ -37,6 +37,13 @@ def test_standalone_report_holds_every_section(tiny_run):
         frame = pd.read_csv(tsv, sep="\t")
         assert f"family <code>{family}</code>" in page and len(frame) > 0
         assert {"q_value", "stability", "change_replication", "mark"} <= set(frame.columns)
+    # the diff section leads: a paired table of the lenses, then per analysis what it called,
+    # the lead figure and the evaluating SAEs' fit (from the SAE stage's metrics)
+    diff = re.search(r'<section id="diff">(.*?)</section>', page, re.S).group(1)
+    assert diff.index('<table class="paired">') < diff.index("Ranked features, volcano")
+    assert diff.count("tested features called changed") >= 3
+    assert diff.count("Fit of the evaluating SAEs") == 3 and "<td>r0, r1, r2</td>" in diff
+    assert diff.count('alt="lead.png"') == 3
 
 
 def test_kl_is_scored_for_the_rounds_only_and_rounds_move(tiny_run):

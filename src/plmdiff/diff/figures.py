@@ -1,4 +1,5 @@
-"""Figures of a feature diff: volcano, frequency trajectories of top features, stability."""
+"""Figures of a feature diff: volcano, frequency trajectories of top features, the lead
+features' trends, stability."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from plmdiff.core.runtime import save_figure
+from plmdiff.diff.lead import STABLE, sequence_share_interval
 from plmdiff.diff.settings import DiffConfig
 
 COLORS = {"changed, stable": "#d62728", "changed, not stable": "#ff9896", "not changed": "#9e9e9e"}
@@ -129,6 +131,68 @@ def trajectories(
             ylabel="firing frequency (fraction of tokens)",
         )
         ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, [path])
+
+
+def lead_trends(
+    lead: pd.DataFrame,
+    n_sequences: Mapping[str, Sequence[int]],
+    analyses: Sequence[str],
+    models: Sequence[str],
+    path: str | os.PathLike,
+) -> None:
+    """One panel per lead feature (`plmdiff.diff.lead.lead_features`), one row per analysis:
+    the share of held-out sequences in which it fires per round, with its 95% Clopper-Pearson
+    interval (`n_sequences[analysis]`: sequences per round), and the share of tokens (right
+    axis, no interval: tokens of one sequence are not independent draws)."""
+    plt = _pyplot()
+    rows = list(analyses)
+    n_cols = max([1, *(int((lead["analysis"] == a).sum()) for a in rows)])
+    fig, axes = plt.subplots(
+        len(rows), n_cols, figsize=(3.1 * n_cols, 2.7 * len(rows)), squeeze=False
+    )
+    x = np.arange(len(models))
+    for axes_row, name in zip(axes, rows, strict=True):
+        d = lead[lead["analysis"] == name]
+        for ax in axes_row[len(d) :]:
+            ax.set_axis_off()
+        if d.empty:
+            ax = axes_row[0]
+            ax.text(
+                0.5,
+                0.5,
+                f"{name}:\nno feature called changed",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
+            continue
+        for ax, row in zip(axes_row, d.itertuples(), strict=False):
+            share = np.array([getattr(row, f"seqfrac_{m}") for m in models], dtype=float)
+            lower, upper = sequence_share_interval(share, n_sequences[name])
+            color = "#d62728" if row.lead == STABLE else "#ff9896"
+            ax.errorbar(
+                x,
+                100 * share,
+                yerr=100 * np.vstack([share - lower, upper - share]),
+                marker="o",
+                color=color,
+                capsize=3,
+                label="sequences",
+            )
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel("% of sequences", fontsize=8)
+            tokens = ax.twinx()
+            freq = [100 * float(getattr(row, f"freq_{m}")) for m in models]
+            tokens.plot(x, freq, ls="--", marker=".", color="#555555", lw=0.8)
+            tokens.set_ylim(bottom=0)
+            tokens.set_ylabel("% of tokens (dashed)", fontsize=8, color="#555555")
+            tokens.tick_params(labelsize=7, colors="#555555")
+            ax.set_xticks(x, list(models), fontsize=7)
+            ax.tick_params(labelsize=7)
+            status = row.change if row.lead == STABLE else f"{row.change}, {row.lead}"
+            ax.set_title(f"{name} #{row.rank}: feature {row.feature}\n({status})", fontsize=8)
     fig.tight_layout()
     _save(fig, [path])
 

@@ -29,6 +29,7 @@ from plmdiff.diff.feature_stats import (
     held_out_sequences,
     sae_decoder,
 )
+from plmdiff.diff.lead import lead_features
 from plmdiff.diff.settings import DiffConfig, FeatureStatsConfig
 from plmdiff.diff.tables import readable_features
 from plmdiff.sae.folds import read_fold_table
@@ -98,6 +99,7 @@ class DiffOutputs:
     volcano_png: str
     volcano_svg: str
     trajectories_png: str
+    lead_png: str
     stability_png: str
     fit_tsv: str
 
@@ -117,6 +119,7 @@ RULE_OUTPUTS = {
     "volcano_png": "volcano",
     "volcano_svg": "volcano_svg",
     "trajectories_png": "trajectories",
+    "lead_png": "lead",
     "stability_png": "stability_png",
     "fit_tsv": "fit",
 }
@@ -224,6 +227,18 @@ def run_diff(
         folds,
         cfg,
         outputs.trajectories_png,
+    )
+    # Per round, the held-out sequences each analysis's evaluating SAE saw (the lead's intervals).
+    n_sequences = {
+        an.name: [len(stats[(an.evaluator[m], ref_fold)].model_sequences(m)) for m in models]
+        for an in analyses
+    }
+    figures.lead_trends(
+        lead_features(features),
+        n_sequences,
+        [an.name for an in analyses],
+        models,
+        outputs.lead_png,
     )
     figures.stability(features, result.matchings, models, cfg, outputs.stability_png)
     return result

@@ -11,14 +11,22 @@ import pandas as pd
 from plmdiff.core.errors import DataError
 
 
+def change_marks(features: pd.DataFrame) -> pd.Series:
+    """'UNSTABLE' for a changed feature that does not replicate, 'single replica' for a changed
+    feature with no replica to check it on, '' otherwise."""
+    changed = features["changed"].to_numpy(dtype=bool)
+    stable = features["stable"].astype("boolean")
+    mark = np.where(
+        changed & stable.eq(False).fillna(False).to_numpy(dtype=bool),
+        "UNSTABLE",
+        np.where(changed & stable.isna().to_numpy(dtype=bool), "single replica", ""),
+    )
+    return pd.Series(mark, index=features.index, dtype=object)
+
+
 def readable_features(features: pd.DataFrame, models: Sequence[str], top_n: int) -> pd.DataFrame:
     """The top_n ranked features of each analysis, with the columns a person reads first."""
-    mark = np.where(
-        features["changed"] & features["stable"].astype("boolean").eq(False).fillna(False),
-        "UNSTABLE",
-        np.where(features["changed"] & features["stable"].isna(), "single replica", ""),
-    )
-    out = features.assign(mark=mark)
+    out = features.assign(mark=change_marks(features))
     cols = [
         "rank",
         "analysis",

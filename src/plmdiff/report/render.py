@@ -1,38 +1,55 @@
 """The standalone HTML report: every stage's tables and figures in one file that opens anywhere.
 
 The `report` rule hands over the outputs of every stage's final rules as `ReportItem`s (file,
-stage, the caption template its rule gives `report()`, the wildcards that made it). Figures are
-embedded as base64 PNG, tables rendered from their TSV, and captions rendered from the same
-`report/*.rst` templates that `snakemake --report` uses, so both reports say the same thing.
-The page skeleton and its style sheet are package data (templates/page.html, report.css); this
-module renders what goes into them. Only the standard library, numpy and pandas are needed (the
-`report` conda environment).
+stage, the caption template its rule gives `report()`, the wildcards that made it). The page
+skeleton and its style sheet are package data (templates/page.html, report.css); this module
+renders the sections that go into them (the diff section in `plmdiff.report.diffs`, the blocks
+every section uses in `plmdiff.report.blocks`).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from string import Template
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.runtime import atomic_path
-from plmdiff.diff.examples import html_window
+from plmdiff.report import blocks
+from plmdiff.report.blocks import (
+    ReportItem,
+    caption_html,
+    details,
+    figure_html,
+    flat_scalars,
+    generic_item,
+    read_tsv,
+    render_template,
+    rst_to_html,
+    table_html,
+)
+from plmdiff.report.diffs import dead_flag_class, dead_flags, diff_html
+
+__all__ = [
+    "SECTIONS",
+    "ReportItem",
+    "build_report",
+    "page_html",
+    "read_items",
+    "render_template",
+    "rst_to_html",
+    "template",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +73,7 @@ SECTIONS = [
     ),
     ("kl", "KL to the base", "How far each model's next-token distribution moved from the base."),
 ]
-TABLE_ROWS = 25
-LONG_TABLE = 12
-DIFF_ROWS = 20
-EXAMPLE_FEATURES = 8
-DIFF_HIDDEN = ("p_value", "folds_present", "folds_changed")
+
 SAE_METRIC_COLUMNS = [
     "embedder",
     "layer",
@@ -76,192 +89,13 @@ SAE_METRIC_COLUMNS = [
     "mse",
     "l0",
     "dead_fraction",
+    "dead_fraction_flag",
     "dense_fraction",
     "ce_loss_recovered",
     "ce_loss_clean",
     "ce_loss_spliced",
     "ce_loss_zero_ablated",
 ]
-
-
-@dataclass(frozen=True)
-class ReportItem:
-    """One output file of a stage, as the report rule hands it over."""
-
-    stage: str
-    path: str
-    caption: str | None = None
-    wildcards: Mapping[str, str] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ReportItem:
-        return cls(
-            stage=str(data["stage"]),
-            path=str(data["path"]),
-            caption=data.get("caption"),
-            wildcards=dict(data.get("wildcards") or {}),
-            labels=dict(data.get("labels") or {}),
-        )
-
-    @property
-    def suffix(self) -> str:
-        return Path(self.path).suffix.lower()
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
-
-    def label(self) -> str:
-        parts = [f"{k} {v}" for k, v in self.wildcards.items()]
-        return ", ".join(parts)
-
-
-# ----------------------------------------------------------------------------- captions
-
-
-def render_template(text: str, config: Mapping[str, Any], wildcards: Mapping[str, str]) -> str:
-    """Fill a caption's `{{ ... }}` fields as Snakemake does (jinja2 when available)."""
-    ns = SimpleNamespace(config=config, wildcards=SimpleNamespace(**wildcards))
-    try:
-        import jinja2
-
-        return jinja2.Template(text).render(snakemake=ns)
-    except ImportError:
-        pass
-
-    def field_value(match: re.Match[str]) -> str:
-        expr = match.group(1).strip()
-        try:
-            return str(eval(expr, {"__builtins__": {}}, {"snakemake": ns}))
-        except Exception:
-            return match.group(0)
-
-    return re.sub(r"\{\{(.*?)\}\}", field_value, text)
-
-
-def rst_to_html(text: str) -> str:
-    """The reStructuredText our captions use: paragraphs, **bold**, *italic*, ``code``, escapes."""
-    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
-    out = []
-    for para in paragraphs:
-        s = html.escape(" ".join(line.strip() for line in para.splitlines()), quote=False)
-        s = re.sub(r"``(.+?)``", r"<code>\1</code>", s)
-        s = re.sub(r"(?<![`\w])`([^`]+?)`(?![`\w])", r"<code>\1</code>", s)
-        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
-        s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", s)
-        s = s.replace("\\|", "|").replace("\\", "")
-        out.append(f"<p>{s}</p>")
-    return "\n".join(out)
-
-
-# Captions already on the page: a caption repeated for every layer or family is folded away.
-_SHOWN_CAPTIONS: set[str] = set()
-
-
-def caption_html(item: ReportItem, config: Mapping[str, Any]) -> str:
-    if not item.caption or not Path(item.caption).is_file():
-        return ""
-    body = rst_to_html(render_template(Path(item.caption).read_text(), config, item.wildcards))
-    template = str(Path(item.caption).resolve())
-    if template in _SHOWN_CAPTIONS:
-        return details(
-            "caption (as above)", f'<div class="caption">{body}</div>', cls="caption-fold"
-        )
-    _SHOWN_CAPTIONS.add(template)
-    return f'<div class="caption">{body}</div>'
-
-
-# ----------------------------------------------------------------------------- blocks
-
-
-def fmt_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return '<span class="na">NA</span>'
-    if isinstance(value, bool | np.bool_):
-        return "yes" if value else "no"
-    if isinstance(value, float | np.floating):
-        v = float(value)
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-            return f"{v:.3g}"
-        return f"{v:.4g}"
-    return html.escape(str(value))
-
-
-def table_html(
-    frame: pd.DataFrame,
-    *,
-    max_rows: int = TABLE_ROWS,
-    source: str | None = None,
-    cell_class: Mapping[str, Any] | None = None,
-) -> str:
-    """An HTML table of `frame` (first max_rows rows; the rest named, not hidden silently)."""
-    shown = frame.head(max_rows)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
-    rows = []
-    for _, row in shown.iterrows():
-        cells = []
-        for col in shown.columns:
-            cls = ""
-            if cell_class and col in cell_class:
-                name = cell_class[col](row[col])
-                cls = f' class="{name}"' if name else ""
-            numeric = isinstance(row[col], int | float | np.integer | np.floating)
-            align = ' style="text-align:right"' if numeric and not cls else ""
-            cells.append(f"<td{cls}{align}>{fmt_value(row[col])}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    note = ""
-    if len(frame) > max_rows or source:
-        what = f"showing {len(shown)} of {len(frame)} rows" if len(frame) > max_rows else ""
-        where = f"full table: <code>{html.escape(source)}</code>" if source else ""
-        note = f'<div class="note">{"; ".join(x for x in (what, where) if x)}</div>'
-    return (
-        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>{note}"
-    )
-
-
-def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, sep="\t")
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except FileNotFoundError:
-        raise DataError(f"report input {path} does not exist") from None
-
-
-def figure_html(path: str | os.PathLike, caption: str = "", title: str = "") -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"report figure {path} does not exist")
-    data = base64.b64encode(path.read_bytes()).decode()
-    mime = "image/svg+xml" if path.suffix.lower() == ".svg" else "image/png"
-    heading = f'<div class="fig-title">{html.escape(title)}</div>' if title else ""
-    return (
-        f'<figure>{heading}<img alt="{html.escape(path.name)}" src="data:{mime};base64,{data}">'
-        f'<figcaption>{caption}<div class="note"><code>{html.escape(str(path))}</code></div>'
-        "</figcaption></figure>"
-    )
-
-
-def details(summary: str, body: str, open_: bool = False, cls: str = "") -> str:
-    flag = " open" if open_ else ""
-    klass = f' class="{cls}"' if cls else ""
-    return f"<details{klass}{flag}><summary>{summary}</summary>{body}</details>"
-
-
-def generic_item(item: ReportItem, config: Mapping[str, Any]) -> str:
-    """A figure or table as it comes; other files are listed by name."""
-    title = " · ".join(x for x in (item.label(), item.name) if x)
-    if item.suffix in (".png", ".svg"):
-        return figure_html(item.path, caption_html(item, config), title)
-    if item.suffix in (".tsv", ".csv"):
-        frame = read_tsv(item.path) if item.suffix == ".tsv" else pd.read_csv(item.path)
-        body = f"{caption_html(item, config)}{table_html(frame, source=item.path)}"
-        if len(frame) > LONG_TABLE:  # long tables are there, one click away
-            return details(f"{html.escape(title)} ({len(frame)} rows)", body)
-        return f"<h4>{html.escape(title)}</h4>{body}"
-    return ""
 
 
 # ----------------------------------------------------------------------------- sections
@@ -345,131 +179,34 @@ def sae_metrics_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> 
     metrics = [i for i in items if i.name.endswith(".metrics.json")]
     parts = []
     if metrics:
-        rows = [_flat_scalars(json.loads(Path(i.path).read_text())) for i in metrics]
+        rows = [flat_scalars(json.loads(Path(i.path).read_text())) for i in metrics]
         frame = pd.DataFrame(rows)
         cols = [c for c in SAE_METRIC_COLUMNS if c in frame.columns]
         frame = frame[cols].sort_values(
             [c for c in ("embedder", "layer", "scheme", "fold") if c in cols], kind="stable"
         )
-        parts.append(table_html(frame, max_rows=200))
+        if "dead_fraction" in frame:
+            frame.insert(cols.index("dead_fraction") + 1, "dead_flag", dead_flags(frame))
+            flagged = frame[frame["dead_flag"] != ""]
+            if len(flagged):
+                names = ", ".join(
+                    " ".join(
+                        f"{k} {r[k]}" for k in ("embedder", "layer", "scheme", "fold") if k in r
+                    )
+                    for r in flagged.to_dict("records")
+                )
+                parts.append(
+                    f'<p class="flag">{len(flagged)} of the {len(frame)} SAEs leave more than '
+                    f"half of their latents dead on their evaluation tokens: {html.escape(names)}. "
+                    "Their features cover less of the layer than their size says.</p>"
+                )
+        parts.append(table_html(frame, max_rows=200, cell_class={"dead_flag": dead_flag_class}))
     curves = [i for i in items if i.suffix == ".png"]
     first = [i for i in curves if str(i.wildcards.get("fold", "0")) == "0"]
     if first:
         figs = "".join(generic_item(i, config) for i in first)
         parts.append(details(f"Training curves (fold 0, {len(first)} SAEs)", figs))
     return "".join(parts)
-
-
-def _flat_scalars(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flat_scalars(value, f"{name}_"))
-        elif isinstance(value, str | int | float | bool) or value is None:
-            out[name] = value
-    return out
-
-
-def _mark_class(value: Any) -> str:
-    return "mark" if isinstance(value, str) and value else ""
-
-
-def _change_class(value: Any) -> str:
-    return {"up": "up", "down": "down", "direction": "dir"}.get(str(value), "")
-
-
-def diff_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
-    """Per (embedder, layer, family): the top features, volcano, trajectories, top examples."""
-    groups: dict[tuple[str, ...], dict[str, ReportItem]] = {}
-    for item in items:
-        key = tuple(item.wildcards.get(k, "") for k in ("embedder", "layer", "family"))
-        groups.setdefault(key, {})[item.name] = item
-    parts = []
-    for (embedder, layer, family), files in groups.items():
-        parts.append(
-            f'<h3 id="diff-{embedder}-{layer}-{family}">Layer {html.escape(layer)} · '
-            f"family <code>{html.escape(family)}</code> · embedder "
-            f"{html.escape(embedder)}</h3>"
-        )
-        n_changed = 0
-        if "features.tsv" in files:
-            item = files["features.tsv"]
-            frame = read_tsv(item.path)
-            for col in ("change", "mark"):  # empty text, not a missing number
-                if col in frame:
-                    frame[col] = frame[col].astype(object).where(frame[col].notna(), "")
-            n_changed = int((frame["change"] != "").sum()) if "change" in frame else 0
-            n_unstable = int((frame.get("mark") == "UNSTABLE").sum()) if "mark" in frame else 0
-            parts.append(
-                f'<p class="lead">{n_changed} of the {len(frame)} listed features are called '
-                f"changed; {n_unstable} of them are marked UNSTABLE.</p>"
-            )
-            parts.append(caption_html(item, config))
-            # The page shows what decides a call; p-values and fold counts stay in the TSV.
-            frame = frame.drop(columns=[c for c in DIFF_HIDDEN if c in frame])
-            parts.append(
-                table_html(
-                    frame,
-                    max_rows=DIFF_ROWS,
-                    source=item.path,
-                    cell_class={"mark": _mark_class, "change": _change_class},
-                )
-            )
-        figs = [
-            figure_html(files[name].path, caption_html(files[name], config))
-            for name in ("volcano.png", "trajectories.png")
-            if name in files
-        ]
-        parts.append(f'<div class="pair">{"".join(figs)}</div>')
-        if "examples.parquet" in files:
-            parts.append(
-                examples_html(files["examples.parquet"].path, html_window, open_=n_changed > 0)
-            )
-    return "".join(parts)
-
-
-def residue_label(row: Any) -> str:
-    """'residue 12', or 'residues 12-14' for a token of several residues (1-based)."""
-    end = int(getattr(row, "pos_end", row.pos + 1))
-    return f"residue {row.pos + 1}" if end <= row.pos + 1 else f"residues {row.pos + 1}-{end}"
-
-
-def examples_html(path: str, render_window: Any, *, open_: bool = True) -> str:
-    """Top examples of the first features: one row per round, windows with active residues."""
-    ex = pd.read_parquet(path)
-    if ex.empty:
-        return "<p>No top examples (no feature fired in the held-out sequences).</p>"
-    blocks = []
-    for (analysis, feature, rank), d in ex.groupby(
-        ["analysis", "feature", "feature_rank"], sort=False
-    ):
-        if rank > EXAMPLE_FEATURES:
-            continue
-        rows = []
-        for model, dm in d.groupby("model", sort=False):
-            cells = "".join(
-                f'<div class="ex">{render_window(r.window_residues, r.window_acts, r.window_start)}'
-                f'<span class="note"> {html.escape(r.seq_id)} · {residue_label(r)} · '
-                f"{r.value:.3g}</span></div>"
-                for r in dm.itertuples()
-            )
-            rows.append(f"<tr><th>{html.escape(str(model))}</th><td>{cells}</td></tr>")
-        blocks.append(
-            f'<h4>#{rank} · feature {feature} <span class="note">({html.escape(analysis)})'
-            f'</span></h4><table class="examples">{"".join(rows)}</table>'
-        )
-    intro = (
-        "<p>Where the top features fire: per round, the held-out sequences with the highest "
-        "activation, a window around the most active residue (bold, underlined). Shading is the "
-        "activation relative to the window's maximum; hover a residue for its position and "
-        "value; unshaded residues are inactive.</p>"
-    )
-    return details(
-        f"Top examples ({min(EXAMPLE_FEATURES, ex['feature_rank'].max())} features)",
-        intro + "".join(blocks),
-        open_=open_,
-    )
 
 
 def stability_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
@@ -507,13 +244,17 @@ def kl_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
 STAGE_RENDERERS = {
     "overview": overview_html,
     "sae": sae_metrics_html,
-    "diff": diff_html,
     "stability": stability_html,
     "kl": kl_html,
 }
 
 
-def section_html(stage: str, items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
+def section_html(
+    stage: str, by_stage: Mapping[str, Sequence[ReportItem]], config: Mapping[str, Any]
+) -> str:
+    items = by_stage.get(stage, [])
+    if stage == "diff":  # its fit panels read the SAE stage's metrics too
+        return diff_html(items, config, sae_items=by_stage.get("sae", []))
     renderer = STAGE_RENDERERS.get(stage)
     if renderer is not None:
         return renderer(items, config)
@@ -548,7 +289,7 @@ def build_report(
     title: str = "plmdiff report",
 ) -> str:
     """Render the standalone report to `out_path` (one self-contained HTML file)."""
-    _SHOWN_CAPTIONS.clear()
+    blocks.clear_shown_captions()
     by_stage: dict[str, list[ReportItem]] = {}
     for item in items:
         by_stage.setdefault(item.stage, []).append(item)
@@ -574,7 +315,7 @@ def build_report(
         body.append(
             f'<section id="{stage}"><h2>{html.escape(heading)}</h2>'
             f'<p class="question">{html.escape(question)}</p>'
-            f"{section_html(stage, stage_items, config)}</section>"
+            f"{section_html(stage, by_stage, config)}</section>"
         )
     models = [m["name"] for m in config.get("models", [])]
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -44,6 +44,7 @@ def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
                 ("volcano_png", "volcano.png"),
                 ("volcano_svg", "volcano.svg"),
                 ("trajectories_png", "trajectories.png"),
+                ("lead_png", "lead.png"),
                 ("stability_png", "stability.png"),
                 ("fit_tsv", "fit.tsv"),
             ]
@@ -76,7 +77,7 @@ def test_run_diff_writes_tables_examples_and_figures(planted, tmp_path):
     fit = pd.read_csv(out.fit_tsv, sep="\t")
     assert set(fit["model"]) == set(PLANT.models) and set(fit["fold"]) == {0, 1}
     assert ((fit["fvu"] >= 0) & (fit["l0"] > 0) & fit["dead_fraction"].between(0, 1)).all()
-    for f in ("volcano_png", "volcano_svg", "trajectories_png", "stability_png"):
+    for f in ("volcano_png", "volcano_svg", "trajectories_png", "lead_png", "stability_png"):
         assert (tmp_path / getattr(out, f).split("/")[-1]).stat().st_size > 2000
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import sys
@@ -20,6 +21,7 @@ from plmdiff.diff.job import DiffOutputs, run_diff
 from plmdiff.diff.settings import DiffConfig
 from plmdiff.kl.divergence import kl_frame
 from plmdiff.kl.job import run_kl_summary
+from plmdiff.report.diffs import POSTERIOR, pct, verdict
 from plmdiff.report.render import (
     SECTIONS,
     ReportItem,
@@ -179,6 +181,7 @@ def items(tmp_path_factory) -> list[ReportItem]:
         "volcano_png": "volcano.png",
         "volcano_svg": "volcano.svg",
         "trajectories_png": "trajectories.png",
+        "lead_png": "lead.png",
         "stability_png": "stability.png",
         "fit_tsv": "fit.tsv",
     }
@@ -201,9 +204,12 @@ def items(tmp_path_factory) -> list[ReportItem]:
         "examples.tsv": "diff_examples.rst",
         "stability.tsv": "diff_stability_table.rst",
         "stability.png": "diff_stability.rst",
+        "lead.png": "diff_lead.rst",
     }
     for name in (
         "features.tsv",
+        "features.parquet",
+        "lead.png",
         "examples.tsv",
         "examples.parquet",
         "volcano.png",
@@ -300,19 +306,235 @@ def test_absent_stages_are_said_not_hidden(items, tmp_path):
     assert 'class="absent" href="#demo"' in page
 
 
-def test_unstable_changes_are_marked(items, tmp_path):
-    features = next(i for i in items if i.path.endswith("features.tsv"))
-    frame = pd.read_csv(features.path, sep="\t")
-    frame["mark"] = frame["mark"].astype(object)
-    frame.loc[0, "mark"] = "UNSTABLE"
-    moved = tmp_path / "features.tsv"
-    frame.to_csv(moved, sep="\t", index=False)
-    swapped = [
-        ReportItem(i.stage, str(moved), i.caption, i.wildcards) if i is features else i
-        for i in items
+def _swap(items, name, frame, tmp_path):
+    """The items with the fixture's diff file `name` replaced by `frame` (Parquet)."""
+    old = next(i for i in items if i.name == name)
+    moved = tmp_path / name
+    frame.to_parquet(moved)
+    return [
+        ReportItem(i.stage, str(moved), i.caption, i.wildcards) if i is old else i for i in items
     ]
-    page = build_report(swapped, CONFIG, tmp_path / "index.html")
-    assert '<td class="mark">UNSTABLE</td>' in page and "1 of them are marked UNSTABLE" in page
+
+
+def _diff_section(page: str) -> str:
+    return re.search(r'<section id="diff">(.*?)</section>', page, re.S).group(1)
+
+
+def test_the_diff_leads_with_its_stable_changed_features(items, tmp_path):
+    page = build_report(items, CONFIG, tmp_path / "index.html")
+    diff = _diff_section(page)
+    features = pd.read_parquet(next(i for i in items if i.name == "features.parquet").path)
+    planted = features[features["feature"] == 0].iloc[0]
+    assert bool(planted["changed"]) and bool(planted["stable"])
+    # the lead table comes before the ranked table, and holds the planted feature's verdict
+    lead_at = diff.index('<table class="lead">')
+    assert lead_at < diff.index("Ranked features, volcano")
+    line = html.unescape(re.search(r'<tr class="verdict"><td[^>]*>(.*?)</td>', diff).group(1))
+    assert line.startswith(
+        f"up r0 → r2: fires in {pct(planted['seqfrac_r0'])} → {pct(planted['seqfrac_r2'])} "
+        f"of sequences ({pct(planted['freq_r0'])} → {pct(planted['freq_r2'])} of tokens)"
+    )
+    assert f"change called in {int(planted['folds_changed'])}/2 replicas" in line
+    assert "1 of them stable; the diff leads with it." in diff
+    assert "Top examples of the lead features" in diff and "#1 · feature 0" in diff
+    assert diff.count("lead.png") >= 1 and "Clopper-Pearson" in diff
+    # SAE fit: the base SAE evaluates every round; no per-model fit table was written
+    assert "not computed (this diff wrote no <code>fit.tsv</code>)" in diff
+    assert "<td>r0, r1, r2</td><td>base fold 0</td>" in diff
+
+
+def test_nothing_stable_is_said_and_called_features_are_marked(items, tmp_path):
+    features = pd.read_parquet(next(i for i in items if i.name == "features.parquet").path)
+    features["stable"] = pd.array([False] * len(features), dtype="boolean")
+    page = build_report(
+        _swap(items, "features.parquet", features, tmp_path), CONFIG, tmp_path / "i.html"
+    )
+    diff = html.unescape(_diff_section(page))
+    n_called = int(features["changed"].sum())
+    assert (
+        f"{n_called} of {int(features['tested'].sum())} tested features called changed, 0 of them stable"
+        in diff
+    )
+    assert "nothing is stable and changed" in diff and "marked UNSTABLE" in diff
+    assert '<span class="mark">UNSTABLE</span>' in diff
+    assert "UNSTABLE: up r0 → r2: fires in" in diff
+    features["changed"] = False
+    page = build_report(
+        _swap(items, "features.parquet", features, tmp_path), CONFIG, tmp_path / "i.html"
+    )
+    diff = _diff_section(page)
+    assert "No feature changed in this analysis." in diff and '<table class="lead">' not in diff
+
+
+# ----------------------------------------------------------------------------- synthetic diffs
+
+
+def _features(rows: list[dict]) -> pd.DataFrame:
+    """A diff's features.parquet: rows give rank, feature, changed, stable, change and shares."""
+    out = []
+    for r in rows:
+        seq, tok = r.pop("seq"), r.pop("tok")
+        out.append(
+            {
+                "analysis": "base",
+                "q_value": 1e-6,
+                "log2_fold_change": 1.5,
+                "tested": True,
+                "n_folds": 3,
+                "folds_changed": 3,
+                "change_replication": 1.0,
+                "direction_change": np.nan,
+                **{f"seqfrac_{m}": v for m, v in zip(MODELS, seq, strict=True)},
+                **{f"freq_{m}": v for m, v in zip(MODELS, tok, strict=True)},
+                **r,
+            }
+        )
+    frame = pd.DataFrame(out)
+    frame["stable"] = frame["stable"].astype("boolean")
+    return frame
+
+
+def _diff_job(root: Path, embedder: str, features: pd.DataFrame, fit=None) -> list[ReportItem]:
+    d = root / f"diff/{embedder}/layer_01/base"
+    d.mkdir(parents=True)
+    features.to_parquet(d / "features.parquet")
+    wc = {"embedder": embedder, "layer": "01", "family": "base"}
+    out = [ReportItem("diff", str(d / "features.parquet"), wildcards=wc)]
+    if fit is not None:
+        out.append(ReportItem("diff", _tsv(d / "fit.tsv", fit), wildcards=wc))
+    return out
+
+
+def _sae_metrics(root: Path, embedder: str, dead: float, **extra) -> ReportItem:
+    path = root / f"saes/{embedder}/base/fold_0.metrics.json"
+    path.parent.mkdir(parents=True)
+    record = {"embedder": embedder, "layer": 1, "scheme": "base", "fold": 0, "models": ["r0"]}
+    path.write_text(json.dumps({**record, "fvu": 0.3, "l0": 8.0, "dead_fraction": dead, **extra}))
+    return ReportItem("sae", str(path), wildcards={"fold": "0"})
+
+
+UNSTABLE_FIRST = [
+    {
+        "rank": 1,
+        "feature": 4,
+        "changed": True,
+        "stable": False,
+        "change": "up",
+        "folds_changed": 1,
+        "change_replication": 1 / 3,
+        "seq": [0.0, 0.0, 0.1],
+        "tok": [0, 0, 1e-3],
+    },
+    {
+        "rank": 2,
+        "feature": 9,
+        "changed": True,
+        "stable": True,
+        "change": "up",
+        "seq": [0.12, 0.2, 0.31],
+        "tok": [0.001, 0.003, 0.0052],
+    },
+    {
+        "rank": 3,
+        "feature": 2,
+        "changed": False,
+        "stable": True,
+        "change": "",
+        "q_value": 0.4,
+        "seq": [0.5, 0.5, 0.5],
+        "tok": [0.05, 0.05, 0.05],
+    },
+]
+
+
+def test_stable_features_lead_before_better_ranked_unstable_ones(tmp_path):
+    items = _diff_job(tmp_path, "r0", _features([dict(r) for r in UNSTABLE_FIRST]))
+    diff = html.unescape(_diff_section(build_report(items, CONFIG, tmp_path / "i.html")))
+    lead = re.search(r'<table class="lead">(.*?)</table>', diff, re.S).group(1)
+    assert "<td>9</td>" in lead and "<td>4</td>" not in lead
+    assert "2 of 3 tested features called changed, 1 of them stable" in diff
+    assert (
+        "up r0 → r2: fires in 12% → 31% of sequences (0.10% → 0.52% of tokens), log2 FC +1.50, "
+        "q 1e-6, change called in 3/3 replicas"
+    ) in lead
+    assert "<td>12% → 20% → 31%</td>" in lead
+
+
+def test_verdict_says_the_numbers_and_only_them():
+    row = {
+        "change": "down",
+        "lead": "UNSTABLE",
+        "seqfrac_r0": 0.4,
+        "seqfrac_r2": 0.05,
+        "freq_r0": 0.02,
+        "freq_r2": 0.0031,
+        "log2_fold_change": -2.7,
+        "q_value": 0.0123,
+        "folds_changed": 1,
+        "n_folds": 3,
+    }
+    assert verdict(row, MODELS) == (
+        "UNSTABLE: down r0 → r2: fires in 40% → 5.0% of sequences (2.0% → 0.31% of tokens), "
+        "log2 FC -2.70, q 0.012, change called in 1/3 replicas"
+    )
+    posterior = {**row, "lead": "stable", POSTERIOR: -1.2, f"{POSTERIOR}_sd": 0.25}
+    assert "posterior log2 FC -1.20 [-1.69, -0.71]" in verdict(posterior, MODELS)
+    single = {**row, "lead": "single replica", "folds_changed": pd.NA, "n_folds": 1}
+    assert verdict(single, MODELS).startswith("single replica: down")
+    assert verdict(single, MODELS).endswith("change called in one replica (not checked)")
+    moved = {"change": "direction", "direction_change": 0.234, "freq_r0": 0.01, "freq_r2": 0.01}
+    assert verdict(moved, MODELS).startswith(
+        "decoder direction moved (1 - cos 0.23): fires in 1.0% → 1.0% of tokens"
+    )
+
+
+def test_base_and_self_lens_side_by_side(tmp_path):
+    rows = [dict(r) for r in UNSTABLE_FIRST]
+    items = [
+        *_diff_job(tmp_path, "self", _features([dict(r) for r in rows[:1]])),
+        *_diff_job(tmp_path, "r0", _features(rows)),
+    ]
+    diff = html.unescape(_diff_section(build_report(items, CONFIG, tmp_path / "i.html")))
+    # one paired table: a row per analysis, a column per lens, base lens first
+    paired = re.search(r'<table class="paired">(.*?)</table>', diff, re.S).group(1)
+    assert re.search(r"<th>analysis</th><th>base lens</th><th>self lens</th>", paired)
+    cells = re.findall(r'<td class="wrap">(.*?)</td>', paired)
+    assert cells[0].startswith("1 stable / 2 called / 3 tested; #2 feature 9: up r0 → r2")
+    assert cells[1].startswith("0 stable / 1 called / 1 tested; #1 feature 4: UNSTABLE: up")
+    # then the two lenses' columns, side by side, with what each lens measures
+    columns = re.findall(r'<div class="lens" id="diff-(\w+)-01-base">', diff)
+    assert columns == ["r0", "self"] and diff.count('<div class="lenses">') == 1
+    assert "base lens</b>: the base model embeds every round's samples" in diff
+    assert "self lens</b>: each model embeds its own samples" in diff
+
+
+def test_dead_latents_over_half_are_flagged(tmp_path):
+    items = [
+        *_diff_job(tmp_path, "r0", _features([dict(UNSTABLE_FIRST[1])])),
+        _sae_metrics(tmp_path, "r0", 0.62),
+    ]
+    page = build_report(items, CONFIG, tmp_path / "i.html")
+    sae = re.search(r'<section id="sae">(.*?)</section>', page, re.S).group(1)
+    assert '<td class="flag">over 50% dead</td>' in sae and '<p class="flag">1 of the 1 SAEs' in sae
+    diff = _diff_section(page)
+    assert '<td class="flag">over 50% dead</td>' in diff
+    assert "<details open><summary>Fit of the evaluating SAEs" in diff
+    # the SAE stage's own flag, when it writes one, decides
+    items[-1] = _sae_metrics(tmp_path / "b", "r0", 0.62, dead_fraction_flag=False)
+    page = build_report(items, CONFIG, tmp_path / "i.html")
+    assert "over 50% dead</td>" not in page
+    items[-1] = _sae_metrics(tmp_path / "c", "r0", 0.3)
+    assert "over 50% dead</td>" not in build_report(items, CONFIG, tmp_path / "i.html")
+
+
+def test_fit_table_is_shown_and_missing_columns_say_not_computed(tmp_path):
+    fit = pd.DataFrame({"model": MODELS, "fvu": [0.2, 0.25, 0.4], "dead_fraction": [0.1, 0.2, 0.7]})
+    items = _diff_job(tmp_path, "r0", _features([dict(UNSTABLE_FIRST[1])]), fit=fit)
+    diff = _diff_section(build_report(items, CONFIG, tmp_path / "i.html"))
+    assert "this diff's <code>fit.tsv</code>" in diff
+    table = re.search(r"fit\.tsv</code>\)\.</p>(.*?)</table>", diff, re.S).group(1)
+    assert "<th>l0</th>" in table and table.count("<td>not computed</td>") == 3
+    assert table.count('<td class="flag">over 50% dead</td>') == 1
 
 
 def test_bad_inputs(items, tmp_path):
@@ -332,6 +554,18 @@ def test_caption_rendering(jinja, monkeypatch):
     assert render_template(text, {"diff": {"fdr": 0.05}}, {"layer": "03"}) == (
         "FDR 0.05 on layer 03."
     )
+    text = (
+        '{% if snakemake.wildcards.family == "base" %}base SAE{% elif snakemake.config["k"] > 1 %}'
+        "{% if snakemake.config['k'] > 2 %}many{% else %}two{% endif %} replicas{% else %}one"
+        "{% endif %}."
+    )
+    for family, k, said in (
+        ("base", 1, "base SAE."),
+        ("pooled", 3, "many replicas."),
+        ("pooled", 2, "two replicas."),
+        ("pooled", 1, "one."),
+    ):
+        assert render_template(text, {"k": k}, {"family": family}) == said
     rendered = rst_to_html("**Left:** the ``x`` value, *here*, with \\|a\\|.\n\nSecond.")
     assert rendered == (
         "<p><b>Left:</b> the <code>x</code> value, <i>here</i>, with |a|.</p>\n<p>Second.</p>"
