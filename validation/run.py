@@ -6,7 +6,8 @@
 
 Work goes to `validation/work/<suite>/<study>/` (checkpoints, the workflow's outputs, logs):
 checkpoints and finished workflow outputs are reused by a re-run. Scores go to
-`validation/work/<suite>/scores.json` and a readable `summary.md`.
+`validation/work/<suite>/scores.json` (`studies`: every study's scores and verdict; `null_fdp`:
+the null studies' realised false discovery proportion) and a readable `summary.md`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from validation import scoring
 from validation.checkpoints import PROMPT_FORMAT, build_base, build_rounds
 from validation.report import summary_markdown
 from validation.studies import SUITES, Study, Suite
+from validation.verdicts import null_fdp, study_verdict
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "validation" / "work"
@@ -53,6 +56,7 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
             "batch_size": 64,
             "max_length": study.crop + 24,
             "seed": study.seed,
+            **suite.sampling,
         },
         "filter": {"min_length": 10, "dedupe": True, "min_sequences": 20},
         "activations": {
@@ -102,7 +106,9 @@ def training_configs(study: Study, suite: Suite) -> tuple[LMTrainingConfig, LMTr
     """(base, round) training settings."""
     common = dict(batch_size=32, warmup_fraction=0.05, epochs=100)
     base = LMTrainingConfig(**common, lr=2e-3, seed=0, max_steps=suite.base_steps)
-    rounds = LMTrainingConfig(**common, lr=2e-3, seed=study.seed, max_steps=suite.round_steps)
+    rounds = LMTrainingConfig(
+        **common, lr=suite.round_lr, seed=study.seed, max_steps=suite.round_steps
+    )
     return base, rounds
 
 
@@ -122,7 +128,12 @@ def build(study: Study, suite: Suite, root: Path, workdir: Path) -> list[Path]:
         base_cfg,
     )
     return build_rounds(
-        workdir / "checkpoints", base, study.arch, study.round_data(family), round_cfg
+        workdir / "checkpoints",
+        base,
+        study.arch,
+        study.round_data(family),
+        round_cfg,
+        from_base=suite.rounds_from_base,
     )
 
 
@@ -149,10 +160,21 @@ def run_workflow(workdir: Path, configfile: Path, wanted: list[str], cores: int)
         raise RuntimeError(f"snakemake failed on {workdir} ({proc.returncode}):\n{tail}")
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of every finished child (snakemake and its jobs): on a
+    shared machine the study's cost, where wall time measures the other users' load."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @dataclass(frozen=True)
 class StudyResult:
     study: Study
     seconds: float
+    cpu_seconds: float
     samples: dict
     probes: list
     sae_fit: list
@@ -162,7 +184,7 @@ class StudyResult:
 def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bool) -> StudyResult:
     workdir = root / study.name
     workdir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), cpu_seconds()
     if not score_only:
         checkpoints = build(study, suite, root, workdir)
         configfile = workdir / "config.yaml"
@@ -170,7 +192,7 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
             yaml.safe_dump(study_config(study, suite, checkpoints), sort_keys=False)
         )
         run_workflow(workdir, configfile, targets(study, suite), cores)
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, cpu_seconds() - cpu_start
     planted = study.planted()
     top = 10 if study.kind == "composition" else 5
     analyses = []
@@ -191,6 +213,7 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
     return StudyResult(
         study=study,
         seconds=elapsed,
+        cpu_seconds=cpu,
         samples=scoring.sample_summary(workdir, MODELS, planted, study.kind),
         probes=scoring.probe_margins(workdir, lenses),
         sae_fit=scoring.sae_fit(workdir, lenses, suite.layer),
@@ -217,28 +240,33 @@ def main(argv: list[str] | None = None) -> int:
     root = args.work / suite.name
     root.mkdir(parents=True, exist_ok=True)
     results_path = root / "scores.json"
-    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    scores = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    studies = scores.get("studies", {})
     for study in suite.studies:
         if args.only is not None and study.name not in args.only:
             continue
         log.info("study %s: %s %s", study.name, study.kind, study.arch)
         result = run_study(study, suite, root, args.cores, args.score_only)
-        saved[study.name] = {
+        studies[study.name] = {
             "kind": study.kind,
             "arch": study.arch,
             "rates": list(study.rates),
             "planted": study.planted(),
-            "seconds": result.seconds
-            if not args.score_only
-            else saved.get(study.name, {}).get("seconds"),
+            **(
+                {"seconds": result.seconds, "cpu_seconds": result.cpu_seconds}
+                if not args.score_only
+                else {k: studies.get(study.name, {}).get(k) for k in ("seconds", "cpu_seconds")}
+            ),
             "samples": result.samples,
             "probes": result.probes,
             "sae_fit": result.sae_fit,
             "analyses": result.analyses,
         }
-        results_path.write_text(json.dumps(saved, indent=1, default=float))
+        studies[study.name]["verdict"] = study_verdict(studies[study.name])
+        scores = {"suite": suite.name, "studies": studies, "null_fdp": null_fdp(studies)}
+        results_path.write_text(json.dumps(scores, indent=1, default=float))
         log.info("study %s done in %.0f s", study.name, result.seconds)
-    (root / "summary.md").write_text(summary_markdown(saved))
+    (root / "summary.md").write_text(summary_markdown(scores))
     print((root / "summary.md").read_text())
     return 0
 

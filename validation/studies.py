@@ -12,9 +12,9 @@ Every transform keeps the family's sequences and changes one thing, with a rate 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from validation.checkpoints import Architecture, ModelShape
 
@@ -111,6 +111,11 @@ class Suite:
     k: int
     layer: int
     probe_permutations: int
+    round_lr: float = 2e-3
+    # Rounds trained from the base on their own data (True) or each from the one before.
+    rounds_from_base: bool = False
+    # Sampling keys that override the workflow's defaults in every study's config.
+    sampling: Mapping[str, Any] = field(default_factory=dict)
     # SAE schemes (sae.schemes): every scheme is kfold SAE jobs and kfold feature_stats jobs
     # per lens, most of a study's time; 'per_model' is left out at suite size.
     schemes: tuple[str, ...] = ("base", "pooled")
@@ -119,8 +124,6 @@ class Suite:
     def families(self) -> tuple[str, ...]:
         """Diff families: one per SAE scheme, of the same name (plmdiff.config.paths)."""
         return self.schemes
-
-    extra: dict = field(default_factory=dict)
 
 
 SHAPE = ModelShape(n_layer=2, n_embd=48, n_head=4, n_positions=128)

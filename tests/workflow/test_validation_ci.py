@@ -16,15 +16,24 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.stats as sps
 
 from plmdiff.models.checkpoints import inspect_checkpoint
 from plmdiff.models.lm_training import LMTrainingConfig
 from plmdiff.models.text import PromptFormat
 from validation.checkpoints import ModelShape, build_base, build_rounds
 from validation.run import main as run_validation
-from validation.scoring import TokenSet, match_features, planted_occurrences
+from validation.scoring import (
+    TokenSet,
+    match_features,
+    planted_occurrences,
+    score_analysis,
+    target_for,
+)
 from validation.studies import enrich_class, plant_motif, shorten
+from validation.verdicts import length_effect, null_fdp, study_verdict
 
 
 def test_planted_occurrences_of_a_motif_and_a_class():
@@ -69,6 +78,94 @@ def test_plain_llama_rounds_pass_intake(tmp_path):
     assert (rounds[0] / "model.safetensors").read_bytes() == (
         base / "model.safetensors"
     ).read_bytes()
+
+
+def _analysis(n_stable: int, hit: bool = False) -> dict:
+    return {
+        "embedder": "base",
+        "analysis": "base",
+        "n_stable_changed": n_stable,
+        "first_changed_rank_in_target": hit,
+    }
+
+
+def test_null_fdp_is_the_share_of_null_seeds_that_call_anything():
+    nulls = {
+        f"null{i}": {"kind": "null", "analyses": [_analysis(0), _analysis(0)]} for i in range(10)
+    }
+    nulls["null3"]["analyses"][1] = _analysis(4)
+    planted = {"motif": {"kind": "motif", "analyses": [_analysis(7, hit=True)]}}
+    f = null_fdp({**nulls, **planted})
+    assert (f["seeds"], f["seeds_with_stable_call"], f["stable_calls"]) == (10, 1, 4)
+    assert f["fdp"] == pytest.approx(0.1) and not f["met"]
+    # Clopper-Pearson: the exact binomial interval (scipy's beta quantiles).
+    assert f["ci_low"] == pytest.approx(sps.beta.ppf(0.025, 1, 10))
+    assert f["ci_high"] == pytest.approx(sps.beta.ppf(0.975, 2, 9))
+    nulls["null3"]["analyses"][1] = _analysis(0)
+    assert null_fdp(nulls)["met"]
+    del nulls["null3"]
+    assert not null_fdp(nulls)["met"], "9 seeds are fewer than the issue's 10"
+
+
+def _probe(length_ci_low: float, min_margin_p: float) -> dict:
+    return {
+        "chance": 1 / 3,
+        "length_ci_low": length_ci_low,
+        "min_baseline_margin_p_fwer": min_margin_p,
+    }
+
+
+@pytest.mark.parametrize(
+    ("probes", "n_stable", "met"),
+    [
+        ([_probe(0.6, 0.4), _probe(0.3, 0.2)], 0, True),
+        ([_probe(0.6, 0.4), _probe(0.3, 0.01)], 0, False),  # a layer beats the baselines
+        ([_probe(0.3, 0.4)], 0, False),  # length does not separate the rounds
+        ([_probe(0.6, 0.4)], 2, False),  # reported as features
+        ([], 0, False),
+    ],
+)
+def test_length_effect_needs_length_baselines_and_no_features(probes, n_stable, met):
+    assert length_effect(probes, n_stable)["met"] is met
+
+
+def test_study_verdicts_by_kind():
+    motif = {"kind": "motif", "analyses": [_analysis(3), _analysis(2, hit=True)]}
+    assert study_verdict(motif) == {
+        "met": True,
+        "analyses": ["base/base"],
+        "stable_changed_features": 5,
+    }
+    assert not study_verdict({"kind": "null", "analyses": [_analysis(1)]})["met"]
+
+
+def test_class_target_reads_precision_not_enrichment():
+    """A feature firing only on K/R where they are 20% of residues is 5x enriched at most: the
+    class target asks for >= 80% of its firings on the class instead."""
+    occ = np.full(10, -1)
+    occ[[0, 1]] = [0, 1]  # 2 of 10 residues planted
+    codes = np.zeros((10, 2))
+    codes[[0, 1, 2], 0] = 1.0  # 2 of 3 firings on the class: precision 0.67
+    codes[[0], 1] = 1.0  # precision 1.0, coverage 0.5
+    match = match_features(codes, TokenSet(np.zeros((10, 1)), occ, 2))
+    table = pd.DataFrame(
+        {
+            "feature": [0, 1],
+            "analysis": "base",
+            "rank": [1, 2],
+            "changed": True,
+            "change": "up",
+            "stable": True,
+            "stability": 1.0,
+            "change_replication": 1.0,
+            "log2_fold_change": 1.0,
+            "q_value": 0.01,
+        }
+    )
+    score = score_analysis("s", "base", "base", table, match, target_for("composition"))
+    assert score.qualifying == 1 and score.qualifying_best_rank == 2
+    assert score.first_changed_rank_in_target
+    assert target_for("length") is None
 
 
 @pytest.fixture(scope="module")
