@@ -113,8 +113,20 @@ def targets_table(scores: Mapping[str, Any]) -> list[str]:
 
 def summary_markdown(scores: Mapping[str, Any]) -> str:
     studies = scores["studies"]
+    run = scores.get("run")
+    cost = (
+        [
+            f"This run: {run['seconds'] / 60:.1f} min wall, {run['cpu_seconds'] / 60:.1f} CPU min "
+            f"(training and workflows), at least {run['idle_seconds_bound'] / 60:.1f} min on "
+            f"{run['cores']} idle cores.",
+            "",
+        ]
+        if run
+        else []
+    )
     return "\n".join(
         [
+            *cost,
             "## Targets",
             "",
             *targets_table(scores),

@@ -1,13 +1,11 @@
 """The CI-sized validation suite (validation/, `make validate-ci`) run for real: a planted-motif
 study and a null study through the whole workflow, scored.
 
-BASELINE, not the issue's targets: this asserts what today's diff achieves (VALIDATION.md), so
-that a regression shows and the next session can tighten it. Today the null study calls no
-stable changed feature, and the planted study's motif is sampled, found by a feature of the SAE
-(its coverage and enrichment computed) and placed somewhere in the ranking. The issue's target,
-to assert once the evidence statistics (plmdiff.diff.evidence) are wired into the diff job: in
-at least one analysis a feature with coverage >= 0.5 and enrichment >= 5 ranks in the top 5,
-called changed and stable (`first_changed_rank_in_target`).
+The issue's targets (VALIDATION.md): the null study calls no stable changed feature; the
+planted motif is carried by >= 30% of the last round's kept samples, and in at least one
+analysis a feature with coverage >= 0.5 and enrichment >= 5 ranks in the top 5, called changed
+and stable. The fold-change cut of the diff before the evidence call (plmdiff.diff.evidence)
+misses it (VALIDATION.md, "Results").
 """
 
 from __future__ import annotations
@@ -172,7 +170,7 @@ def test_class_target_reads_precision_not_enrichment():
 def ci_scores(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("validation")
     assert run_validation(["--suite", "ci", "--work", str(work)]) == 0
-    return json.loads((work / "ci" / "scores.json").read_text())
+    return json.loads((work / "ci" / "scores.json").read_text())["studies"]
 
 
 @pytest.mark.workflow
@@ -182,17 +180,35 @@ def test_null_study_calls_no_stable_feature(ci_scores):
     assert null["analyses"], "the null study was scored on no analysis"
     called = {a["analysis"]: a["n_stable_changed"] for a in null["analyses"]}
     assert all(n == 0 for n in called.values()), f"stable changes called in the null: {called}"
+    assert null["verdict"]["met"]
     assert all(p["margin"] < 0.25 for p in null["probes"]), null["probes"]
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_planted_motif_is_sampled_and_its_feature_scored(ci_scores):
+def test_planted_motif_is_learned_and_its_feature_scored(ci_scores):
+    """The rounds carry the motif at the issue's rates (>= 30% of the last round's kept
+    samples), and the SAE has a feature for it."""
     motif = ci_scores["ci_motif_gpt2"]
     shares = [motif["samples"][m]["motif_share"] for m in ("r0", "r1", "r2")]
-    assert shares[0] < 0.05 < shares[2], f"motif share per round: {shares}"
+    assert shares[0] < 0.05 and shares[0] < shares[1] < shares[2], f"motif share: {shares}"
+    assert shares[2] >= 0.3, f"the last round carries the motif in {shares[2]:.0%} only"
     for a in motif["analyses"]:
         assert a["best_feature"] >= 0 and a["best_rank"] >= 1
         assert 0 <= a["best_coverage"] <= 1 and not math.isnan(a["best_enrichment"])
-    # Baseline: some feature of some analysis is specific to the motif (the SAE sees it).
-    assert max(a["best_enrichment"] for a in motif["analyses"]) >= 5
+    assert any(a["qualifying"] for a in motif["analyses"]), motif["analyses"]
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_planted_motif_meets_the_issue_target(ci_scores):
+    """The issue's target: in at least one analysis a feature that fires in >= 50% of the
+    motif's occurrences, >= 5x enriched on motif positions, ranks in the top 5, called changed
+    and stable (validation.scoring.MOTIF_TARGET)."""
+    motif = ci_scores["ci_motif_gpt2"]
+    rows = [
+        {k: a[k] for k in ("analysis", "qualifying", "qualifying_best_rank", "best_rank")}
+        | {"called": a["best_changed"], "stable": a["best_stable"]}
+        for a in motif["analyses"]
+    ]
+    assert motif["verdict"]["met"], f"no analysis meets the target: {rows}"
