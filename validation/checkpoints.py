@@ -154,12 +154,13 @@ def build_key(
     cfg: LMTrainingConfig,
     from_base: bool,
 ) -> dict[str, Any]:
-    """What a study's checkpoints depend on: the base, every round's data, the settings."""
+    """What a study's checkpoints depend on: the base's weights, every round's data, the
+    settings (not where they lie: a moved work directory is reused)."""
     data = hashlib.sha256()
     for seqs in round_data:
         data.update(b"\0null" if seqs is None else "\n".join(seqs).encode() + b"\0")
     return {
-        "base": str(base.resolve()),
+        "base": hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest(),
         "data": data.hexdigest(),
         "training": asdict(cfg),
         "from_base": from_base,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -168,7 +170,9 @@ def test_class_target_reads_precision_not_enrichment():
 
 @pytest.fixture(scope="module")
 def ci_scores(tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("validation")
+    # VALIDATION_CI_WORK: a work directory of `make validate-ci` whose finished checkpoints and
+    # workflow outputs are reused (the suite re-runs only what changed).
+    work = Path(os.environ.get("VALIDATION_CI_WORK") or tmp_path_factory.mktemp("validation"))
     assert run_validation(["--suite", "ci", "--work", str(work)]) == 0
     return json.loads((work / "ci" / "scores.json").read_text())["studies"]
 
