@@ -145,6 +145,8 @@ LENSES = ("base", "self")
 ROUND_STEPS = 800
 ROUND_LR = 5e-3
 SHIFT_STEPS = 200
+# The CI motif at lr 2e-3 (measured: 18% / 54% of the kept samples), enough for its >= 30%.
+CI_ROUND_LR = 2e-3
 NULL_SEEDS = 10
 
 
@@ -215,7 +217,7 @@ def ci_suite() -> Suite:
         shape=SHAPE,
         base_steps=200,
         round_steps=ROUND_STEPS,
-        round_lr=ROUND_LR,
+        round_lr=CI_ROUND_LR,
         rounds_from_base=True,
         n_sequences=120,
         kfold=3,
