@@ -164,7 +164,7 @@ def full_suite() -> Suite:
             motif=MOTIF_GPT2,
             embedders=LENSES,  # the one study seen through both lenses (time)
         ),
-        Study("motif_moderate_llama", "motif", "llama", (0.3, 0.65), seed=3, motif=MOTIF_LLAMA),
+        Study("motif_moderate_llama", "motif", "llama", (0.2, 0.4), seed=3, motif=MOTIF_LLAMA),
         Study(
             "composition_gpt2",
             "composition",
