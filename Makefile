@@ -47,7 +47,7 @@ dag: venv
 clean-demo:
 	rm -rf results/ logs/ benchmarks/
 
-.PHONY: validate validate-ci
+.PHONY: validate validate-ci validate-calibrate
 
 ## Runs the validation suite: small studies with a known answer through the workflow, scored (VALIDATION.md).
 validate: venv
@@ -56,3 +56,7 @@ validate: venv
 ## The CI-sized validation: one planted-motif and one null study (a few minutes).
 validate-ci: venv
 	python -m validation.run --suite ci --cores $(CORES)
+
+## What the suite's rounds learned, cheaply: train and sample only (validation/work/full/calibration.md).
+validate-calibrate: venv
+	nice -n 5 python -m validation.calibrate --suite full

@@ -9,9 +9,11 @@ plmdiff.testing.checkpoints and trained by plmdiff.models.lm_training.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,27 +113,55 @@ def build_rounds(
     arch: Architecture,
     round_data: Sequence[Sequence[str] | None],
     cfg: LMTrainingConfig,
+    from_base: bool = False,
 ) -> list[Path]:
-    """The base checkpoint's copy and one checkpoint per round, each round fine-tuned from the
-    one before (as DPO rounds are). A round whose data is None is a copy of the base (null).
+    """The base checkpoint's copy and one checkpoint per round. A round is fine-tuned from the
+    one before (as DPO rounds are) or, with `from_base`, from the base on its own data, so its
+    samples reflect its round's rate rather than the sum of every earlier round's training. A
+    round whose data is None is a copy of the base (null).
 
-    Existing checkpoint directories are reused, so a re-run only re-runs the workflow.
+    Checkpoints are reused when they were built from the same data and settings (`built.json`
+    records a fingerprint of both), so a re-run only re-runs the workflow.
     """
     out = [directory / f"round{i}" for i in range(len(round_data) + 1)]
-    if all(p.is_dir() for p in out):
+    stamp = directory / "built.json"
+    key = build_key(base, round_data, cfg, from_base)
+    if all(p.is_dir() for p in out) and stamp.is_file() and json.loads(stamp.read_text()) == key:
         return out
-    for p in out:  # a half-built study is rebuilt from scratch
-        if p.exists():
+    for p in [*out, stamp]:  # a half-built or differently built study is rebuilt from scratch
+        if p.is_dir():
             shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
     shutil.copytree(base, out[0])
     tokenizer = tokenizer_for(arch)
-    model = load_model(base)
+    model = None
     for i, data in enumerate(round_data, start=1):
         if data is None:
             shutil.copytree(base, out[i])
             continue
-        train(
-            model, arch, tokenizer, data, LMTrainingConfig(**{**cfg.__dict__, "seed": cfg.seed + i})
-        )
+        if model is None or from_base:
+            model = load_model(base)
+        train(model, arch, tokenizer, data, replace(cfg, seed=cfg.seed + i))
         save_checkpoint(model, tokenizer, out[i])
+    stamp.write_text(json.dumps(key))
     return out
+
+
+def build_key(
+    base: Path,
+    round_data: Sequence[Sequence[str] | None],
+    cfg: LMTrainingConfig,
+    from_base: bool,
+) -> dict[str, Any]:
+    """What a study's checkpoints depend on: the base's weights, every round's data, the
+    settings (not where they lie: a moved work directory is reused)."""
+    data = hashlib.sha256()
+    for seqs in round_data:
+        data.update(b"\0null" if seqs is None else "\n".join(seqs).encode() + b"\0")
+    return {
+        "base": hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest(),
+        "data": data.hexdigest(),
+        "training": asdict(cfg),
+        "from_base": from_base,
+    }

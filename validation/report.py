@@ -16,7 +16,7 @@ def _fmt(value: Any) -> str:
 
 def samples_table(saved: Mapping[str, Any]) -> list[str]:
     lines = [
-        "| study | kind | arch | r0 | r1 | r2 | probe margin (best) | base SAE FVU / L0 / dead | minutes |",
+        "| study | kind | arch | r0 | r1 | r2 | probe margin (best) | base SAE FVU / L0 / dead | minutes (wall / CPU) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in saved.items():
@@ -33,7 +33,11 @@ def samples_table(saved: Mapping[str, Any]) -> list[str]:
             f"{f['embedder']}: {_fmt(f['fvu'])} / {_fmt(f['l0'])} / {_fmt(f['dead_fraction'])}"
             for f in s["sae_fit"]
         )
-        minutes = f"{s['seconds'] / 60:.1f}" if s.get("seconds") else "-"
+        minutes = (
+            f"{s['seconds'] / 60:.1f} / {s['cpu_seconds'] / 60:.1f}"
+            if s.get("cpu_seconds")
+            else "-"
+        )
         lines.append(
             f"| {name} | {s['kind']} | {s['arch']} | {' | '.join(cells)} | "
             f"{margin['accuracy']:.2f} vs perm {margin['permutation_mean']:.2f} ({margin['embedder']}/{margin['pooling']}) | {fit} | {minutes} |"
@@ -51,6 +55,7 @@ ANALYSIS_COLUMNS = (
     "best_rank",
     "best_coverage",
     "best_enrichment",
+    "best_precision",
     "best_changed",
     "best_stable",
     "best_change_replication",
@@ -76,16 +81,64 @@ def analyses_table(saved: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def summary_markdown(saved: Mapping[str, Any]) -> str:
+def verdict_cell(study: Mapping[str, Any]) -> str:
+    v = study["verdict"]
+    if study["kind"] in ("motif", "composition"):
+        where = ", ".join(v["analyses"]) or "no analysis"
+        return f"{where}; {v['stable_changed_features']} stable changed features"
+    if study["kind"] == "length":
+        return (
+            f"length baseline separates the rounds: {_fmt(v['length_separates'])}; "
+            f"every layer explained by the baselines: {_fmt(v['layers_explained_by_baselines'])}; "
+            f"{v['stable_changed_features']} stable changed features"
+        )
+    return f"{v['stable_changed_features']} stable changed features"
+
+
+def targets_table(scores: Mapping[str, Any]) -> list[str]:
+    """The issue's targets: one line per study, then the nulls' false discovery proportion."""
+    lines = ["| study | kind | target met | evidence |", "|---|---|---|---|"]
+    for name, s in scores["studies"].items():
+        lines.append(f"| {name} | {s['kind']} | {_fmt(s['verdict']['met'])} | {verdict_cell(s)} |")
+    f = scores["null_fdp"]
+    if f["seeds"]:
+        lines += [
+            "",
+            f"Null studies: {f['seeds_with_stable_call']} of {f['seeds']} seeds call a stable "
+            f"changed feature ({f['stable_calls']} calls in all): realised false discovery "
+            f"proportion {f['fdp']:.2f}, Clopper-Pearson 95% [{f['ci_low']:.2f}, "
+            f"{f['ci_high']:.2f}]; target (>= 10 seeds, <= 0.05) met: {_fmt(f['met'])}.",
+        ]
+    return lines
+
+
+def summary_markdown(scores: Mapping[str, Any]) -> str:
+    studies = scores["studies"]
+    run = scores.get("run")
+    cost = (
+        [
+            f"This run: {run['seconds'] / 60:.1f} min wall, {run['cpu_seconds'] / 60:.1f} CPU min "
+            f"(training and workflows), at least {run['idle_seconds_bound'] / 60:.1f} min on "
+            f"{run['cores']} idle cores.",
+            "",
+        ]
+        if run
+        else []
+    )
     return "\n".join(
         [
+            *cost,
+            "## Targets",
+            "",
+            *targets_table(scores),
+            "",
             "## Studies",
             "",
-            *samples_table(saved),
+            *samples_table(studies),
             "",
             "## Analyses (best-matching feature of each)",
             "",
-            *analyses_table(saved),
+            *analyses_table(studies),
             "",
         ]
     )

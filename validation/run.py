@@ -6,7 +6,8 @@
 
 Work goes to `validation/work/<suite>/<study>/` (checkpoints, the workflow's outputs, logs):
 checkpoints and finished workflow outputs are reused by a re-run. Scores go to
-`validation/work/<suite>/scores.json` and a readable `summary.md`.
+`validation/work/<suite>/scores.json` (`studies`: every study's scores and verdict; `null_fdp`:
+the null studies' realised false discovery proportion) and a readable `summary.md`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from validation import scoring
 from validation.checkpoints import PROMPT_FORMAT, build_base, build_rounds
 from validation.report import summary_markdown
 from validation.studies import SUITES, Study, Suite
+from validation.verdicts import null_fdp, study_verdict
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "validation" / "work"
@@ -53,6 +58,7 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
             "batch_size": 64,
             "max_length": study.crop + 24,
             "seed": study.seed,
+            **suite.sampling,
         },
         "filter": {"min_length": 10, "dedupe": True, "min_sequences": 20},
         "activations": {
@@ -102,7 +108,12 @@ def training_configs(study: Study, suite: Suite) -> tuple[LMTrainingConfig, LMTr
     """(base, round) training settings."""
     common = dict(batch_size=32, warmup_fraction=0.05, epochs=100)
     base = LMTrainingConfig(**common, lr=2e-3, seed=0, max_steps=suite.base_steps)
-    rounds = LMTrainingConfig(**common, lr=2e-3, seed=study.seed, max_steps=suite.round_steps)
+    rounds = LMTrainingConfig(
+        **common,
+        lr=suite.round_lr,
+        seed=study.seed,
+        max_steps=study.round_steps or suite.round_steps,
+    )
     return base, rounds
 
 
@@ -122,12 +133,19 @@ def build(study: Study, suite: Suite, root: Path, workdir: Path) -> list[Path]:
         base_cfg,
     )
     return build_rounds(
-        workdir / "checkpoints", base, study.arch, study.round_data(family), round_cfg
+        workdir / "checkpoints",
+        base,
+        study.arch,
+        study.round_data(family),
+        round_cfg,
+        from_base=suite.rounds_from_base,
     )
 
 
-def run_workflow(workdir: Path, configfile: Path, wanted: list[str], cores: int) -> None:
-    """snakemake on the study, as a user runs it (and as tests/conftest.py run_snakemake does)."""
+def run_workflow(workdir: Path, configfile: Path, wanted: list[str], cores: int) -> float:
+    """snakemake on the study, as a user runs it (and as tests/conftest.py run_snakemake does);
+    returns the CPU seconds of snakemake and every job it ran (they are its waited-for
+    descendants): on a shared machine the study's cost, where wall time measures the load."""
     bindir = Path(sys.executable).parent
     cmd = [
         str(bindir / "snakemake"),
@@ -143,36 +161,70 @@ def run_workflow(workdir: Path, configfile: Path, wanted: list[str], cores: int)
     ]
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(workdir / "snakemake.log", "w") as logfile:
-        proc = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = (workdir / "snakemake.log").read_text()[-3000:]
         raise RuntimeError(f"snakemake failed on {workdir} ({proc.returncode}):\n{tail}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process, every thread (torch's included)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one study cost: wall seconds, CPU seconds of training and of the workflow."""
+
+    seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
+    workflow_cpu_seconds: float = 0.0
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.train_cpu_seconds + self.workflow_cpu_seconds
+
+
+def prepare(study: Study, suite: Suite, root: Path) -> tuple[Path, float]:
+    """Build (or reuse) the study's checkpoints and write its workflow config; returns the
+    config file and the training's CPU seconds (run one study at a time, so that the process's
+    CPU time is this study's)."""
+    workdir = root / study.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    cpu = own_cpu_seconds()
+    checkpoints = build(study, suite, root, workdir)
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(study_config(study, suite, checkpoints), sort_keys=False))
+    return configfile, own_cpu_seconds() - cpu
+
+
+def execute(study: Study, suite: Suite, configfile: Path, cores: int) -> tuple[float, float]:
+    """The study's workflow: (wall seconds, CPU seconds)."""
+    start = time.monotonic()
+    cpu = run_workflow(configfile.parent, configfile, targets(study, suite), cores)
+    log.info(
+        "study %s: workflow done in %.0f s (%.0f CPU s)", study.name, time.monotonic() - start, cpu
+    )
+    return time.monotonic() - start, cpu
 
 
 @dataclass(frozen=True)
 class StudyResult:
     study: Study
-    seconds: float
     samples: dict
     probes: list
     sae_fit: list
     analyses: list
 
 
-def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bool) -> StudyResult:
+def score_study(study: Study, suite: Suite, root: Path) -> StudyResult:
+    """Score a study whose workflow has finished (validation.scoring)."""
     workdir = root / study.name
-    workdir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    if not score_only:
-        checkpoints = build(study, suite, root, workdir)
-        configfile = workdir / "config.yaml"
-        configfile.write_text(
-            yaml.safe_dump(study_config(study, suite, checkpoints), sort_keys=False)
-        )
-        run_workflow(workdir, configfile, targets(study, suite), cores)
-    elapsed = time.monotonic() - start
     planted = study.planted()
-    top = 10 if study.kind == "composition" else 5
     analyses = []
     lenses = lens_dirs(study)
     for lens, embedder in lenses.items():
@@ -184,13 +236,11 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
             MODELS,
             planted,
             study.kind,
-            top,
             suite.families,
             lens,
         )
     return StudyResult(
         study=study,
-        seconds=elapsed,
         samples=scoring.sample_summary(workdir, MODELS, planted, study.kind),
         probes=scoring.probe_margins(workdir, lenses),
         sae_fit=scoring.sae_fit(workdir, lenses, suite.layer),
@@ -198,11 +248,34 @@ def run_study(study: Study, suite: Suite, root: Path, cores: int, score_only: bo
     )
 
 
+def run_studies(
+    studies: Sequence[Study], suite: Suite, root: Path, cores: int, parallel: int
+) -> dict[str, Cost]:
+    """Train every study's checkpoints (one at a time), then run the workflows, `parallel` at a
+    time with cores // parallel cores each: a workflow's jobs mostly run one after another and
+    spend much of their CPU starting Python, so two studies on one core each keep 2 cores
+    busier than one study on 2."""
+    prepared = {}
+    for study in studies:
+        log.info("study %s: %s %s, building checkpoints", study.name, study.kind, study.arch)
+        prepared[study.name] = prepare(study, suite, root)
+    each = max(1, cores // parallel)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        runs = {s.name: pool.submit(execute, s, suite, prepared[s.name][0], each) for s in studies}
+        return {
+            name: Cost(run.result()[0], prepared[name][1], run.result()[1])
+            for name, run in runs.items()
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="full")
     parser.add_argument("--only", nargs="*", default=None, help="study names to run")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--parallel", type=int, default=None, help="studies run at once (default: --cores)"
+    )
     parser.add_argument("--score-only", action="store_true", help="re-score finished studies")
     parser.add_argument("--work", type=Path, default=WORK)
     args = parser.parse_args(argv)
@@ -214,33 +287,62 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--only {', '.join(unknown)}: no such study in suite '{suite.name}'; studies: {', '.join(names)}"
         )
+    selected = [s for s in suite.studies if args.only is None or s.name in args.only]
     root = args.work / suite.name
     root.mkdir(parents=True, exist_ok=True)
     results_path = root / "scores.json"
-    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for study in suite.studies:
-        if args.only is not None and study.name not in args.only:
-            continue
-        log.info("study %s: %s %s", study.name, study.kind, study.arch)
-        result = run_study(study, suite, root, args.cores, args.score_only)
-        saved[study.name] = {
+    scores = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    studies = scores.get("studies", {})
+    start = time.monotonic()
+    costs = (
+        {}
+        if args.score_only
+        else run_studies(selected, suite, root, args.cores, args.parallel or args.cores)
+    )
+    for study in selected:
+        result = score_study(study, suite, root)
+        cost = costs.get(study.name)
+        studies[study.name] = {
             "kind": study.kind,
             "arch": study.arch,
             "rates": list(study.rates),
             "planted": study.planted(),
-            "seconds": result.seconds
-            if not args.score_only
-            else saved.get(study.name, {}).get("seconds"),
+            **(
+                {k: studies.get(study.name, {}).get(k) for k in COST_KEYS}
+                if cost is None
+                else {k: getattr(cost, k) for k in COST_KEYS}
+            ),
             "samples": result.samples,
             "probes": result.probes,
             "sae_fit": result.sae_fit,
             "analyses": result.analyses,
         }
-        results_path.write_text(json.dumps(saved, indent=1, default=float))
-        log.info("study %s done in %.0f s", study.name, result.seconds)
-    (root / "summary.md").write_text(summary_markdown(saved))
+        studies[study.name]["verdict"] = study_verdict(studies[study.name])
+    scores = {
+        "suite": suite.name,
+        "studies": studies,
+        "null_fdp": null_fdp(studies),
+        **({"run": run_summary(costs, time.monotonic() - start, args.cores)} if costs else {}),
+    }
+    results_path.write_text(json.dumps(scores, indent=1, default=float))
+    (root / "summary.md").write_text(summary_markdown(scores))
     print((root / "summary.md").read_text())
     return 0
+
+
+COST_KEYS = ("seconds", "train_cpu_seconds", "workflow_cpu_seconds", "cpu_seconds")
+
+
+def run_summary(costs: Mapping[str, Cost], seconds: float, cores: int) -> dict[str, float]:
+    """This run's wall seconds and CPU seconds, and the wall time the CPU seconds would take
+    on `cores` idle cores (a lower bound: it assumes every core busy all the time)."""
+    cpu = sum(c.cpu_seconds for c in costs.values())
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "cores": cores,
+        "idle_seconds_bound": cpu / cores,
+    }
 
 
 if __name__ == "__main__":

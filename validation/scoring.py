@@ -20,14 +20,37 @@ from plmdiff.activations.readers import iter_token_batches
 from plmdiff.config import paths
 from plmdiff.core.fasta import read_fasta
 from plmdiff.diff.feature_stats import FeatureStats
+from plmdiff.probes.baselines import LENGTH as LENGTH_BASELINE
 from plmdiff.sae.training import load_sae
 
 # Which SAE encodes the rounds in each analysis (plmdiff.diff.analyses.family_analyses).
 FAMILIES = (paths.BASE_FAMILY, paths.PER_MODEL_FAMILY, paths.POOLED_FAMILY)
-# The issue's target for a planted feature: fires in >= half of the occurrences, its firings
-# >= 5x enriched on planted positions, top 5 (top 10 for a residue class).
-MIN_COVERAGE = 0.5
-MIN_ENRICHMENT = 5.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a feature must show to count as the planted change, and how high it must rank
+    (called changed and stable as well)."""
+
+    top: int
+    min_coverage: float
+    min_enrichment: float = 0.0
+    min_precision: float = 0.0
+
+
+# The issue's target for a planted motif: fires in >= half of the occurrences, its firings >= 5x
+# enriched on motif positions, top 5.
+MOTIF_TARGET = Target(top=5, min_coverage=0.5, min_enrichment=5.0)
+# A residue-class feature, top 10. Enrichment cannot carry the bar here: K and R are 8% of the
+# family's residues and ~20% of a round enriched at 12%, so even a feature firing only on them is
+# < 5x enriched. Instead >= 80% of its firings are on the class, and it covers >= 25% of the
+# class's residues (a feature for K alone or R alone covers part of the class, and counts).
+CLASS_TARGET = Target(top=10, min_coverage=0.25, min_precision=0.8)
+
+
+def target_for(kind: str) -> Target | None:
+    """The feature-level target of a study kind (None: nothing residue-level is planted)."""
+    return {"motif": MOTIF_TARGET, "composition": CLASS_TARGET}.get(kind)
 
 
 @dataclass(frozen=True)
@@ -136,6 +159,7 @@ class AnalysisScore:
     best_rank: int
     best_coverage: float
     best_enrichment: float
+    best_precision: float
     best_changed: bool
     best_change: str
     best_stable: bool
@@ -145,7 +169,8 @@ class AnalysisScore:
     best_q_value: float
     qualifying: int  # features meeting the coverage and enrichment targets
     qualifying_best_rank: int  # best rank among them (0: none)
-    first_changed_rank_in_target: bool  # a qualifying feature in the top 5, called, stable
+    # a qualifying feature in the target's top (5; 10 for a class), called and stable
+    first_changed_rank_in_target: bool
     n_occurrences: int = 0  # planted occurrences in the held-out sequences scored
     # The fold change the call reads (gamma-Poisson posterior, plmdiff.diff.evidence).
     best_posterior_log2_fold_change: float = np.nan
@@ -163,7 +188,7 @@ def score_analysis(
     family: str,
     table: pd.DataFrame,
     match: FeatureMatch | None,
-    top: int,
+    target: Target | None,
 ) -> AnalysisScore:
     """The best-matching feature's place in one analysis's ranked feature table."""
     table = table.sort_values("feature").reset_index(drop=True)
@@ -177,13 +202,14 @@ def score_analysis(
         n_changed=int(table["changed"].sum()),
         n_stable_changed=int(sc.sum()),
     )
-    if match is None:
+    if match is None or target is None:
         return AnalysisScore(
             **base,
             best_feature=-1,
             best_rank=0,
             best_coverage=np.nan,
             best_enrichment=np.nan,
+            best_precision=np.nan,
             best_changed=False,
             best_change="",
             best_stable=False,
@@ -197,16 +223,21 @@ def score_analysis(
         )
     # Best match: fires on most occurrences AND mostly on them (coverage x precision).
     best = int(np.argmax(match.coverage * match.precision))
-    ok = (match.coverage >= MIN_COVERAGE) & (match.enrichment >= MIN_ENRICHMENT)
+    ok = (
+        (match.coverage >= target.min_coverage)
+        & (match.enrichment >= target.min_enrichment)
+        & (match.precision >= target.min_precision)
+    )
     ranks = table["rank"].to_numpy()
     row = table.iloc[best]
-    target = ok & (ranks <= top) & sc
+    met = ok & (ranks <= target.top) & sc
     return AnalysisScore(
         **base,
         best_feature=best,
         best_rank=int(row["rank"]),
         best_coverage=float(match.coverage[best]),
         best_enrichment=float(match.enrichment[best]),
+        best_precision=float(match.precision[best]),
         best_changed=bool(row["changed"]),
         best_change=str(row.get("change", "")),
         best_stable=bool(sc[best]),
@@ -216,7 +247,7 @@ def score_analysis(
         best_q_value=float(row["q_value"]),
         qualifying=int(ok.sum()),
         qualifying_best_rank=int(ranks[ok].min()) if ok.any() else 0,
-        first_changed_rank_in_target=bool(target.any()),
+        first_changed_rank_in_target=bool(met.any()),
         n_occurrences=match.n_occurrences,
         best_posterior_log2_fold_change=float(row["posterior_log2_fold_change"]),
     )
@@ -239,7 +270,6 @@ def score_embedder(
     models: Sequence[str],
     planted: str,
     kind: str,
-    top: int,
     families: Sequence[str] = FAMILIES,
     lens: str = "",
 ) -> list[AnalysisScore]:
@@ -263,55 +293,77 @@ def score_embedder(
                 )
                 codes = encode(workdir / paths.sae_dir(embedder, lid, scheme, 0), tokens.act)
                 match = match_features(codes, tokens)
-            scores.append(score_analysis(study, lens or embedder, family, table, match, top))
+            scores.append(
+                score_analysis(study, lens or embedder, family, table, match, target_for(kind))
+            )
     return scores
+
+
+def carried(sequences: Sequence[str], planted: str, kind: str) -> dict[str, float]:
+    """What a model's kept sequences carry: count, mean length, and the share carrying the
+    motif / the residue class's share of residues."""
+    row = {"n": len(sequences), "mean_length": float(np.mean([len(s) for s in sequences]))}
+    if kind == "motif":
+        row["motif_share"] = float(np.mean([planted in s for s in sequences]))
+    if kind == "composition":
+        text = "".join(sequences)
+        row["class_share"] = float(sum(text.count(c) for c in planted) / max(1, len(text)))
+    return row
 
 
 def sample_summary(
     workdir: Path, models: Sequence[str], planted: str, kind: str
 ) -> dict[str, dict[str, float]]:
-    """Per model: kept sequences, mean length, share carrying the motif / residue-class share."""
-    out = {}
-    for model in models:
-        seqs = [e.sequence for e in read_fasta(workdir / paths.fasta(model))]
-        row = {"n": len(seqs), "mean_length": float(np.mean([len(s) for s in seqs]))}
-        if kind == "motif":
-            row["motif_share"] = float(np.mean([planted in s for s in seqs]))
-        if kind == "composition":
-            text = "".join(seqs)
-            row["class_share"] = float(sum(text.count(c) for c in planted) / max(1, len(text)))
-        out[model] = row
-    return out
+    """Per model: what its kept sequences (the workflow's FASTA) carry (`carried`)."""
+    return {
+        model: carried(
+            [e.sequence for e in read_fasta(workdir / paths.fasta(model))], planted, kind
+        )
+        for model in models
+    }
 
 
 def probe_margins(workdir: Path, lenses: Mapping[str, str]) -> list[dict[str, float | str]]:
-    """Best layer's balanced accuracy against chance, the permutation mean and the best
-    baseline (length, composition, layer 0), per lens x pooling (`lenses`: label -> embedder
-    directory). The `self` lens has no probes: its rounds are embedded by different models."""
+    """Per lens x pooling: the best layer's balanced accuracy against chance, the permutation
+    mean and the best baseline; the length baseline's accuracy and its bootstrap CI; the
+    smallest family-wise p of any layer's margin over the best baseline (`lenses`: label ->
+    embedder directory). The `self` lens has no probes: its rounds are embedded by different
+    models."""
     rows: list[dict[str, float | str]] = []
     for label, embedder in lenses.items():
         for pooling in ("last", "mean"):
             path = workdir / paths.probe_file(embedder, pooling, "accuracy.tsv")
-            if not path.is_file():
-                continue
-            acc = pd.read_csv(path, sep="\t")
-            layers = acc[acc["layer"].notna()]
-            best = layers.loc[layers["balanced_accuracy"].idxmax()]
-            rows.append(
-                {
-                    "embedder": label,
-                    "pooling": pooling,
-                    "layer": int(best["layer"]),
-                    "accuracy": float(best["balanced_accuracy"]),
-                    "chance": float(best["chance"]),
-                    "permutation_mean": float(best["permutation_mean"]),
-                    "margin": float(best["balanced_accuracy"] - best["permutation_mean"]),
-                    "baseline": str(best["best_baseline"]),
-                    "baseline_margin": float(best["margin"]),
-                    "baseline_margin_p_fwer": float(best["margin_p_fwer"]),
-                }
-            )
+            if path.is_file():
+                rows.append(
+                    {
+                        "embedder": label,
+                        "pooling": pooling,
+                        **probe_row(pd.read_csv(path, sep="\t")),
+                    }
+                )
     return rows
+
+
+def probe_row(acc: pd.DataFrame) -> dict[str, float | str]:
+    """What the scores read from one probes accuracy table (plmdiff.probes.probes)."""
+    layers = acc[acc["layer"].notna()]
+    best = layers.loc[layers["balanced_accuracy"].idxmax()]
+    length = acc[acc["features"] == LENGTH_BASELINE]
+    return {
+        "layer": int(best["layer"]),
+        "accuracy": float(best["balanced_accuracy"]),
+        "chance": float(best["chance"]),
+        "permutation_mean": float(best["permutation_mean"]),
+        "margin": float(best["balanced_accuracy"] - best["permutation_mean"]),
+        "baseline": str(best["best_baseline"]),
+        "baseline_margin": float(best["margin"]),
+        "baseline_margin_p_fwer": float(best["margin_p_fwer"]),
+        "min_baseline_margin_p_fwer": float(layers["margin_p_fwer"].min()),
+        "length_accuracy": float(length["balanced_accuracy"].iloc[0]) if len(length) else np.nan,
+        "length_ci_low": (
+            float(length["balanced_accuracy_ci_low"].iloc[0]) if len(length) else np.nan
+        ),
+    }
 
 
 def sae_fit(workdir: Path, lenses: Mapping[str, str], layer: int) -> list[dict[str, float | str]]:

@@ -12,9 +12,9 @@ Every transform keeps the family's sequences and changes one thing, with a rate 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from validation.checkpoints import Architecture, ModelShape
 
@@ -67,6 +67,9 @@ class Study:
     crop: int = 64
     embedders: tuple[str, ...] = ("base",)
     notes: str = ""
+    # Steps of each round's training, when not the suite's (a composition or length shift is
+    # learned in far fewer steps than a motif).
+    round_steps: int | None = None
 
     def round_data(self, family: Sequence[str]) -> list[list[str] | None]:
         """Fine-tuning sequences of every round (None: a copy of the base checkpoint)."""
@@ -111,6 +114,11 @@ class Suite:
     k: int
     layer: int
     probe_permutations: int
+    round_lr: float = 2e-3
+    # Rounds trained from the base on their own data (True) or each from the one before.
+    rounds_from_base: bool = False
+    # Sampling keys that override the workflow's defaults in every study's config.
+    sampling: Mapping[str, Any] = field(default_factory=dict)
     # SAE schemes (sae.schemes): every scheme is kfold SAE jobs and kfold feature_stats jobs
     # per lens, most of a study's time; 'per_model' is left out at suite size.
     schemes: tuple[str, ...] = ("base", "pooled")
@@ -119,8 +127,6 @@ class Suite:
     def families(self) -> tuple[str, ...]:
         """Diff families: one per SAE scheme, of the same name (plmdiff.config.paths)."""
         return self.schemes
-
-    extra: dict = field(default_factory=dict)
 
 
 SHAPE = ModelShape(n_layer=2, n_embd=48, n_head=4, n_positions=128)
@@ -133,33 +139,52 @@ MOTIF_LLAMA = "MCWFY"
 LENSES = ("base", "self")
 
 
+# Round training, measured by `validation.calibrate` (VALIDATION.md, "Calibration"): 60 steps
+# chained from the previous round at lr 2e-3 left the motif in 0-13% of the samples; each round
+# trained from the base for 800 steps at lr 5e-3 learns it at the issue's rates.
+ROUND_STEPS = 800
+ROUND_LR = 5e-3
+SHIFT_STEPS = 200
+# The CI motif at lr 2e-3 (measured: 18% / 54% of the kept samples), enough for its >= 30%.
+CI_ROUND_LR = 2e-3
+NULL_SEEDS = 10
+
+
 def full_suite() -> Suite:
-    """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, 3 null seeds;
-    ordered so that an interrupted run has scored the studies that matter most."""
+    """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, and NULL_SEEDS
+    null studies (no training: their cost is the workflow's alone)."""
     studies = (
         Study("motif_strong_gpt2", "motif", "gpt2", (0.4, 0.8), seed=1, motif=MOTIF_GPT2),
         Study(
             "motif_moderate_gpt2",
             "motif",
             "gpt2",
-            (0.15, 0.35),
+            (0.25, 0.55),
             seed=2,
             motif=MOTIF_GPT2,
             embedders=LENSES,  # the one study seen through both lenses (time)
         ),
-        Study("null_gpt2_s0", "null", "gpt2", (0, 0), seed=10),
-        Study("motif_moderate_llama", "motif", "llama", (0.2, 0.45), seed=3, motif=MOTIF_LLAMA),
-        Study("composition_gpt2", "composition", "gpt2", (0.06, 0.12), seed=4, residue_class="KR"),
-        Study("length_gpt2", "length", "gpt2", (48, 34), seed=5),
-        Study("null_gpt2_s1", "null", "gpt2", (0, 0), seed=11),
-        Study("null_gpt2_s2", "null", "gpt2", (0, 0), seed=12),
+        Study("motif_moderate_llama", "motif", "llama", (0.2, 0.4), seed=3, motif=MOTIF_LLAMA),
+        Study(
+            "composition_gpt2",
+            "composition",
+            "gpt2",
+            (0.06, 0.12),
+            seed=4,
+            residue_class="KR",
+            round_steps=SHIFT_STEPS,
+        ),
+        Study("length_gpt2", "length", "gpt2", (48, 34), seed=5, round_steps=SHIFT_STEPS),
+        *(Study(f"null_gpt2_s{i}", "null", "gpt2", (0, 0), seed=10 + i) for i in range(NULL_SEEDS)),
     )
     return Suite(
         name="full",
         studies=studies,
         shape=SHAPE,
         base_steps=200,
-        round_steps=60,
+        round_steps=ROUND_STEPS,
+        round_lr=ROUND_LR,
+        rounds_from_base=True,
         n_sequences=160,
         kfold=3,
         sae_tokens=40000,
@@ -172,7 +197,8 @@ def full_suite() -> Suite:
 
 
 def ci_suite() -> Suite:
-    """The planted and null studies at the smallest size that still plants a findable motif."""
+    """The planted and null studies at the smallest size that still plants a findable motif
+    (the last round carries it in >= 30% of its samples)."""
     studies = (
         Study(
             "ci_motif_gpt2",
@@ -190,7 +216,9 @@ def ci_suite() -> Suite:
         studies=studies,
         shape=SHAPE,
         base_steps=200,
-        round_steps=60,
+        round_steps=ROUND_STEPS,
+        round_lr=CI_ROUND_LR,
+        rounds_from_base=True,
         n_sequences=120,
         kfold=3,
         sae_tokens=30000,
