@@ -265,7 +265,6 @@ def diff_sae_file(layer: str, model: str, ext: str) -> str:
     return f"{model_diff_dir()}/layer_{layer}/diff_sae/{model}.{ext}"
 
 
-
 # ----------------------------------------------------------------------------- KL, report
 
 

@@ -56,7 +56,9 @@ def agreement_summary(
                     "directions": len(a),
                     "other_directions": len(b),
                     "matched": int(np.sum(cos >= match_cosine)) if len(b) else 0,
-                    "matched_fraction": float(np.mean(cos >= match_cosine)) if len(a) and len(b) else np.nan,
+                    "matched_fraction": float(np.mean(cos >= match_cosine))
+                    if len(a) and len(b)
+                    else np.nan,
                     "median_max_cosine": float(np.median(cos)) if len(a) and len(b) else np.nan,
                 }
             )

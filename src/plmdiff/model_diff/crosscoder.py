@@ -48,6 +48,10 @@ DECAY_SHARE = 0.2
 class BatchTopKCrosscoder(nn.Module):
     """A BatchTopK crosscoder over `n_models` activation spaces of width `d_model`."""
 
+    scale: torch.Tensor  # buffers: one input scale, the data mean, the inference threshold
+    mean: torch.Tensor
+    threshold: torch.Tensor
+
     def __init__(self, n_models: int, d_model: int, d_dict: int, k: int, *, seed: int = 0) -> None:
         super().__init__()
         if k > d_dict:

@@ -21,8 +21,6 @@ from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import derive_seed, read_json, resolve_device, write_json
 from plmdiff.core.tables import write_parquet, write_table
-from plmdiff.models.checkpoints import CheckpointRecord
-from plmdiff.models.text import PromptFormat
 from plmdiff.model_diff.agreement import agreement_summary, max_cosine
 from plmdiff.model_diff.crosscoder import (
     BatchTopKCrosscoder,
@@ -51,6 +49,8 @@ from plmdiff.model_diff.scaling import (
     top_round_only,
 )
 from plmdiff.model_diff.settings import ModelDiffSettings
+from plmdiff.models.checkpoints import CheckpointRecord
+from plmdiff.models.text import PromptFormat
 from plmdiff.sae.training import load_sae
 
 log = logging.getLogger(__name__)
@@ -173,22 +173,36 @@ def run_crosscoder(
         len(paired.models), paired.d_model, cfg.expansion * paired.d_model, cfg.k, seed=seed
     )
     batches = iter_paired(
-        paired, cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=seed, seq_ids=train,
+        paired,
+        cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=seed,
+        seq_ids=train,
         loop=True,
     )
     log_ = train_crosscoder(
-        model, batches, tokens=cfg.training_tokens, lr=cfg.lr, aux_penalty=cfg.aux_penalty,
-        dead_tokens=cfg.dead_tokens, device=dev,
+        model,
+        batches,
+        tokens=cfg.training_tokens,
+        lr=cfg.lr,
+        aux_penalty=cfg.aux_penalty,
+        dead_tokens=cfg.dead_tokens,
+        device=dev,
     )
-    log.info("crosscoder layer %d: %d steps, %.0f tokens/s", layer, log_.steps,
-             log_.tokens_per_second)
+    log.info(
+        "crosscoder layer %d: %d steps, %.0f tokens/s", layer, log_.steps, log_.tokens_per_second
+    )
     model.eval()
     save_crosscoder(model, outputs["weights"])
-    ev = evaluate(model, iter_paired_rows(paired, seq_ids=held), n_top=cfg.top_examples,
-                  device=dev)
+    ev = evaluate(model, iter_paired_rows(paired, seq_ids=held), n_top=cfg.top_examples, device=dev)
     latents = latent_table(
-        model, ev, list(paired.models), exclusive_cut=cfg.exclusive_cut,
-        shared_width=cfg.shared_width, nu_max=cfg.nu_max, min_firings=cfg.min_firings,
+        model,
+        ev,
+        list(paired.models),
+        exclusive_cut=cfg.exclusive_cut,
+        shared_width=cfg.shared_width,
+        nu_max=cfg.nu_max,
+        min_firings=cfg.min_firings,
     )
     latents.insert(0, "layer", layer)
     write_parquet(latents, outputs["latents"])
@@ -198,8 +212,11 @@ def run_crosscoder(
     top = top_round_only(latents, cfg.top_latents)
     write_table(top, outputs["top"], float_format="%.4g")
     seqs = {e.seq_id: e.sequence for e in read_fasta(sequences)}
-    write_table(latent_examples(top, ev, seqs, n_examples=cfg.top_examples), outputs["examples"],
-                float_format="%.4g")
+    write_table(
+        latent_examples(top, ev, seqs, n_examples=cfg.top_examples),
+        outputs["examples"],
+        float_format="%.4g",
+    )
     write_json(
         outputs["metrics"],
         {
@@ -248,18 +265,31 @@ def run_diff_saes(
         pair = paired.select([base, model_name])
         seed = derive_seed(cfg.seed, "diff_sae", layer, model_name)
         torch.manual_seed(seed)
-        sae = BatchTopKCrosscoder(1, pair.d_model, cfg.diff_expansion * pair.d_model, cfg.diff_k,
-                                  seed=seed)
-        batches = iter_paired(pair, cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
-                              seed=seed, seq_ids=train, loop=True)
+        sae = BatchTopKCrosscoder(
+            1, pair.d_model, cfg.diff_expansion * pair.d_model, cfg.diff_k, seed=seed
+        )
+        batches = iter_paired(
+            pair,
+            cfg.batch_size,
+            shuffle_buffer=cfg.shuffle_buffer,
+            seed=seed,
+            seq_ids=train,
+            loop=True,
+        )
         log_ = train_crosscoder(
-            sae, difference_batches(batches, 1), tokens=cfg.training_tokens, lr=cfg.lr,
-            aux_penalty=cfg.aux_penalty, dead_tokens=cfg.dead_tokens, device=dev,
+            sae,
+            difference_batches(batches, 1),
+            tokens=cfg.training_tokens,
+            lr=cfg.lr,
+            aux_penalty=cfg.aux_penalty,
+            dead_tokens=cfg.dead_tokens,
+            device=dev,
         )
         sae.eval()
         save_crosscoder(sae, weights[model_name])
-        ev = evaluate(sae, difference_rows(iter_paired_rows(pair, seq_ids=held), 1), n_top=1,
-                      device=dev)
+        ev = evaluate(
+            sae, difference_rows(iter_paired_rows(pair, seq_ids=held), 1), n_top=1, device=dev
+        )
         out[model_name] = {
             "layer": layer,
             "model": model_name,
@@ -273,8 +303,13 @@ def run_diff_saes(
             "fires": ev.fires.astype(int).tolist(),
         }
         write_json(metrics[model_name], out[model_name])
-        log.info("diff SAE %s layer %d: FVU %.3f, dead %.2f", model_name, layer,
-                 out[model_name]["fvu"], out[model_name]["dead_fraction"])
+        log.info(
+            "diff SAE %s layer %d: FVU %.3f, dead %.2f",
+            model_name,
+            layer,
+            out[model_name]["fvu"],
+            out[model_name]["dead_fraction"],
+        )
     return out
 
 
@@ -314,8 +349,10 @@ def run_agreement(
     for model_name in models:
         r = 1 + models.index(model_name)
         genuine = table[
-            (table["model"] == model_name) & (table["class"] == ROUND_ONLY)
-            & table["nu_error"].notna() & ~table["artifact"].astype(bool)
+            (table["model"] == model_name)
+            & (table["class"] == ROUND_ONLY)
+            & table["nu_error"].notna()
+            & ~table["artifact"].astype(bool)
         ]["latent"].to_numpy(dtype=np.int64)
         dec = cc.W_dec.detach().cpu().numpy()
         cc_dirs = dec[genuine, r] - dec[genuine, 0]
@@ -327,8 +364,13 @@ def run_agreement(
             views["sae_diff_changed"] = changed
         frames.append(agreement_summary(views, cfg.match_cosine, model=model_name, layer=layer))
         to_sae, which = max_cosine(cc_dirs, sae_dirs)
-        row = {"layer": layer, "model": model_name, "latent": genuine,
-               "diff_sae_cosine": to_sae, "diff_sae_latent": which}
+        row = {
+            "layer": layer,
+            "model": model_name,
+            "latent": genuine,
+            "diff_sae_cosine": to_sae,
+            "diff_sae_latent": which,
+        }
         if changed.size:
             row["sae_diff_cosine"], _ = max_cosine(cc_dirs, changed)
         matches.append(pd.DataFrame(row))

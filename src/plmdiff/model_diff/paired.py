@@ -161,7 +161,10 @@ def check_alignment(layer: PairedLayer) -> int:
         ref = open_parquet(part[0]).read(columns=["seq_id", "pos"])
         for model, f in zip(layer.models[1:], part[1:], strict=True):
             other = open_parquet(f).read(columns=["seq_id", "pos"])
-            if not (ref.column("seq_id").equals(other.column("seq_id")) and ref.column("pos").equals(other.column("pos"))):
+            if not (
+                ref.column("seq_id").equals(other.column("seq_id"))
+                and ref.column("pos").equals(other.column("pos"))
+            ):
                 raise DataError(
                     f"model_diff: {f} does not align token by token with {part[0]} "
                     f"(model {model} vs {layer.models[0]}); rerun its model_diff_extract job"

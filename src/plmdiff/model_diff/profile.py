@@ -63,15 +63,26 @@ def layer_profile(
     rows = []
     for r, model in enumerate(layer.models[1:]):
         rows.append(
-            {"layer": layer_index, "model": model, "scope": "all", "position_from": 0.0,
-             "position_to": 1.0, **_summary(dist[:, r], rel[:, r])}
+            {
+                "layer": layer_index,
+                "model": model,
+                "scope": "all",
+                "position_from": 0.0,
+                "position_to": 1.0,
+                **_summary(dist[:, r], rel[:, r]),
+            }
         )
         for b in range(bins):
             sel = where == b
             rows.append(
-                {"layer": layer_index, "model": model, "scope": "position",
-                 "position_from": b / bins, "position_to": (b + 1) / bins,
-                 **_summary(dist[sel, r], rel[sel, r])}
+                {
+                    "layer": layer_index,
+                    "model": model,
+                    "scope": "position",
+                    "position_from": b / bins,
+                    "position_to": (b + 1) / bins,
+                    **_summary(dist[sel, r], rel[sel, r]),
+                }
             )
     return pd.DataFrame(rows)
 

@@ -271,7 +271,7 @@ def latent_examples(
                     "activation": float(value),
                     "seq_id": seq_id,
                     "pos": pos,
-                    "context": f"{left}[{seq[pos:pos + 1]}]{right}",
+                    "context": f"{left}[{seq[pos : pos + 1]}]{right}",
                 }
             )
     columns = ["model", "latent", "rank", "activation", "seq_id", "pos", "context"]

@@ -121,10 +121,18 @@ def test_latent_scaling_flags_a_shared_concept_mislabelled_round_only():
     # The genuine case: the concept is in the round only.
     genuine = np.stack([np.zeros((n, D)), coef[:, None] * v], axis=1) + noise
     kwargs = dict(exclusive_cut=0.1, shared_width=0.1, nu_max=0.5, min_firings=20)
-    flagged = latent_table(model, evaluate(model, rows_of(shared.astype(np.float32)), n_top=2),
-                           ["base", "r1"], **kwargs)
-    kept = latent_table(model, evaluate(model, rows_of(genuine.astype(np.float32)), n_top=2),
-                        ["base", "r1"], **kwargs)
+    flagged = latent_table(
+        model,
+        evaluate(model, rows_of(shared.astype(np.float32)), n_top=2),
+        ["base", "r1"],
+        **kwargs,
+    )
+    kept = latent_table(
+        model,
+        evaluate(model, rows_of(genuine.astype(np.float32)), n_top=2),
+        ["base", "r1"],
+        **kwargs,
+    )
     assert flagged.loc[0, "class"] == ROUND_ONLY == kept.loc[0, "class"]
     assert flagged.loc[0, "nu_error"] > 0.9 and bool(flagged.loc[0, "artifact"])
     assert abs(kept.loc[0, "nu_error"]) < 0.1 and not bool(kept.loc[0, "artifact"])
