@@ -148,9 +148,46 @@ def train_crosscoder(
     dead_tokens: int,
     device: Any = "cpu",
     record_every: int = 50,
+    prefetch: int = 4,
 ) -> TrainingLog:
     """Train on raw batches [B, M, d] (the first INIT_BATCHES also set scale and biases) for
-    `tokens` tokens; Adam, linear decay of the learning rate over the last DECAY_SHARE."""
+    `tokens` tokens; Adam, linear decay of the learning rate over the last DECAY_SHARE.
+
+    Batches are drawn in a background thread (`prefetch` ahead, sae-lens's PrefetchingIterator
+    as plmdiff.sae.training.train), so reading Parquet overlaps the steps."""
+    from sae_lens.training.prefetch import PrefetchingIterator
+
+    source = batches
+    prefetched = PrefetchingIterator(source, prefetch=prefetch)
+    try:
+        return _train(
+            model,
+            prefetched,
+            tokens=tokens,
+            lr=lr,
+            aux_penalty=aux_penalty,
+            dead_tokens=dead_tokens,
+            device=device,
+            record_every=record_every,
+        )
+    finally:
+        prefetched.close()
+        close = getattr(source, "close", None)
+        if close is not None:  # a generator: runs its cleanup (the reader's own threads)
+            close()
+
+
+def _train(
+    model: BatchTopKCrosscoder,
+    batches: Iterator[torch.Tensor],
+    *,
+    tokens: int,
+    lr: float,
+    aux_penalty: float,
+    dead_tokens: int,
+    device: Any,
+    record_every: int,
+) -> TrainingLog:
     first = [b for _, b in zip(range(INIT_BATCHES), batches, strict=False)]
     if not first:
         raise DataError("crosscoder: no training batches")

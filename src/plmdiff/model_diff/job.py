@@ -360,7 +360,7 @@ def run_agreement(
         fires = np.asarray(read_json(diff_sae_metrics[model_name])["fires"])
         sae_dirs = sae.W_dec.detach().cpu().numpy()[fires > 0, 0]
         views = {"crosscoder_round_only": cc_dirs, "diff_sae": sae_dirs}
-        if changed.size:
+        if sae_diff_features is not None:
             views["sae_diff_changed"] = changed
         frames.append(agreement_summary(views, cfg.match_cosine, model=model_name, layer=layer))
         to_sae, which = max_cosine(cc_dirs, sae_dirs)
@@ -371,7 +371,7 @@ def run_agreement(
             "diff_sae_cosine": to_sae,
             "diff_sae_latent": which,
         }
-        if changed.size:
+        if sae_diff_features is not None:
             row["sae_diff_cosine"], _ = max_cosine(cc_dirs, changed)
         matches.append(pd.DataFrame(row))
     summary = pd.concat(frames, ignore_index=True)
