@@ -47,7 +47,5 @@ def test_crosscoder_classes_latent_scaling_and_agreement(tiny_run):
     agreement = pd.read_csv(layer_file("agreement.tsv"), sep="\t")
     assert {"crosscoder_round_only", "diff_sae", "sae_diff_changed"} <= set(agreement["view"])
     for m in ("r1", "r2"):
-        diff_sae = json.loads(
-            (tiny_run / paths.diff_sae_file("01", m, "metrics.json")).read_text()
-        )
+        diff_sae = json.loads((tiny_run / paths.diff_sae_file("01", m, "metrics.json")).read_text())
         assert 0 <= diff_sae["fvu"] < 1.5

@@ -276,3 +276,43 @@ def latent_examples(
             )
     columns = ["model", "latent", "rank", "activation", "seq_id", "pos", "context"]
     return pd.DataFrame(rows, columns=columns)
+
+
+@torch.no_grad()
+def position_enrichment(
+    model: BatchTopKCrosscoder,
+    rows: Iterable[PairedRows],
+    latents: Sequence[int],
+    marked: set[tuple[str, int]],
+    *,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """For each latent: the share of marked tokens (seq_id, pos) it fires on (`recall`), its
+    firing rate on marked and on other tokens, and their ratio (`enrichment`). The scoring hook
+    of planted-motif studies: marked = the motif's positions."""
+    idx = torch.as_tensor(list(latents), dtype=torch.long, device=device)
+    on = torch.zeros(len(idx), dtype=torch.float64, device=device)
+    off = torch.zeros(len(idx), dtype=torch.float64, device=device)
+    n_on = n_off = 0
+    for chunk in rows:
+        mark = np.array(
+            [(s, int(p)) in marked for s, p in zip(chunk.seq_id, chunk.pos, strict=True)]
+        )
+        x = model.normalise(torch.from_numpy(chunk.act).to(device).float())
+        fires = (model.encode(x)[:, idx] > 0).double()
+        m = torch.from_numpy(mark).to(device)
+        on += fires[m].sum(0)
+        off += fires[~m].sum(0)
+        n_on += int(mark.sum())
+        n_off += int((~mark).sum())
+    rate_on = (on / max(n_on, 1)).cpu().numpy()
+    rate_off = (off / max(n_off, 1)).cpu().numpy()
+    return pd.DataFrame(
+        {
+            "latent": list(latents),
+            "recall": rate_on,
+            "rate_marked": rate_on,
+            "rate_other": rate_off,
+            "enrichment": rate_on / np.maximum(rate_off, 1e-12),
+        }
+    )

@@ -20,6 +20,7 @@ from plmdiff.model_diff.scaling import (
     class_counts,
     evaluate,
     latent_table,
+    position_enrichment,
 )
 
 D = 16
@@ -105,7 +106,7 @@ def _hand_built(direction: np.ndarray) -> BatchTopKCrosscoder:
         model.b_enc.zero_()
         model.b_dec.zero_()
         model.mean.zero_()
-        model.threshold.fill_(0.0)
+        model.threshold.fill_(0.5)  # above the noise, below every planted firing
     return model
 
 
@@ -136,3 +137,9 @@ def test_latent_scaling_flags_a_shared_concept_mislabelled_round_only():
     assert flagged.loc[0, "class"] == ROUND_ONLY == kept.loc[0, "class"]
     assert flagged.loc[0, "nu_error"] > 0.9 and bool(flagged.loc[0, "artifact"])
     assert abs(kept.loc[0, "nu_error"]) < 0.1 and not bool(kept.loc[0, "artifact"])
+    # The planted-motif hook: the latent fires on the marked (concept) tokens only.
+    rows = rows_of(genuine.astype(np.float32))
+    marked = {(s, int(p)) for s, p, c in zip(rows[0].seq_id, rows[0].pos, coef, strict=True) if c}
+    hook = position_enrichment(model, rows, [0, 1], marked)
+    assert hook.loc[0, "recall"] > 0.95 and hook.loc[0, "enrichment"] > 100
+    assert hook.loc[1, "recall"] == 0
