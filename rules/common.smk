@@ -423,6 +423,40 @@ def model_diff_extra_fasta():
     return [] if extra is None else [extra]
 
 
+# model_diff keys that do not change a rule's outputs: not its rerun triggers (the job still
+# gets the whole section, completed from the config by its script).
+MODEL_DIFF_NOT_PARAMS = {
+    "crosscoder": (
+        "diff_expansion",
+        "diff_k",
+        "match_cosine",
+        "position_bins",
+        "sequences",
+    ),
+    "diff_sae": (
+        "expansion",
+        "k",
+        "exclusive_cut",
+        "shared_width",
+        "nu_max",
+        "min_firings",
+        "top_latents",
+        "top_examples",
+        "match_cosine",
+        "position_bins",
+        "sequences",
+    ),
+}
+
+
+def model_diff_params(rule):
+    return {
+        k: v
+        for k, v in config["model_diff"].items()
+        if k not in MODEL_DIFF_NOT_PARAMS[rule]
+    }
+
+
 def paired_layer_dirs(layer):
     """model -> the layer directory of its paired token parts, models in config order."""
     return {m: paths.paired_layer_dir(m, layer) for m in MODELS}

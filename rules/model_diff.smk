@@ -54,7 +54,7 @@ rule model_diff_extract:
         activations={
             k: v
             for k, v in config["activations"].items()
-            if k in ("dtype", "rows_per_file", "truncate")
+            if k in ("dtype", "rows_per_file", "truncate", "pooling")
         },
         shards=config["model_diff"]["shards"],
         prompt=config["prompt"],
@@ -120,7 +120,7 @@ rule diff_sae:
     params:
         layer_dirs=lambda wildcards: paired_layer_dirs(wildcards.layer),
         rounds=ROUNDS,
-        model_diff=config["model_diff"],
+        model_diff=model_diff_params("diff_sae"),
     script:
         "../workflow_scripts/diff_sae.py"
 
@@ -177,7 +177,7 @@ rule crosscoder:
         gpu=1,
     params:
         layer_dirs=lambda wildcards: paired_layer_dirs(wildcards.layer),
-        model_diff=config["model_diff"],
+        model_diff=model_diff_params("crosscoder"),
     script:
         "../workflow_scripts/crosscoder.py"
 

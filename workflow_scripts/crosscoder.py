@@ -9,7 +9,7 @@ run_crosscoder(
     layer=int(snakemake.wildcards.layer),
     layer_dirs=snakemake.params.layer_dirs,
     sequences=snakemake.input.sequences,
-    section=snakemake.params.model_diff,
+    section={**snakemake.config["model_diff"], **snakemake.params.model_diff},
     device=snakemake.config["device"],
     threads=snakemake.threads,
     outputs={
