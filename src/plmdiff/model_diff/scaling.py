@@ -57,7 +57,9 @@ class Evaluation:
     fires: np.ndarray  # [F] held-out tokens where the latent fires
     act_sum: np.ndarray  # [F] sum of its activations
     f2: np.ndarray  # [F] sum f^2
-    beta_error: np.ndarray  # [M (target model), M (direction model), F]
+    beta_error: (
+        np.ndarray
+    )  # [M (target), M (direction), F]; filled for target 0 or == direction, or direction 0
     beta_recon: np.ndarray  # [M, M, F]
     top_values: np.ndarray  # [F, n_top] highest activations (0 padding)
     top_rows: np.ndarray  # [F, n_top] their held-out row index (-1 padding)
@@ -115,11 +117,14 @@ def evaluate(
             f2 += ff.double()
             centred = x_hat - model.mean
             for o in range(M):
+                # Latent scaling reads direction o against the base and o itself (a round's
+                # exclusive latents) or against every model (the base's): 3M pairs, not M^2.
+                targets = list(range(M)) if o == 0 else [0, o]
                 d_o = dirs[:, o, :]  # [F, d]
-                proj_e = torch.einsum("bmd,fd->mbf", e, d_o)
-                proj_r = torch.einsum("bmd,fd->mbf", centred, d_o)
-                e_sum[:, o] += (f.unsqueeze(0) * proj_e).sum(1).double()
-                r_sum[:, o] += (f.unsqueeze(0) * proj_r).sum(1).double()
+                proj_e = torch.einsum("bmd,fd->mbf", e[:, targets], d_o)
+                proj_r = torch.einsum("bmd,fd->mbf", centred[:, targets], d_o)
+                e_sum[targets, o] += (f.unsqueeze(0) * proj_e).sum(1).double()
+                r_sum[targets, o] += (f.unsqueeze(0) * proj_r).sum(1).double()
             # The latent's own contribution moves from the reconstruction to the error.
             own = (ff.unsqueeze(0).unsqueeze(0) * cross).double()
             e_sum += own

@@ -4,6 +4,7 @@ artifact that decoder norms alone would call round-only."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from plmdiff.model_diff.crosscoder import (
@@ -143,3 +144,34 @@ def test_latent_scaling_flags_a_shared_concept_mislabelled_round_only():
     hook = position_enrichment(model, rows, [0, 1], marked)
     assert hook.loc[0, "recall"] > 0.95 and hook.loc[0, "enrichment"] > 100
     assert hook.loc[1, "recall"] == 0
+
+
+def test_latent_scaling_betas_match_the_closed_form_with_three_models():
+    rng = np.random.default_rng(5)
+    model = BatchTopKCrosscoder(3, D, 8, k=2, seed=3)
+    with torch.no_grad():
+        model.threshold.fill_(0.0)
+        model.mean.copy_(torch.randn(3, D) * 0.1)
+    x = rng.normal(size=(500, 3, D)).astype(np.float32)
+    ev = evaluate(model, rows_of(x), n_top=1, batch_rows=128)
+    xt = torch.from_numpy(x)
+    f = model.encode(xt).detach().numpy()
+    x_hat = model.decode(torch.from_numpy(f)).detach().numpy()
+    dec = model.W_dec.detach().numpy()
+    mean = model.mean.numpy()
+    for target, direction in [(0, 1), (1, 1), (0, 0), (2, 0), (0, 2), (2, 2)]:
+        for j in range(8):
+            fj = f[:, j]
+            if not (fj > 0).any():
+                continue
+            d = dec[j, direction]
+            contrib = fj[:, None] * dec[j, target]
+            y_err = x[:, target] - x_hat[:, target] + contrib
+            y_rec = x_hat[:, target] - contrib - mean[target]
+            denom = (d @ d) * (fj @ fj)
+            assert ev.beta_error[target, direction, j] == pytest.approx(
+                d @ (fj @ y_err) / denom, rel=1e-3, abs=1e-4
+            )
+            assert ev.beta_recon[target, direction, j] == pytest.approx(
+                d @ (fj @ y_rec) / denom, rel=1e-3, abs=1e-4
+            )
