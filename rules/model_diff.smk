@@ -2,7 +2,8 @@
 # every checkpoint at model_diff's layers, token by token (one GPU job per model and part);
 # the activation-difference profile reads every layer; per layer one GPU job trains the
 # crosscoder over every model and one trains the difference SAE of every round; a cheap local
-# job compares them with the SAE diff.
+# job compares them with the SAE diff. Every rule runs in the sae env: the stage's library
+# trains with sae-lens's prefetching and reads the SAE diff's sae-lens SAEs.
 
 
 rule model_diff_sequences:
@@ -15,7 +16,7 @@ rule model_diff_sequences:
         "logs/model_diff_sequences.log",
     localrule: True
     conda:
-        "../envs/torch.yaml"
+        "../envs/sae.yaml"
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime_min(10),
@@ -41,7 +42,7 @@ rule model_diff_extract:
     benchmark:
         "benchmarks/model_diff_extract/{model}/part-{part}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/sae.yaml"
     threads: 4
     resources:
         mem_mb=extract_mem_mb,
@@ -85,7 +86,7 @@ rule model_diff_profile:
     benchmark:
         "benchmarks/model_diff_profile.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/sae.yaml"
     threads: 2
     resources:
         mem_mb=mem_mb(8000),
