@@ -22,23 +22,24 @@ def _pyplot() -> Any:
 
 
 def plot_profile(profile: pd.DataFrame, paths: Sequence[str | os.PathLike]) -> None:
-    """Left: mean ||h_round - h_base|| by layer (depth); right: by relative position, one line
-    per (round, layer)."""
+    """Left: the median ||h_round - h_base|| by layer (depth) with its interquartile range;
+    right: the mean by relative position, one line per (round, layer)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     whole = profile[profile["scope"] == "all"]
     for model, group in whole.groupby("model", sort=False):
+        # The median, not the mean, sits inside the interquartile range whatever the skew.
         axes[0].errorbar(
             group["layer"],
-            group["mean"],
-            yerr=[group["mean"] - group["q25"], group["q75"] - group["mean"]],
+            group["q50"],
+            yerr=[group["q50"] - group["q25"], group["q75"] - group["q50"]],
             marker="o",
             capsize=3,
             label=model,
         )
     axes[0].set(
         xlabel="layer",
-        ylabel="||h_round - h_base|| per token (mean, IQR)",
+        ylabel="||h_round - h_base|| per token (median, IQR)",
         title="Where in depth the rounds moved",
     )
     axes[0].legend(title="round", fontsize=8)
