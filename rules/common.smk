@@ -95,6 +95,10 @@ TOKEN_LAYERS = [
 EXTRACT_GROUP = "extract.{embedder}.{model}.{part}"
 SAE_GROUP = "sae.{embedder}.{layer}.{scheme}"
 
+# model_diff: layers embedded token by token by every model ([] when the stage is off).
+MODEL_DIFF_LAYERS = STUDY.model_diff_layers
+MODEL_DIFF_SHARDS = paths.extract_part_ids(config["model_diff"]["shards"])
+
 
 wildcard_constraints:
     model=wc.alternatives(MODELS),
@@ -208,6 +212,50 @@ def extract_tokens_runtime_min(wildcards, input, attempt):
         + residues * d_model * 2 / WRITE_BYTES_PER_S
     )
     return attempt_scaled(10 + seconds / 60, attempt)
+
+
+def model_diff_extract_runtime_min(wildcards, input, attempt):
+    """extract_runtime_min for one part of the shared sequences at model_diff's layers."""
+    parameters, d_model = record_shape(input.record)
+    residues = input.size_mb * MB / config["model_diff"]["shards"]
+    written = residues * len(MODEL_DIFF_LAYERS) * d_model * 2
+    seconds = 2 * parameters * residues / LM_FLOPS + written / WRITE_BYTES_PER_S
+    return attempt_scaled(10 + seconds / 60, attempt)
+
+
+def crosscoder_width(d_model, n_models):
+    """Encoder and decoder weights of the layer's crosscoder over n_models."""
+    return 2 * n_models * d_model * config["model_diff"]["expansion"] * d_model
+
+
+def crosscoder_mem_mb(wildcards, input, attempt):
+    """The paired shuffle buffer, the crosscoder with Adam's two moments and gradients, and
+    the held-out evaluation's per-latent sums."""
+    _, d_model = record_shape(input.records[0])
+    n = len(MODELS)
+    buffer = config["model_diff"]["shuffle_buffer"] * n * d_model * 4
+    weights = crosscoder_width(d_model, n) * 4 * 4
+    return attempt_scaled(HOST_MB + (buffer + weights) / MB, attempt)
+
+
+def crosscoder_runtime_min(wildcards, input, attempt):
+    """6 FLOPs per token and weight (forward and backward), plus the evaluation."""
+    _, d_model = record_shape(input.records[0])
+    flops = (
+        6
+        * crosscoder_width(d_model, len(MODELS))
+        * config["model_diff"]["training_tokens"]
+    )
+    return attempt_scaled(10 + REPLICA_EVAL_MIN + flops / SAE_FLOPS / 60, attempt)
+
+
+def diff_sae_runtime_min(wildcards, input, attempt):
+    """One difference SAE per round, 6 FLOPs per token and weight."""
+    _, d_model = record_shape(input.records[0])
+    md = config["model_diff"]
+    flops = 6 * 2 * d_model * md["diff_expansion"] * d_model * md["training_tokens"]
+    per_round = flops / SAE_FLOPS / 60 + REPLICA_EVAL_MIN
+    return attempt_scaled(10 + len(ROUNDS) * per_round, attempt)
 
 
 def sae_width(d_in):
@@ -407,6 +455,73 @@ def diff_null_folds(wildcards):
     return list(FOLDS)
 
 
+# ----------------------------------------------------------------------------- model diffing
+
+
+def model_diff_extra_fasta():
+    """model_diff.sequences as a list (empty when unset), for an input."""
+    extra = config["model_diff"]["sequences"]
+    return [] if extra is None else [extra]
+
+
+# model_diff keys that do not change a rule's outputs: not its rerun triggers (the job still
+# gets the whole section, completed from the config by its script).
+MODEL_DIFF_NOT_PARAMS = {
+    "crosscoder": (
+        "diff_expansion",
+        "diff_k",
+        "match_cosine",
+        "position_bins",
+        "sequences",
+    ),
+    "diff_sae": (
+        "expansion",
+        "k",
+        "exclusive_cut",
+        "shared_width",
+        "nu_max",
+        "min_firings",
+        "top_latents",
+        "top_examples",
+        "match_cosine",
+        "position_bins",
+        "sequences",
+    ),
+}
+
+
+def model_diff_params(rule):
+    return {
+        k: v
+        for k, v in config["model_diff"].items()
+        if k not in MODEL_DIFF_NOT_PARAMS[rule]
+    }
+
+
+def paired_layer_dirs(layer):
+    """model -> the layer directory of its paired token parts, models in config order."""
+    return {m: paths.paired_layer_dir(m, layer) for m in MODELS}
+
+
+def paired_parts(layer):
+    return [
+        paths.paired_token_part(m, layer, p) for m in MODELS for p in MODEL_DIFF_SHARDS
+    ]
+
+
+def sae_diff_inputs(wildcards):
+    """The per-round SAE diff this layer's agreement reads (family base, the base embedder's
+    reference fold), when that layer has SAEs; else nothing."""
+    if wildcards.layer not in SAE_LAYERS or BASE not in EMBEDDERS:
+        return {}
+    return {
+        "sae_diff_features": diff_file(
+            BASE, wildcards.layer, paths.BASE_FAMILY, "features.parquet"
+        ),
+        "sae_diff_sae": sae_dir(BASE, wildcards.layer, paths.BASE_SCHEME, FOLDS[0]),
+    }
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -448,5 +563,11 @@ def all_targets():
         for fam in SAE_FAMILIES
     ]
     targets.append(paths.kl_summary())
+    if MODEL_DIFF_LAYERS:
+        targets.append(paths.model_diff_profile("tsv"))
+        targets += [
+            paths.model_diff_layer_file(layer, "agreement.tsv")
+            for layer in MODEL_DIFF_LAYERS
+        ]
     targets.append(paths.report_index())
     return targets

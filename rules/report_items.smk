@@ -29,6 +29,9 @@ REPORT_RULES = [
     ),
     ("kl", "kl_summary", {}),
     ("kl", "kl", {"model": ROUNDS}),
+    ("model_diff", "model_diff_profile", {}),
+    ("model_diff", "crosscoder", {"layer": MODEL_DIFF_LAYERS}),
+    ("model_diff", "model_diff_agreement", {"layer": MODEL_DIFF_LAYERS}),
 ]
 REPORT_SUFFIXES = (".tsv", ".png", ".json")
 # Parquet tables the report reads: the diff's examples, and its full ranking (lead features).
@@ -64,8 +67,10 @@ def report_items():
     """Every file the standalone report shows: section, path, caption template, wildcards."""
     items = []
     for section, name, values in REPORT_RULES:
-        if not has_rule(name) or (
-            name == "demo_summary" and not config["demo"]["enabled"]
+        if (
+            not has_rule(name)
+            or (name == "demo_summary" and not config["demo"]["enabled"])
+            or (section == "model_diff" and not MODEL_DIFF_LAYERS)
         ):
             continue
         smk_rule = workflow.get_rule(workflow_rule_name(name))

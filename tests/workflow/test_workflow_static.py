@@ -154,6 +154,13 @@ def test_layer_beyond_model_depth_stops_dag_build(tiny_checkpoints, tmp_path):
     assert "activations.token_layers: layer 3" in msg and "layers 0..2" in msg
 
 
+def test_model_diff_layer_beyond_model_depth_stops_dag_build(tiny_checkpoints, tmp_path):
+    cfg = tiny_config(tiny_checkpoints)
+    cfg["model_diff"]["layers"] = [1, 5]
+    msg = _config_error(tmp_path, cfg)
+    assert "model_diff.layers: layer 5" in msg and "layers 0..2" in msg
+
+
 def test_sae_layer_outside_token_layers_stops_dag_build(tiny_checkpoints, tmp_path):
     cfg = tiny_config(tiny_checkpoints)
     cfg["sae"]["layers"] = [0]

@@ -136,22 +136,50 @@ def iter_tokens(
     seq_ids: only rows of these sequences (e.g. an SAE's training fold).
     read_threads: row groups decoded in parallel (default: up to 4, leaving a core free).
     """
-    import torch
-
     if batch_size < 1 or shuffle_buffer < 0:
         raise ValueError("batch_size must be >= 1 and shuffle_buffer >= 0")
-    files = token_files(layer_dirs)
-    d_model = token_d_model(layer_dirs)
-    units = _row_groups(files)
     keep = seq_id_set(seq_ids)
     empty = DataError(
         f"iter_tokens(loop=True) has no rows to loop over in {', '.join(map(str, layer_dirs))}"
         + (" for the given seq_ids" if keep is not None else "")
     )
+    yield from shuffled_batches(
+        _row_groups(token_files(layer_dirs)),
+        _RowGroupReader(keep),
+        token_d_model(layer_dirs),
+        batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        loop=loop,
+        read_threads=read_threads,
+        empty=empty,
+    )
+
+
+def shuffled_batches(
+    units: Sequence[Any],
+    read: Callable[[Any], Any],
+    width: int,
+    batch_size: int,
+    *,
+    shuffle_buffer: int,
+    seed: int,
+    loop: bool,
+    read_threads: int | None,
+    empty: Exception,
+) -> Iterator[Any]:
+    """The shuffle buffer of iter_tokens over any row source: `read(unit)` gives an [n, width]
+    tensor (or None for an epoch mark) for each unit (e.g. a row group), visited in a fresh
+    random order each epoch; `empty` is raised when a looping epoch yields no row.
+    plmdiff.model_diff.paired feeds it row groups of several models side by side."""
+    import torch
+
+    if batch_size < 1 or shuffle_buffer < 0:
+        raise ValueError("batch_size must be >= 1 and shuffle_buffer >= 0")
     order_rng = np.random.default_rng([seed, 0])
     slot_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 1]).integers(2**62)))
 
-    def unit_order() -> Iterator[tuple[Path, int] | None]:
+    def unit_order() -> Iterator[Any]:
         while True:
             for i in order_rng.permutation(len(units)):
                 yield units[i]
@@ -173,10 +201,10 @@ def iter_tokens(
 
     capacity = max(int(shuffle_buffer), int(batch_size))
     threads = default_read_threads() if read_threads is None else max(1, int(read_threads))
-    chunks = _prefetched(unit_order(), _RowGroupReader(keep), threads)
+    chunks = _prefetched(unit_order(), read, threads)
     try:
         stream = _RowStream(rows_or_fail(chunks))
-        buffer = torch.empty((capacity, d_model), dtype=torch.float32)
+        buffer = torch.empty((capacity, width), dtype=torch.float32)
         filled = stream.fill(buffer, torch.arange(capacity))
         valid = torch.zeros(capacity, dtype=torch.bool)
         valid[:filled] = True

@@ -249,6 +249,45 @@ def diff_fit(embedder: str, layer: str, family: str) -> str:
     return diff_file(embedder, layer, family, "fit.tsv")
 
 
+# ----------------------------------------------------------------------------- model diffing
+
+
+def model_diff_dir() -> str:
+    return f"{RESULTS}/model_diff"
+
+
+def model_diff_sequences() -> str:
+    """The shared sequences every checkpoint embeds (base samples + model_diff.sequences)."""
+    return f"{model_diff_dir()}/sequences.fasta"
+
+
+def paired_pooled_part(model: str, part: str) -> str:
+    return f"{model_diff_dir()}/activations/{model}/pooled/part-{part}.parquet"
+
+
+def paired_layer_dir(model: str, layer: str) -> str:
+    return f"{model_diff_dir()}/activations/{model}/layer_{layer}"
+
+
+def paired_token_part(model: str, layer: str, part: str) -> str:
+    return f"{paired_layer_dir(model, layer)}/part-{part}.parquet"
+
+
+def model_diff_profile(ext: str) -> str:
+    """The activation-difference profile: profile.tsv, profile.{png,svg}."""
+    return f"{model_diff_dir()}/profile.{ext}"
+
+
+def model_diff_layer_file(layer: str, name: str) -> str:
+    """Per-layer outputs: crosscoder.safetensors, latents.{parquet,tsv}, classes.tsv, ..."""
+    return f"{model_diff_dir()}/layer_{layer}/{name}"
+
+
+def diff_sae_file(layer: str, model: str, ext: str) -> str:
+    """The SAE on activation differences of one round: .safetensors, .metrics.json."""
+    return f"{model_diff_dir()}/layer_{layer}/diff_sae/{model}.{ext}"
+
+
 # ----------------------------------------------------------------------------- KL, report
 
 

@@ -202,6 +202,14 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"sae.layers: layer {layer} is not in activations.token_layers {token_layers}; "
                 "SAEs train on stored token activations, so add it there or remove it here"
             )
+    model_diff = config.get("model_diff") or {}
+    if model_diff.get("enabled") and not (model_diff.get("layers") or token_layers):
+        raise ConfigError(
+            "model_diff.enabled: no layers to embed; set model_diff.layers or "
+            "activations.token_layers"
+        )
+    if model_diff.get("enabled") and len(config["models"]) < 2:
+        raise ConfigError("model_diff.enabled: model diffing needs a base and at least one round")
     groups = config["sae"]["groups"] or {}
     for group, members in groups.items():
         if not str(group).replace("-", "").replace("_", "").isalnum():

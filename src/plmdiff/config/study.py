@@ -47,6 +47,8 @@ class Study:
     sae_schemes: list[str]
     sae_families: list[str]
     demo_dirs: list[str]
+    # Layers of the model_diff stage ([] when it is disabled).
+    model_diff_layers: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -89,6 +91,7 @@ class Study:
             sae_schemes=schemes,
             sae_families=families,
             demo_dirs=demo_checkpoint_dirs(config),
+            model_diff_layers=[f"{layer:02d}" for layer in model_diff_layers(config)],
         )
 
     def checkpoint(self, model: str) -> str:
@@ -204,6 +207,16 @@ def check_checkpoints_exist(config: Mapping[str, Any], study: Study) -> None:
             raise ConfigError(f"{key}: '{path}' has no tokenizer (tokenizer.json or vocab.json)")
 
 
+def model_diff_layers(config: Mapping[str, Any]) -> list[int]:
+    """The layers model_diff embeds (model_diff.layers, else activations.token_layers); none
+    when the stage is disabled."""
+    section = config.get("model_diff") or {}
+    if not section.get("enabled"):
+        return []
+    layers = section.get("layers")
+    return sorted(config["activations"]["token_layers"] if layers is None else layers)
+
+
 def check_layers(config: Mapping[str, Any], study: Study) -> None:
     """Layer indices must exist in every embedder (0..L); checked where the depth is known."""
     depths: dict[str, int] = {}
@@ -220,6 +233,13 @@ def check_layers(config: Mapping[str, Any], study: Study) -> None:
     keyed: list[tuple[str, Sequence[int]]] = [("activations.token_layers", acts["token_layers"])]
     if acts["layers"] != "all":
         keyed.append(("activations.layers", acts["layers"]))
+    for model in study.models if study.model_diff_layers else []:
+        bad = [layer for layer in model_diff_layers(config) if layer > depths.get(model, layer)]
+        if bad:
+            raise ConfigError(
+                f"model_diff.layers: layer {bad[0]} does not exist in '{model}', which has "
+                f"layers 0..{depths[model]} (0 = embeddings, L = last block)"
+            )
     for model in embedding_models:
         if model not in depths:
             continue

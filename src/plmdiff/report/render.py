@@ -72,6 +72,12 @@ SECTIONS = [
         "Whether those features and changes reappear across fold replicas and SAE schemes.",
     ),
     ("kl", "KL to the base", "How far each model's next-token distribution moved from the base."),
+    (
+        "model_diff",
+        "Model diffing",
+        "What changed inside the models on the same tokens: where in depth and along the "
+        "sequence the residual stream moved, and which crosscoder latents only the rounds have.",
+    ),
 ]
 
 SAE_METRIC_COLUMNS = [

@@ -21,6 +21,7 @@ from plmdiff.diff.job import DiffOutputs, run_diff
 from plmdiff.diff.settings import DiffConfig
 from plmdiff.kl.divergence import kl_frame
 from plmdiff.kl.job import run_kl_summary
+from plmdiff.model_diff.figures import plot_profile
 from plmdiff.report.diffs import POSTERIOR, pct, verdict
 from plmdiff.report.render import (
     SECTIONS,
@@ -56,6 +57,7 @@ CONFIG = {
         "example_window": 4,
     },
     "kl": {"max_sequences": 5},
+    "model_diff": section_defaults("model_diff"),
 }
 
 
@@ -250,6 +252,56 @@ def items(tmp_path_factory) -> list[ReportItem]:
     out.append(
         ReportItem(
             "kl", str(root / "kl/kl_by_round.png"), caption=str(CAPTIONS / "kl_by_round.rst")
+        )
+    )
+    # model_diff: the profile (table and figure) and one layer's class counts
+    profile = pd.DataFrame(
+        [
+            {
+                "layer": layer,
+                "model": m,
+                "scope": scope,
+                "position_from": lo,
+                "position_to": hi,
+                "n_tokens": 10,
+                "mean": 1.0 + r,
+                "q05": 0.5,
+                "q25": 0.8,
+                "q50": 1.0,
+                "q75": 1.2,
+                "q95": 2.0,
+                "mean_relative": 0.1,
+                "kl_mean": 0.01 if scope == "all" else np.nan,
+            }
+            for layer in (1, 2)
+            for r, m in enumerate(MODELS[1:])
+            for scope, lo, hi in (("all", 0.0, 1.0), ("position", 0.0, 0.5), ("position", 0.5, 1.0))
+        ]
+    )
+    plot_profile(profile, [root / "model_diff/profile.png"])
+    profile_caption = str(CAPTIONS / "model_diff_profile.rst")
+    out.append(
+        ReportItem("model_diff", _tsv(root / "model_diff/profile.tsv", profile), profile_caption)
+    )
+    out.append(ReportItem("model_diff", str(root / "model_diff/profile.png"), profile_caption))
+    classes = pd.DataFrame(
+        {
+            "layer": [1],
+            "model": ["r1"],
+            "latents": [8],
+            "shared": [5],
+            "round_only": [2],
+            "base_only": [0],
+            "mixed": [0],
+            "dead": [1],
+        }
+    )
+    out.append(
+        ReportItem(
+            "model_diff",
+            _tsv(root / "model_diff/layer_01/classes.tsv", classes),
+            str(CAPTIONS / "model_diff_classes.rst"),
+            wildcards={"layer": "01"},
         )
     )
     return out
