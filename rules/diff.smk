@@ -20,7 +20,10 @@ rule feature_stats:
                 for fold in FOLDS
             ]
         ),
-        folds=paths.sae_fold_table(),
+        folds=lambda wildcards: [
+            paths.sae_fold_table(m)
+            for m in STUDY.embedded_models(wildcards.embedder)
+        ],
         tokens=lambda wildcards: [
             part
             for m in STUDY.embedded_models(wildcards.embedder)

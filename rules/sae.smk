@@ -11,23 +11,27 @@
 SAE_JOB_KEYS = [k for k in config["sae"] if k not in ("layers", "schemes", "groups")]
 
 
-# Folds hold whole sequence clusters (the probes' MMseqs2 clusters), so near-duplicates never sit
-# in a replica's training and held-out folds at once; written once, read by train_sae and
-# feature_stats alike.
+# Folds hold whole sequence clusters (MMseqs2, the probes' clustering settings), so near-duplicates
+# never sit in a replica's training and held-out folds at once. One table per model, clustered on
+# its own: adding a model adds a table and leaves the folds of the trained SAEs as they are.
 rule sae_folds:
     input:
-        clusters_table(),
+        lambda wildcards: fasta(wildcards.model),
     output:
-        paths.sae_fold_table(),
+        paths.sae_fold_table("{model}"),
     log:
-        "logs/sae_folds.log",
+        "logs/sae_folds/{model}.log",
+    # Seconds of MMseqs2 on one model's samples: not worth a queue slot.
     localrule: True
     conda:
         "../envs/stats.yaml"
+    threads: 2
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=runtime_min(10),
+        mem_mb=mem_mb(4000),
+        runtime=runtime_min(30),
     params:
+        # Only the clustering keys of probes: a changed probe setting must not refold the SAEs.
+        probes={k: v for k, v in config["probes"].items() if k.startswith("cluster_")},
         kfold=config["sae"]["kfold"],
         seed=config["sae"]["seed"],
     script:
@@ -45,7 +49,9 @@ rule train_sae:
         ),
         base=sae_base_input,
         imported=sae_import_inputs,
-        folds=paths.sae_fold_table(),
+        folds=lambda wildcards: [
+            paths.sae_fold_table(m) for m in STUDY.scheme_models(wildcards.scheme)
+        ],
     output:
         saes=[directory(sae_dir("{embedder}", "{layer}", "{scheme}", f)) for f in FOLDS],
         metrics=[sae_metrics("{embedder}", "{layer}", "{scheme}", f) for f in FOLDS],

@@ -16,5 +16,5 @@ run_feature_stats_replicas(
     kfold=snakemake.params.kfold,
     fold_seed=snakemake.params.fold_seed,
     device=snakemake.config["device"],
-    fold_table=str(snakemake.input.folds),
+    fold_table=[str(p) for p in snakemake.input.folds],
 )

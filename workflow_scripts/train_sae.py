@@ -19,7 +19,7 @@ family = SAEJob(
     settings=SAESettings.from_section(params.sae),
     prompt=PromptFormat.from_section(params.prompt),
     import_path=params.import_path,
-    fold_table=str(snakemake.input.folds),
+    fold_table=[str(p) for p in snakemake.input.folds],
     device=snakemake.config["device"],
     allow_pickle=snakemake.config["allow_pickle"],
 )

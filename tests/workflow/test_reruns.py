@@ -314,6 +314,11 @@ ALL_MODEL_RULES = {
     "feature_stats",
     "diff",
     "kl_summary",
+    # model_diff: a crosscoder per layer over every model, its profile and agreement
+    "model_diff_profile",
+    "crosscoder",
+    "diff_sae",
+    "model_diff_agreement",
     *FINAL,
 }
 
@@ -328,11 +333,11 @@ def test_adding_a_model_runs_only_its_jobs_and_the_aggregates(tiny_run, tiny_che
         lambda rule, w: (
             w.get("model") == "r3"
             or rule in ALL_MODEL_RULES
-            # A new model's sequences join the clusters, so the cluster folds of every SAE
-            # replica are reassigned (plmdiff.sae.folds) and every SAE retrains.
-            or rule in ("sae_folds", "train_sae")
+            # The SAE folds are per model (plmdiff.sae.folds): only the SAEs that train on r3
+            # run; the base SAE and the other rounds' fine-tunes keep their folds.
+            or (rule == "train_sae" and w.get("scheme") in ("ft_r3", "pooled"))
         ),
-        {"check_checkpoint", "sample", "extract", "train_sae", "kl"},
+        {"check_checkpoint", "sample", "extract", "sae_folds", "train_sae", "kl"},
     )
 
 

@@ -186,10 +186,9 @@ def sanity_tsne(embedder: str, pooling: str) -> str:
 # ----------------------------------------------------------------------------- SAEs
 
 
-def sae_fold_table() -> str:
-    """seq_id, cluster, fold of every sequence: the fold assignment of every SAE replica and of
-    the diff's held-out encoding (whole sequence clusters per fold)."""
-    return f"{RESULTS}/saes/folds.tsv"
+def sae_fold_table(model: str) -> str:
+    """`model`'s sequences with their SAE fold (whole sequence clusters per fold)."""
+    return f"{RESULTS}/saes/folds/{model}.tsv"
 
 
 def sae_dir(embedder: str, layer: str, scheme: str, fold: str | int) -> str:

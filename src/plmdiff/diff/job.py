@@ -256,7 +256,7 @@ def run_feature_stats_replicas(
     kfold: int,
     fold_seed: int,
     device: Any,
-    fold_table: str | os.PathLike | None = None,
+    fold_table: Sequence[str | os.PathLike] | None = None,
 ) -> None:
     """The feature_stats rule: every fold replica of one (embedder, layer, scheme) in turn, in
     the order of `replicas` ({layer, fold, token_dirs}); `outputs` maps each file kind of

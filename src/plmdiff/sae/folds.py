@@ -1,16 +1,19 @@
 """K-fold assignment of sequences, shared by SAE replicas and the diff stage.
 
-Folds hold whole sequence clusters (the probes' MMseqs2 clusters, `plmdiff.probes.clustering`),
-so near-identical sequences never sit in a replica's training folds and its held-out fold at
-once: a DPO round that collapses onto a few sequences would otherwise be "held out" on twins
-of what the SAE trained on. The assignment is written once (rule sae_folds,
-`plmdiff.config.paths.sae_fold_table`) and read by every train_sae and feature_stats job, so
-an SAE replica and the diff's held-out encoding can never disagree on it.
+Folds hold whole sequence clusters (MMseqs2, with the probes' clustering settings,
+`plmdiff.probes.clustering`), so near-identical sequences never sit in a replica's training folds
+and its held-out fold at once: a DPO round that collapses onto a few sequences would otherwise be
+"held out" on twins of what the SAE trained on. Each model's sequences are clustered and folded on
+their own (rule sae_folds, one table per model, `plmdiff.config.paths.sae_fold_table`): an SAE
+replica holds out fold f of every model it is evaluated on, and adding a model must not reassign
+the folds of the SAEs already trained (clusters over all models would, since a new model's
+sequences merge old clusters). Every train_sae and feature_stats job reads the tables of its
+models, so an SAE replica and the diff's held-out encoding can never disagree.
 
 Clusters go, largest first (ties in a seeded hash order), to the fold that holds the fewest
-sequences so far: folds are as equal as whole clusters allow. A sequence missing from the table
-(one that no model's FASTA holds, e.g. an extra base SAE training set) is its own cluster and
-takes the fold of a stable hash of its ID, the same in every job.
+sequences so far: folds are as equal as whole clusters allow. A sequence missing from the tables
+(one that no model's FASTA holds, e.g. `sae.base.sequences`) is its own cluster and takes the
+fold of a stable hash of its ID, the same in every job.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from plmdiff.config.paths import NULL_SCHEME
 from plmdiff.core.errors import DataError
+from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import derive_seed
 from plmdiff.core.tables import write_table
-from plmdiff.probes.clustering import read_clusters
+from plmdiff.probes.clustering import ClusterSettings, cluster_sequences
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +66,9 @@ def cluster_folds(cluster_of: Mapping[str, str], k: int, seed: int) -> dict[str,
 
 
 def write_fold_table(
-    clusters_path: str | os.PathLike, path: str | os.PathLike, k: int, seed: int
+    cluster_of: Mapping[str, str], path: str | os.PathLike, k: int, seed: int
 ) -> pd.DataFrame:
-    """The rule sae_folds: the cluster table's sequences with their fold."""
-    cluster_of = read_clusters(clusters_path)
+    """The sequences of `cluster_of` (seq_id -> cluster) with their fold, written to `path`."""
     fold_of = cluster_folds(cluster_of, k, seed)
     table = pd.DataFrame(
         {
@@ -85,9 +89,39 @@ def write_fold_table(
     return table
 
 
-def read_fold_table(path: str | os.PathLike, k: int) -> dict[str, int]:
-    """seq_id -> fold, from a table written by `write_fold_table` for `k` folds."""
-    path = Path(path)
+def write_model_fold_table(
+    fasta_path: str | os.PathLike,
+    path: str | os.PathLike,
+    probes_section: Mapping[str, Any],
+    k: int,
+    seed: int,
+    threads: int = 1,
+) -> pd.DataFrame:
+    """The rule sae_folds: one model's FASTA clustered as the probes cluster, then folded."""
+    entries = list(read_fasta(fasta_path))
+    clusters = cluster_sequences(
+        entries, ClusterSettings.from_section(probes_section), threads=threads
+    )
+    log.info("%s: %s", fasta_path, clusters.method)
+    return write_fold_table(
+        dict(zip(clusters.table["seq_id"], clusters.table["cluster"], strict=True)), path, k, seed
+    )
+
+
+def read_fold_table(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], k: int
+) -> dict[str, int]:
+    """seq_id -> fold, from the tables written by `write_fold_table` for `k` folds (one path or
+    several: the tables of every model a job reads)."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    fold_of: dict[str, int] = {}
+    for one in paths:
+        fold_of.update(_read_one_fold_table(Path(one), k))
+    return fold_of
+
+
+def _read_one_fold_table(path: Path, k: int) -> dict[str, int]:
     if not path.is_file():
         raise DataError(f"SAE fold table {path} does not exist (rule sae_folds)")
     table = pd.read_csv(path, sep="\t", dtype={"seq_id": str, "cluster": str})

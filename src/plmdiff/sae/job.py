@@ -78,7 +78,8 @@ class SAEJob:
     prompt: PromptFormat
     base_sae: str | None = None  # the base SAE directory of this fold (fine-tunes)
     import_path: str | None = None  # resolved sae.base.import (scheme base only)
-    fold_table: str | None = None  # plmdiff.sae.folds table (None: every sequence its own cluster)
+    # plmdiff.sae.folds tables of the scheme's models (None: every sequence its own cluster)
+    fold_table: Sequence[str] | None = None
     device: str = "auto"
     allow_pickle: bool = False
 

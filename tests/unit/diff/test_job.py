@@ -24,6 +24,7 @@ from plmdiff.diff.job import (
     run_feature_stats,
     union_by_fold,
 )
+from plmdiff.probes.clustering import read_clusters
 from plmdiff.sae.folds import read_fold_table, write_fold_table
 from tests.unit.diff.synthetic_features import PLANT, diff_config
 
@@ -161,7 +162,7 @@ def test_rule_scripts_hand_over_to_the_job(planted, tmp_path, monkeypatch):
         {"seq_id": ids, "cluster": [i.rsplit("_", 1)[1] for i in ids], "method": "test"}
     ).to_csv(clusters, sep="\t", index=False)
     folds = tmp_path / "folds.tsv"
-    write_fold_table(clusters, folds, 2, 0)
+    write_fold_table(read_clusters(clusters), folds, 2, 0)
     _run_script(
         "feature_stats.py",
         monkeypatch,
@@ -180,7 +181,7 @@ def test_rule_scripts_hand_over_to_the_job(planted, tmp_path, monkeypatch):
         ),
         config={"device": "cpu"},
         input=SimpleNamespace(
-            saes=[planted["sae_paths"][("base", 0)]], base_saes=[], folds=str(folds)
+            saes=[planted["sae_paths"][("base", 0)]], base_saes=[], folds=[str(folds)]
         ),
         output={k: [str(p)] for k, p in stats.items()},
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pandas as pd
 import pytest
 
 from plmdiff.config.paths import BASE_SCHEME, NULL_SCHEME, finetune_scheme
@@ -16,6 +15,7 @@ from plmdiff.sae.folds import (
     scheme_split,
     sequence_fold,
     write_fold_table,
+    write_model_fold_table,
 )
 
 IDS = [f"r{m}_{s:03d}_{i:05d}" for m in range(3) for s in range(2) for i in range(200)]
@@ -97,11 +97,7 @@ def test_no_cluster_is_split_across_folds_and_folds_are_balanced(k):
 
 def test_fold_table_round_trip_and_sequences_outside_it(tmp_path):
     cluster_of = _clusters()
-    clusters = tmp_path / "clusters.tsv"
-    pd.DataFrame(
-        {"seq_id": list(cluster_of), "cluster": list(cluster_of.values()), "method": "m"}
-    ).to_csv(clusters, sep="\t", index=False)
-    table = write_fold_table(clusters, tmp_path / "folds.tsv", 3, 0)
+    table = write_fold_table(cluster_of, tmp_path / "folds.tsv", 3, 0)
     assert list(table.columns) == ["seq_id", "cluster", "fold"]
     fold_of = read_fold_table(tmp_path / "folds.tsv", 3)
     assert fold_of == cluster_folds(cluster_of, 3, 0)
@@ -123,3 +119,21 @@ def test_the_null_fine_tune_trains_on_the_held_out_fold():
     assert scheme_split(finetune_scheme("r1"), ids, 3, 0, 1, fold_of) == (train, held)
     assert scheme_split(NULL_SCHEME, ids, 3, 0, 1, fold_of) == (held, train)
     assert scheme_split(NULL_SCHEME, ids, 1, 0, 0) == (ids, [])
+
+
+def test_a_model_fold_table_clusters_its_fasta_and_tables_merge(tmp_path):
+    """sae_folds clusters one model's FASTA (near-duplicates in one fold); a job reads the
+    tables of several models as one mapping."""
+    fasta = tmp_path / "r0.fasta"
+    base = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEK"
+    records = {f"r0_{i:03d}": base[i % 7 :] + base[: i % 7] for i in range(12)}
+    records["r0_dup"] = records["r0_000"]
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in records.items()))
+    section = {"cluster_method": "exact", "cluster_identity": 0.9, "cluster_coverage": 0.8}
+    table = write_model_fold_table(fasta, tmp_path / "r0.tsv", section, 3, 0)
+    assert set(table["seq_id"]) == set(records)
+    fold_of = read_fold_table(tmp_path / "r0.tsv", 3)
+    assert fold_of["r0_dup"] == fold_of["r0_000"]
+    write_fold_table({"r1_000": "r1_000"}, tmp_path / "r1.tsv", 3, 0)
+    both = read_fold_table([tmp_path / "r0.tsv", tmp_path / "r1.tsv"], 3)
+    assert set(both) == set(records) | {"r1_000"}

@@ -11,6 +11,7 @@ import torch
 
 from plmdiff.config.paths import NULL_SCHEME
 from plmdiff.core.fasta import read_fasta
+from plmdiff.probes.clustering import read_clusters
 from plmdiff.sae.folds import write_fold_table
 from plmdiff.sae.job import SAEJob, SAEOutputs, eval_sample, hook_name, run_train_sae
 from plmdiff.sae.training import load_sae
@@ -179,10 +180,10 @@ def test_null_fine_tune_trains_on_the_base_replicas_held_out_cluster_fold(study)
     pd.DataFrame(
         {"seq_id": ids, "cluster": [f"c{i // 3}" for i in range(len(ids))], "method": "test"}
     ).to_csv(clusters, sep="\t", index=False)
-    table = write_fold_table(clusters, study["root"] / "folds.tsv", 2, SETTINGS.seed)
+    table = write_fold_table(read_clusters(clusters), study["root"] / "folds.tsv", 2, SETTINGS.seed)
     held = int((table["fold"] == 1).sum())
     base = outputs(study["root"], "base_fold1_clusters")
-    folds = str(study["root"] / "folds.tsv")
+    folds = [str(study["root"] / "folds.tsv")]
     b = run_train_sae(make_job(study, "base", fold=1, fold_table=folds), base)
     assert (b["train_sequences"], b["heldout_sequences"]) == (len(ids) - held, held)
     out = outputs(study["root"], "null_fold1")
