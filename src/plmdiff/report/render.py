@@ -170,8 +170,10 @@ def settings_html(config: Mapping[str, Any]) -> str:
         ),
         (
             "diff",
-            f"FDR {get('diff', 'fdr')}, |log2FC| >= {get('diff', 'min_abs_log2_fold_change')},"
-            f" direction change >= {get('diff', 'min_direction_change')}, stability cosine "
+            f"FDR {get('diff', 'fdr')}, posterior |log2FC| interval above "
+            f"{get('diff', 'min_abs_log2_fold_change')} (prior {get('diff', 'prior_count')} firings),"
+            f" direction cut: null fine-tune quantile {get('diff', 'direction_null_quantile')}, "
+            f"floor {get('diff', 'min_direction_change')}, stability cosine "
             f"{get('diff', 'stability_cosine')}, held-out evaluation {get('diff', 'held_out')}",
         ),
         ("KL", f"up to {get('kl', 'max_sequences')} sequences per set"),
