@@ -55,7 +55,7 @@ def test_defaults_are_filled_and_follow_zymctrl_practice():
     assert cfg["sampling"]["n_sequences"] == 1000
     assert cfg["activations"]["embedders"] == ["base"]
     assert cfg["sae"]["architecture"] == "batchtopk"
-    assert cfg["sae"]["base"] == {"import": None}
+    assert cfg["sae"]["base"] == {"import": None, "sequences": None}
     assert cfg["allow_pickle"] is False
 
 
