@@ -26,6 +26,7 @@ include: "rules/activations.smk"
 include: "rules/probes.smk"
 include: "rules/sae.smk"
 include: "rules/diff.smk"
+include: "rules/potts.smk"
 include: "rules/report.smk"
 
 

@@ -87,6 +87,13 @@ EXTRACT_SHARDS = paths.extract_part_ids(config["activations"]["shards"])
 TOKEN_LAYERS = [
     paths.layer_id(layer) for layer in config["activations"]["token_layers"]
 ]
+POTTS = config["potts"]
+# Potts sets: every model, and the natural family when potts.family is given; energies are
+# scored under the base model (and the family's), the band taken from the family (else the base).
+_POTTS_FAMILY = [paths.FAMILY_SET] if POTTS["family"] else []
+POTTS_SETS = MODELS + _POTTS_FAMILY
+POTTS_SCORERS = [BASE] + _POTTS_FAMILY
+POTTS_REFERENCE = paths.FAMILY_SET if POTTS["family"] else BASE
 
 
 wildcard_constraints:
@@ -100,6 +107,7 @@ wildcard_constraints:
     fold=r"\d+",
     pooling="last|mean",
     iteration=r"\d+",
+    potts_set=wc.alternatives(POTTS_SETS),
 
 
 # ----------------------------------------------------------------------------- resources
@@ -231,6 +239,19 @@ def kl_mem_mb(wildcards, input, attempt):
     return attempt_scaled(
         HOST_MB + model_host_mb(parameters) + model_host_mb(base), attempt
     )
+
+
+def potts_fit_mem_mb(wildcards, input, attempt):
+    """The Lq x Lq couplings (L from the profile) held about 30 times: parameters, gradient,
+    symmetrised copy and L-BFGS's 10-step history; plus one-hot rows for the weights."""
+    columns = json.loads(Path(input.profile_info).read_text())["match_columns"]
+    couplings = (columns * 21) ** 2 * 4
+    return attempt_scaled(HOST_MB + 30 * couplings / MB + 3 * input.size_mb, attempt)
+
+
+def potts_compare_mem_mb(wildcards, input, attempt):
+    """Both fits (couplings and bootstrap scores) a few times over."""
+    return attempt_scaled(HOST_MB + 4 * input.size_mb, attempt)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -367,6 +388,42 @@ def diff_union_keys(wildcards):
     return [(s, FOLDS[0]) for s in SAE_SCHEMES if paths.is_finetune_scheme(s)]
 
 
+# ----------------------------------------------------------------------------- potts
+
+# The keys of the potts section that change each rule's output (its rerun triggers); the rule
+# scripts take the rest from the config.
+POTTS_RULE_KEYS = {
+    "profile": ["family", "profile_iterations", "profile_sequences", "seed"],
+    "align": ["min_coverage", "min_sequences"],
+    "fit": [
+        "identity",
+        "lambda_h",
+        "lambda_j",
+        "max_iterations",
+        "bootstrap",
+        "max_sequences",
+        "min_neff_per_column",
+        "seed",
+    ],
+    "compare": ["fdr"],
+}
+
+
+def potts_keys(rule):
+    return {k: POTTS[k] for k in POTTS_RULE_KEYS[rule]}
+
+
+def potts_profile_source():
+    """potts.family when given, else the base model's kept FASTA."""
+    return POTTS["family"] or fasta(BASE)
+
+
+def potts_set_source(wildcards):
+    if wildcards.potts_set == paths.FAMILY_SET:
+        return POTTS["family"]
+    return fasta(wildcards.potts_set)
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -400,5 +457,7 @@ def all_targets():
         for fam in SAE_FAMILIES
     ]
     targets.append(paths.kl_summary())
+    if POTTS["enabled"]:
+        targets.append(paths.potts_summary_file("changes.tsv"))
     targets.append(paths.report_index())
     return targets

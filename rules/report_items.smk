@@ -29,6 +29,8 @@ REPORT_RULES = [
     ),
     ("kl", "kl_summary", {}),
     ("kl", "kl", {"model": ROUNDS}),
+    ("potts", "potts_summary", {}),
+    ("potts", "potts_compare", {"model": ROUNDS}),
 ]
 REPORT_SUFFIXES = (".tsv", ".png", ".json")
 # Outputs a report() category sends to another section than their rule's.

@@ -55,6 +55,12 @@ SECTIONS = [
         "Whether those features and changes reappear across fold replicas and SAE schemes.",
     ),
     ("kl", "KL to the base", "How far each model's next-token distribution moved from the base."),
+    (
+        "potts",
+        "Potts models",
+        "How the sampled family's fields and couplings moved per round, and whether the rounds "
+        "stay inside the family's energy band.",
+    ),
 ]
 TABLE_ROWS = 25
 LONG_TABLE = 12
@@ -498,12 +504,62 @@ def kl_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+# The Potts summary tables in reading order; per-round files follow them.
+POTTS_SUMMARY = ("changes.tsv", "energy.tsv", "energy.png", "fits.tsv", "coverage.tsv")
+POTTS_TOP_SITES = 15
+
+
+def potts_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
+    """Summary tables and the energy figure, then per round the coupling-change map and the
+    sites whose fields moved most."""
+    summary = {i.name: i for i in items if not i.wildcards}
+    parts = []
+    for name in POTTS_SUMMARY:
+        item = summary.get(name)
+        if item is None:
+            continue
+        if name == "fits.tsv":
+            frame = read_tsv(item.path)
+            if "warning" in frame:
+                frame["warning"] = frame["warning"].astype(object).where(frame["warning"].notna(), "")
+                n_warn = int((frame["warning"] != "").sum())
+                if n_warn:
+                    parts.append(
+                        f'<p class="lead">{n_warn} of {len(frame)} fits have N_eff / L below '
+                        "potts.min_neff_per_column: their couplings are mostly regularisation.</p>"
+                    )
+            parts.append(
+                f"<h4>fits</h4>{caption_html(item, config)}"
+                f"{table_html(frame, source=item.path, cell_class={'warning': _mark_class})}"
+            )
+        else:
+            parts.append(generic_item(item, config))
+    by_round: dict[str, dict[str, ReportItem]] = {}
+    for item in items:
+        if item.wildcards.get("model"):
+            by_round.setdefault(item.wildcards["model"], {})[item.name] = item
+    for model, files in by_round.items():
+        parts.append(f'<h3 id="potts-{html.escape(model)}">{html.escape(model)} vs base</h3>')
+        if "couplings.png" in files:
+            item = files["couplings.png"]
+            parts.append(figure_html(item.path, caption_html(item, config)))
+        if "sites.tsv" in files:
+            item = files["sites.tsv"]
+            frame = read_tsv(item.path).sort_values("field_shift", ascending=False)
+            body = caption_html(item, config) + table_html(
+                frame, max_rows=POTTS_TOP_SITES, source=item.path
+            )
+            parts.append(details(f"Sites whose fields moved most ({model})", body))
+    return "".join(parts)
+
+
 STAGE_RENDERERS = {
     "overview": overview_html,
     "sae": sae_metrics_html,
     "diff": diff_html,
     "stability": stability_html,
     "kl": kl_html,
+    "potts": potts_html,
 }
 
 
