@@ -245,6 +245,8 @@ def potts_fit_mem_mb(wildcards, input, attempt):
     """The Lq x Lq couplings (L from the profile) held about 30 times: parameters, gradient,
     symmetrised copy and L-BFGS's 10-step history; plus one-hot rows for the weights."""
     columns = json.loads(Path(input.profile_info).read_text())["match_columns"]
+    if POTTS["columns"]:
+        columns = POTTS["columns"][1] - POTTS["columns"][0] + 1
     couplings = (columns * 21) ** 2 * 4
     return attempt_scaled(HOST_MB + 30 * couplings / MB + 3 * input.size_mb, attempt)
 
@@ -394,7 +396,7 @@ def diff_union_keys(wildcards):
 # scripts take the rest from the config.
 POTTS_RULE_KEYS = {
     "profile": ["family", "profile_iterations", "profile_sequences", "seed"],
-    "align": ["min_coverage", "min_sequences"],
+    "align": ["columns", "min_coverage", "min_sequences"],
     "fit": [
         "identity",
         "lambda_h",

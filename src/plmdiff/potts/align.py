@@ -50,7 +50,7 @@ def read_family(path: str | os.PathLike) -> FamilyFile:
             msa = handle.read()
         if msa is None:
             raise DataError(f"potts.family: {path} holds no Stockholm alignment")
-        names = [n.decode() for n in msa.names]
+        names = [_text(n) for n in msa.names]
         rows = [str(r).replace(".", "-") for r in msa.alignment]
         return FamilyFile(names, [r.translate(_GAPS).upper() for r in rows], rows)
     ids, seqs = _parse_fasta(text)
@@ -61,6 +61,10 @@ def read_family(path: str | os.PathLike) -> FamilyFile:
         rows = [s.replace(".", "-") for s in seqs]
         return FamilyFile(ids, [r.translate(_GAPS).upper() for r in rows], rows)
     return FamilyFile(ids, [s.translate(_GAPS).upper() for s in seqs], None)
+
+
+def _text(name: str | bytes) -> str:
+    return name.decode() if isinstance(name, bytes) else name
 
 
 def _parse_fasta(text: str) -> tuple[list[str], list[str]]:
@@ -155,12 +159,25 @@ def align_to_profile(
     if not sequences:
         return []
     msa = hmmer.hmmalign(hmm, _digital(ids, sequences), trim=True, cpus=1)
-    rows = {n.decode(): match_columns(str(a)) for n, a in zip(msa.names, msa.alignment)}
+    rows = {_text(n): match_columns(str(a)) for n, a in zip(msa.names, msa.alignment, strict=True)}
     out = [rows[i] for i in ids]
     bad = [i for i, r in zip(ids, out) if len(r) != hmm.M]
     if bad:
         raise DataError(f"hmmalign returned rows of the wrong length for {bad[:3]}")
     return out
+
+
+def column_window(rows: Sequence[str], columns: tuple[int, int] | None, length: int) -> list[str]:
+    """The rows cut to profile columns [first, last] (1-based, inclusive; potts.columns)."""
+    if columns is None:
+        return list(rows)
+    first, last = columns
+    if not 1 <= first <= last <= length:
+        raise DataError(
+            f"potts.columns = [{first}, {last}]: the profile has {length} match columns; "
+            f"accepted: 1 <= first <= last <= {length}"
+        )
+    return [r[first - 1 : last] for r in rows]
 
 
 def coverage(rows: Sequence[str]) -> np.ndarray:

@@ -77,14 +77,15 @@ def run_potts_align(
     cfg = PottsConfig.from_section(potts_section)
     hmm = align.read_profile(profile_path)
     ids, seqs = _sequences(set_name, source)
-    rows = align.align_to_profile(hmm, ids, seqs)
+    rows = align.column_window(align.align_to_profile(hmm, ids, seqs), cfg.columns, hmm.M)
+    width = len(rows[0]) if rows else hmm.M
     table = align.aligned_table(set_name, ids, rows, cfg.min_coverage)
     summary = align.coverage_summary(table, set_name, cfg.min_coverage)
     kept = int(summary["kept"])  # type: ignore[call-overload]
     if kept < cfg.min_sequences:
         raise DataError(
             f"potts: set '{set_name}' ({source}): {kept} of {len(ids)} sequences cover >= "
-            f"{cfg.min_coverage:.0%} of the {hmm.M} profile columns, fewer than "
+            f"{cfg.min_coverage:.0%} of the {width} profile columns, fewer than "
             f"potts.min_sequences = {cfg.min_sequences}. Sample more sequences, lower "
             "potts.min_coverage, give a family profile (potts.family), or set potts.enabled: false."
         )

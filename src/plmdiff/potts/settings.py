@@ -16,6 +16,7 @@ from plmdiff.config.sections import from_section
 class PottsConfig:
     enabled: bool
     family: str | None
+    columns: tuple[int, int] | None
     min_coverage: float
     min_sequences: int
     max_sequences: int
@@ -32,4 +33,6 @@ class PottsConfig:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> PottsConfig:
-        return from_section(cls, section, "potts")
+        return from_section(
+            cls, section, "potts", convert={"columns": lambda c: tuple(c) if c else None}
+        )
