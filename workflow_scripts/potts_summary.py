@@ -7,7 +7,6 @@ setup_logging(snakemake.log[0])
 params, inp, out = snakemake.params, snakemake.input, snakemake.output
 run_potts_summary(
     list(params.sets),
-    list(params.rounds),
     alignments=dict(zip(params.sets, inp.alignments, strict=True)),
     coverages=list(inp.coverages),
     fit_infos=list(inp.fit_infos),

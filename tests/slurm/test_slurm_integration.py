@@ -114,7 +114,7 @@ def test_profile_defaults_grow_with_attempt(resource):
 
 
 def test_gpu_rules_are_the_ones_that_declare_a_gpu():
-    expected = {"sample", "extract", "probes", "train_sae", "feature_stats", "kl"}
+    expected = {"sample", "extract", "probes", "train_sae", "feature_stats", "kl", "potts_fit"}
     assert expected == GPU_RULES
 
 

@@ -124,6 +124,7 @@ LAYERS = [
     "plmdiff.sae",
     "plmdiff.diff",
     "plmdiff.kl",
+    "plmdiff.potts",
     "plmdiff.report",
     "plmdiff.demo",
     "plmdiff.testing",

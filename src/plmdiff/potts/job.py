@@ -235,7 +235,6 @@ def _round_summary(model_name: str, sites: pd.DataFrame, pairs: pd.DataFrame) ->
 
 def run_potts_summary(
     sets: Sequence[str],
-    rounds: Sequence[str],
     *,
     alignments: Mapping[str, str | os.PathLike],
     coverages: Sequence[str | os.PathLike],

@@ -143,7 +143,6 @@ def fit_pseudolikelihood(
     lambda_j: float,
     max_iterations: int,
     device: Any,
-    init: PottsModel | None = None,
     tolerance: float = 1e-6,
 ) -> tuple[PottsModel, FitInfo]:
     """Minimise -sum_n w_n log PL(x_n) + lambda_h |h|^2 + lambda_J sum_{i<j} |J_ij|^2 with
@@ -158,13 +157,8 @@ def fit_pseudolikelihood(
     total = float(w.sum())
     rows = x + torch.arange(length, device=device) * Q
     mask = _coupling_mask(length, device)
-    if init is None:
-        h = _initial_fields(x, w).requires_grad_(True)
-        wmat = torch.zeros(length * Q, length * Q, device=device, requires_grad=True)
-    else:
-        h = torch.as_tensor(init.h, device=device).clone().requires_grad_(True)
-        flat = torch.as_tensor(init.J, device=device).reshape(length * Q, length * Q)
-        wmat = flat.clone().requires_grad_(True)
+    h = _initial_fields(x, w).requires_grad_(True)
+    wmat = torch.zeros(length * Q, length * Q, device=device, requires_grad=True)
     opt = torch.optim.LBFGS(
         [h, wmat],
         lr=1.0,
@@ -186,7 +180,8 @@ def fit_pseudolikelihood(
         loss.backward()
         return loss
 
-    loss = opt.step(objective)
+    opt.step(objective)
+    loss = objective()  # step() returns the first evaluation's loss, not the last
     state = opt.state[opt._params[0]]
     with torch.no_grad():
         jmat = _symmetric(wmat, mask)
@@ -285,7 +280,8 @@ def fit_with_bootstrap(
 
     A resampled row keeps its full-data weight (a drawn duplicate must not shrink the weights of
     its copies, or every refit would see fewer effective sequences than the fit it is compared
-    with); refits start from the full fit, which saves most of their iterations.
+    with). Refits start where the fit started, not from its solution: a refit stopped early would
+    otherwise stay near the fit and understate the spread.
     """
     t0 = time.perf_counter()
     lh, lj = regularization(states.shape[1], lambda_h, lambda_j)
@@ -306,7 +302,6 @@ def fit_with_bootstrap(
             lambda_j=lj,
             max_iterations=max_iterations,
             device=device,
-            init=full,
         )
         boot_h.append(zero_sum_gauge(refit).h)
         boot_scores.append(coupling_scores(refit))
