@@ -83,7 +83,7 @@ def null(states: np.ndarray) -> dict:
         fits.append(result)
     changes = compare.coupling_changes(fits[0], fits[1], fdr=0.05)
     return {
-        "pairs": int(len(changes)),
+        "pairs": len(changes),
         "significant": int(changes["significant"].sum()),
         "significant_fraction": float(changes["significant"].mean()),
         "min_q": float(changes["q_value"].min()),

@@ -11,9 +11,7 @@ run_potts_summary(
     coverages=list(inp.coverages),
     fit_infos=list(inp.fit_infos),
     scorer_fits=dict(zip(params.scorers, inp.scorer_fits, strict=True)),
-    compare_files={
-        m: (s, p) for m, s, p in zip(params.rounds, inp.sites, inp.pairs, strict=True)
-    },
+    compare_files={m: (s, p) for m, s, p in zip(params.rounds, inp.sites, inp.pairs, strict=True)},
     reference=params.reference,
     outputs={
         "coverage": out.coverage,

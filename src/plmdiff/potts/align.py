@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from plmdiff.core.runtime import atomic_path
 log = logging.getLogger(__name__)
 
 ALPHABET = easel.Alphabet.amino()
-PROFILE_NAME = b"plmdiff_potts_profile"
+PROFILE_NAME = "plmdiff_potts_profile"
 _GAPS = str.maketrans("", "", "-.")
 
 
@@ -80,8 +81,8 @@ def _parse_fasta(text: str) -> tuple[list[str], list[str]]:
     return ids, ["".join(c) for c in chunks]
 
 
-def _digital(ids: Sequence[str], sequences: Sequence[str]) -> list[easel.DigitalSequence]:
-    out = []
+def _digital(ids: Sequence[str], sequences: Sequence[str]) -> list[Any]:
+    out: list[Any] = []
     for sid, seq in zip(ids, sequences, strict=True):
         try:
             out.append(easel.TextSequence(name=sid.encode(), sequence=seq).digitize(ALPHABET))
@@ -106,14 +107,15 @@ def profile_from_sequences(
     pick = np.arange(len(sequences))
     if len(pick) > max_sequences:
         pick = np.sort(rng.choice(len(pick), size=max_sequences, replace=False))
-    digital = _digital([ids[k] for k in pick], [sequences[k] for k in pick])
+    chosen = [int(k) for k in pick]
+    digital = _digital([ids[k] for k in chosen], [sequences[k] for k in chosen])
     lengths = np.array([len(d) for d in digital])
     seed_index = int(np.argsort(lengths, kind="stable")[len(lengths) // 2])
     builder = plan7.Builder(ALPHABET, seed=seed or 1)
     background = plan7.Background(ALPHABET)
     hmm, _, _ = builder.build(digital[seed_index], background)
     for _ in range(iterations):
-        msa = hmmer.hmmalign(hmm, digital, trim=True, digitize=True, cpus=1)
+        msa: Any = hmmer.hmmalign(hmm, digital, trim=True, digitize=True, cpus=1)
         msa.name = PROFILE_NAME
         hmm, _, _ = builder.build_msa(msa, background)
     hmm.name = PROFILE_NAME
@@ -122,7 +124,7 @@ def profile_from_sequences(
 
 def profile_from_alignment(ids: Sequence[str], rows: Sequence[str], *, seed: int) -> plan7.HMM:
     """hmmbuild of a given alignment (match columns: >= 50% residues, HMMER's default)."""
-    msa = easel.TextMSA(
+    msa: Any = easel.TextMSA(
         name=PROFILE_NAME,
         sequences=[
             easel.TextSequence(name=i.encode(), sequence=r) for i, r in zip(ids, rows, strict=True)
@@ -152,16 +154,14 @@ def match_columns(row: str) -> str:
     return "".join(c for c in row if c == "-" or c.isupper())
 
 
-def align_to_profile(
-    hmm: plan7.HMM, ids: Sequence[str], sequences: Sequence[str]
-) -> list[str]:
+def align_to_profile(hmm: plan7.HMM, ids: Sequence[str], sequences: Sequence[str]) -> list[str]:
     """Each sequence's match-column row (hmm.M characters, '-' for a deletion), in input order."""
     if not sequences:
         return []
-    msa = hmmer.hmmalign(hmm, _digital(ids, sequences), trim=True, cpus=1)
+    msa: Any = hmmer.hmmalign(hmm, _digital(ids, sequences), trim=True, cpus=1)
     rows = {_text(n): match_columns(str(a)) for n, a in zip(msa.names, msa.alignment, strict=True)}
     out = [rows[i] for i in ids]
-    bad = [i for i, r in zip(ids, out) if len(r) != hmm.M]
+    bad = [i for i, r in zip(ids, out, strict=True) if len(r) != hmm.M]
     if bad:
         raise DataError(f"hmmalign returned rows of the wrong length for {bad[:3]}")
     return out
@@ -207,7 +207,7 @@ def coverage_summary(table: pd.DataFrame, set_name: str, min_coverage: float) ->
     cov = table["coverage"].to_numpy()
     return {
         "set": set_name,
-        "sequences": int(len(table)),
+        "sequences": len(table),
         "kept": int(table["kept"].sum()),
         "kept_fraction": float(table["kept"].mean()) if len(table) else 0.0,
         "coverage_mean": float(cov.mean()) if len(cov) else float("nan"),

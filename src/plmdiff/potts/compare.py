@@ -68,7 +68,8 @@ def coupling_changes(base: FitResult, other: FitResult, fdr: float) -> pd.DataFr
     boot = other.boot_scores[:, i, j].astype(np.float64) - base.boot_scores[:, i, j]
     low, high = percentile_interval(boot.T, 0.95)
     se = np.sqrt(
-        base.boot_scores[:, i, j].var(axis=0, ddof=1) + other.boot_scores[:, i, j].var(axis=0, ddof=1)
+        base.boot_scores[:, i, j].var(axis=0, ddof=1)
+        + other.boot_scores[:, i, j].var(axis=0, ddof=1)
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, delta / se, 0.0)
@@ -112,9 +113,7 @@ def energy_band(reference: np.ndarray, level: float = 0.95) -> tuple[float, floa
     return float(low), float(high)
 
 
-def energy_summary(
-    energies: Mapping[str, np.ndarray], reference: str, scorer: str
-) -> pd.DataFrame:
+def energy_summary(energies: Mapping[str, np.ndarray], reference: str, scorer: str) -> pd.DataFrame:
     """Per set: energies under the `scorer` model, and the fraction inside the reference set's
     2.5-97.5% band."""
     low, high = energy_band(energies[reference])
@@ -126,7 +125,7 @@ def energy_summary(
                 "set": name,
                 "model": scorer,
                 "reference": reference,
-                "sequences": int(len(values)),
+                "sequences": len(values),
                 "energy_mean": float(values.mean()) if len(values) else float("nan"),
                 "energy_median": float(np.median(values)) if len(values) else float("nan"),
                 "band_low": low,

@@ -91,7 +91,9 @@ def run_potts_align(
         )
     write_parquet(table, table_path)
     write_json(coverage_path, summary)
-    log.info("%s: %d of %d sequences kept (coverage >= %.2f)", set_name, kept, len(ids), cfg.min_coverage)
+    log.info(
+        "%s: %d of %d sequences kept (coverage >= %.2f)", set_name, kept, len(ids), cfg.min_coverage
+    )
     return table
 
 
@@ -145,7 +147,7 @@ def run_potts_fit(
     """The potts_fit rule: the set's Potts model and its bootstrap refits."""
     cfg = PottsConfig.from_section(potts_section)
     dev = resolve_device(device)
-    table, states = kept_states(table_path)
+    _, states = kept_states(table_path)
     seed = derive_seed(cfg.seed, "potts_fit", set_name)
     if len(states) > cfg.max_sequences:
         pick = np.sort(
@@ -171,7 +173,7 @@ def run_potts_fit(
     save_fit(result, fit_path)
     record = {
         "set": set_name,
-        "sequences": int(len(states)),
+        "sequences": len(states),
         "columns": int(length),
         "neff": neff,
         "neff_per_column": neff / length if length else float("nan"),
@@ -183,7 +185,9 @@ def run_potts_fit(
         "device": str(dev),
     }
     write_json(info_path, record)
-    log.info("%s: N=%d, N_eff=%.1f, L=%d, %.1f s", set_name, len(states), neff, length, info.seconds)
+    log.info(
+        "%s: N=%d, N_eff=%.1f, L=%d, %.1f s", set_name, len(states), neff, length, info.seconds
+    )
     return record
 
 
@@ -223,8 +227,8 @@ def _round_summary(model_name: str, sites: pd.DataFrame, pairs: pd.DataFrame) ->
     sig = pairs[pairs["significant"]]
     return {
         "model": model_name,
-        "pairs_tested": int(len(pairs)),
-        "pairs_significant": int(len(sig)),
+        "pairs_tested": len(pairs),
+        "pairs_significant": len(sig),
         "pairs_up": int((sig["change"] > 0).sum()),
         "pairs_down": int((sig["change"] < 0).sum()),
         "max_abs_change": float(pairs["change"].abs().max()) if len(pairs) else float("nan"),
@@ -246,8 +250,12 @@ def run_potts_summary(
 ) -> pd.DataFrame:
     """The potts_summary rule: coverage, fits and changes per round; every set's energies
     under the base (and family) model with the fraction inside the reference set's band."""
-    write_table(pd.DataFrame([read_json(p) for p in coverages]), outputs["coverage"], float_format="%.4g")
-    write_table(pd.DataFrame([read_json(p) for p in fit_infos]), outputs["fits"], float_format="%.4g")
+    write_table(
+        pd.DataFrame([read_json(p) for p in coverages]), outputs["coverage"], float_format="%.4g"
+    )
+    write_table(
+        pd.DataFrame([read_json(p) for p in fit_infos]), outputs["fits"], float_format="%.4g"
+    )
     rows = [
         _round_summary(m, pd.read_csv(s, sep="\t"), pd.read_csv(p, sep="\t"))
         for m, (s, p) in compare_files.items()

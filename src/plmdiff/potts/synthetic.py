@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plmdiff.potts.model import Q, PottsModel, zero_sum_gauge
+from plmdiff.potts.model import PottsModel, Q, zero_sum_gauge
 
 
 def planted_model(

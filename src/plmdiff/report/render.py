@@ -521,7 +521,9 @@ def potts_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
         if name == "fits.tsv":
             frame = read_tsv(item.path)
             if "warning" in frame:
-                frame["warning"] = frame["warning"].astype(object).where(frame["warning"].notna(), "")
+                frame["warning"] = (
+                    frame["warning"].astype(object).where(frame["warning"].notna(), "")
+                )
                 n_warn = int((frame["warning"] != "").sum())
                 if n_warn:
                     parts.append(

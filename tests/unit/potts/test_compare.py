@@ -81,7 +81,7 @@ def test_a_block_motif_shows_in_the_couplings_between_its_columns():
     changes = compare.coupling_changes(base, later, fdr=0.05)
     motif = {c + 1 for c in MOTIF_COLUMNS}
     top = changes.sort_values("change", ascending=False).head(6)
-    assert all(i in motif and j in motif for i, j in zip(top["site_i"], top["site_j"]))
+    assert all(i in motif and j in motif for i, j in zip(top["site_i"], top["site_j"], strict=True))
 
 
 def test_fits_over_different_columns_are_refused():

@@ -135,7 +135,10 @@ def test_too_few_sequences_stop_with_one_message(tmp_path):
     fasta = write_set(tmp_path / "r0.fasta", "r0", 30, 1)
     sec = section()
     job.run_potts_profile(
-        fasta, from_family=False, potts_section=sec, hmm_path=tmp_path / "p.hmm",
+        fasta,
+        from_family=False,
+        potts_section=sec,
+        hmm_path=tmp_path / "p.hmm",
         info_path=tmp_path / "p.json",
     )
     with pytest.raises(DataError) as err:
