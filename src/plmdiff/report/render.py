@@ -341,6 +341,12 @@ def settings_html(config: Mapping[str, Any]) -> str:
             f"{get('diff', 'stability_cosine')}, held-out evaluation {get('diff', 'held_out')}",
         ),
         ("KL", f"up to {get('kl', 'max_sequences')} sequences per set"),
+        (
+            "Potts",
+            f"enabled {get('potts', 'enabled')}, family {get('potts', 'family')}, columns "
+            f"{get('potts', 'columns')}, coverage >= {get('potts', 'min_coverage')}, "
+            f"{get('potts', 'bootstrap')} bootstrap refits, FDR {get('potts', 'fdr')}",
+        ),
         ("device", str(get("device"))),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in lines)
