@@ -153,6 +153,7 @@ PARAM_CHANGES = [
     ("probes", "C", 0.5, "probes"),
     ("filter", "min_length", 6, "filter_samples"),
     ("kl", "max_sequences", 12, "kl"),
+    ("potts", "fdr", 0.1, "potts_compare"),
 ]
 
 
@@ -271,6 +272,7 @@ ALL_MODEL_RULES = {
     "feature_stats",
     "diff",
     "kl_summary",
+    "potts_summary",
     *FINAL,
 }
 
@@ -284,6 +286,7 @@ def test_adding_a_model_runs_only_its_jobs_and_the_aggregates(tiny_run, tiny_che
         work,
         lambda rule, w: (
             w.get("model") == "r3"
+            or w.get("potts_set") == "r3"
             or rule in ALL_MODEL_RULES
             or (rule == "train_sae" and w.get("scheme") in ("ft_r3", "pooled"))
         ),
