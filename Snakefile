@@ -27,6 +27,7 @@ include: "rules/probes.smk"
 include: "rules/sae.smk"
 include: "rules/diff.smk"
 include: "rules/model_diff.smk"
+include: "rules/potts.smk"
 include: "rules/report.smk"
 
 

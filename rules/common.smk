@@ -99,6 +99,14 @@ SAE_GROUP = "sae.{embedder}.{layer}.{scheme}"
 MODEL_DIFF_LAYERS = STUDY.model_diff_layers
 MODEL_DIFF_SHARDS = paths.extract_part_ids(config["model_diff"]["shards"])
 
+POTTS = config["potts"]
+# Potts sets: every model, and the natural family when potts.family is given; energies are
+# scored under the base model (and the family's), the band taken from the family (else the base).
+_POTTS_FAMILY = [paths.FAMILY_SET] if POTTS["family"] else []
+POTTS_SETS = MODELS + _POTTS_FAMILY
+POTTS_SCORERS = [BASE] + _POTTS_FAMILY
+POTTS_REFERENCE = paths.FAMILY_SET if POTTS["family"] else BASE
+
 
 wildcard_constraints:
     model=wc.alternatives(MODELS),
@@ -111,6 +119,7 @@ wildcard_constraints:
     fold=r"\d+",
     pooling="last|mean",
     iteration=r"\d+",
+    potts_set=wc.alternatives(POTTS_SETS),
 
 
 # ----------------------------------------------------------------------------- resources
@@ -301,6 +310,21 @@ def kl_mem_mb(wildcards, input, attempt):
     return attempt_scaled(
         HOST_MB + model_host_mb(parameters) + model_host_mb(base), attempt
     )
+
+
+def potts_fit_mem_mb(wildcards, input, attempt):
+    """The Lq x Lq couplings (L from the profile) held about 30 times: parameters, gradient,
+    symmetrised copy and L-BFGS's 10-step history; plus one-hot rows for the weights."""
+    columns = json.loads(Path(input.profile_info).read_text())["match_columns"]
+    if POTTS["columns"]:
+        columns = POTTS["columns"][1] - POTTS["columns"][0] + 1
+    couplings = (columns * 21) ** 2 * 4
+    return attempt_scaled(HOST_MB + 30 * couplings / MB + 3 * input.size_mb, attempt)
+
+
+def potts_compare_mem_mb(wildcards, input, attempt):
+    """Both fits (couplings and bootstrap scores) a few times over."""
+    return attempt_scaled(HOST_MB + 4 * input.size_mb, attempt)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -522,6 +546,42 @@ def sae_diff_inputs(wildcards):
     }
 
 
+# ----------------------------------------------------------------------------- potts
+
+# The keys of the potts section that change each rule's output (its rerun triggers); the rule
+# scripts take the rest from the config.
+POTTS_RULE_KEYS = {
+    "profile": ["family", "profile_iterations", "profile_sequences", "seed"],
+    "align": ["columns", "min_coverage", "min_sequences"],
+    "fit": [
+        "identity",
+        "lambda_h",
+        "lambda_j",
+        "max_iterations",
+        "bootstrap",
+        "max_sequences",
+        "min_neff_per_column",
+        "seed",
+    ],
+    "compare": ["fdr"],
+}
+
+
+def potts_keys(rule):
+    return {k: POTTS[k] for k in POTTS_RULE_KEYS[rule]}
+
+
+def potts_profile_source():
+    """potts.family when given, else the base model's kept FASTA."""
+    return POTTS["family"] or fasta(BASE)
+
+
+def potts_set_source(wildcards):
+    if wildcards.potts_set == paths.FAMILY_SET:
+        return POTTS["family"]
+    return fasta(wildcards.potts_set)
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -569,5 +629,9 @@ def all_targets():
             paths.model_diff_layer_file(layer, "agreement.tsv")
             for layer in MODEL_DIFF_LAYERS
         ]
+
+
+    if POTTS["enabled"]:
+        targets.append(paths.potts_summary_file("changes.tsv"))
     targets.append(paths.report_index())
     return targets

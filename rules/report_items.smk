@@ -32,6 +32,8 @@ REPORT_RULES = [
     ("model_diff", "model_diff_profile", {}),
     ("model_diff", "crosscoder", {"layer": MODEL_DIFF_LAYERS}),
     ("model_diff", "model_diff_agreement", {"layer": MODEL_DIFF_LAYERS}),
+    ("potts", "potts_summary", {}),
+    ("potts", "potts_compare", {"model": ROUNDS}),
 ]
 REPORT_SUFFIXES = (".tsv", ".png", ".json")
 # Parquet tables the report reads: the diff's examples, and its full ranking (lead features).

@@ -116,6 +116,7 @@ def test_profile_defaults_grow_with_attempt(resource):
 def test_gpu_rules_are_the_ones_that_declare_a_gpu():
     expected = {"sample", "extract", "extract_tokens", "probes", "train_sae", "feature_stats", "kl"}
     expected |= {"model_diff_extract", "crosscoder", "diff_sae"}
+    expected |= {"potts_fit"}
     assert expected == GPU_RULES
 
 

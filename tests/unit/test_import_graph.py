@@ -125,6 +125,7 @@ LAYERS = [
     "plmdiff.diff",
     "plmdiff.kl",
     "plmdiff.model_diff",
+    "plmdiff.potts",
     "plmdiff.report",
     "plmdiff.demo",
     "plmdiff.testing",

@@ -13,7 +13,7 @@ from tests.conftest import run_snakemake
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 # Sections whose stage always runs in the tiny workflow; the others when their outputs exist.
-ALWAYS = {"overview", "sampling", "sae", "diff", "stability", "kl", "model_diff"}
+ALWAYS = {"overview", "sampling", "sae", "diff", "stability", "kl", "model_diff", "potts"}
 OPTIONAL = {
     "demo": "results/demo/dpo_summary.tsv",
     "probes": "results/probes",

@@ -153,6 +153,7 @@ PARAM_CHANGES = [
     ("probes", "C", 0.5, "probes"),
     ("filter", "min_length", 6, "filter_samples"),
     ("kl", "max_sequences", 12, "kl"),
+    ("potts", "fdr", 0.1, "potts_compare"),
 ]
 
 
@@ -319,6 +320,7 @@ ALL_MODEL_RULES = {
     "crosscoder",
     "diff_sae",
     "model_diff_agreement",
+    "potts_summary",
     *FINAL,
 }
 
@@ -332,6 +334,7 @@ def test_adding_a_model_runs_only_its_jobs_and_the_aggregates(tiny_run, tiny_che
         work,
         lambda rule, w: (
             w.get("model") == "r3"
+            or w.get("potts_set") == "r3"
             or rule in ALL_MODEL_RULES
             # The SAE folds are per model (plmdiff.sae.folds): only the SAEs that train on r3
             # run; the base SAE and the other rounds' fine-tunes keep their folds.

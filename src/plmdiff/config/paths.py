@@ -306,6 +306,46 @@ def kl_figure(ext: str) -> str:
     return f"{RESULTS}/kl/kl_by_round.{ext}"
 
 
+# Potts models (potts.enabled): sets are the models and, with potts.family, FAMILY_SET (a name no
+# model can take: model names start with a letter or digit).
+FAMILY_SET = "_family"
+
+
+def potts_dir() -> str:
+    return f"{RESULTS}/potts"
+
+
+def potts_profile(ext: str) -> str:
+    """profile.hmm (the HMM) or profile.json (how it was built)."""
+    return f"{RESULTS}/potts/profile.{ext}"
+
+
+def potts_alignment(set_name: str) -> str:
+    return f"{RESULTS}/potts/align/{set_name}.parquet"
+
+
+def potts_coverage(set_name: str) -> str:
+    return f"{RESULTS}/potts/align/{set_name}.coverage.json"
+
+
+def potts_fit(set_name: str) -> str:
+    return f"{RESULTS}/potts/fit/{set_name}.safetensors"
+
+
+def potts_fit_info(set_name: str) -> str:
+    return f"{RESULTS}/potts/fit/{set_name}.json"
+
+
+def potts_compare_file(model: str, name: str) -> str:
+    """sites.tsv, pairs.tsv, couplings.{png,svg} of one round against the base."""
+    return f"{RESULTS}/potts/compare/{model}/{name}"
+
+
+def potts_summary_file(name: str) -> str:
+    """coverage.tsv, fits.tsv, changes.tsv, energy.tsv, energies.parquet, energy.{png,svg}."""
+    return f"{RESULTS}/potts/{name}"
+
+
 def report_index() -> str:
     return f"{RESULTS}/report/index.html"
 

@@ -78,6 +78,12 @@ SECTIONS = [
         "What changed inside the models on the same tokens: where in depth and along the "
         "sequence the residual stream moved, and which crosscoder latents only the rounds have.",
     ),
+    (
+        "potts",
+        "Potts models",
+        "How the sampled family's fields and couplings moved per round, and whether the rounds "
+        "stay inside the family's energy band.",
+    ),
 ]
 
 SAE_METRIC_COLUMNS = [
@@ -177,6 +183,12 @@ def settings_html(config: Mapping[str, Any]) -> str:
             f"{get('diff', 'stability_cosine')}, held-out evaluation {get('diff', 'held_out')}",
         ),
         ("KL", f"up to {get('kl', 'max_sequences')} sequences per set"),
+        (
+            "Potts",
+            f"enabled {get('potts', 'enabled')}, family {get('potts', 'family')}, columns "
+            f"{get('potts', 'columns')}, coverage >= {get('potts', 'min_coverage')}, "
+            f"{get('potts', 'bootstrap')} bootstrap refits, FDR {get('potts', 'fdr')}",
+        ),
         ("device", str(get("device"))),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in lines)
@@ -249,11 +261,63 @@ def kl_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+# The Potts summary tables in reading order; per-round files follow them.
+POTTS_SUMMARY = ("changes.tsv", "energy.tsv", "energy.png", "fits.tsv", "coverage.tsv")
+POTTS_TOP_SITES = 15
+
+
+def potts_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
+    """Summary tables and the energy figure, then per round the coupling-change map and the
+    sites whose fields moved most."""
+    summary = {i.name: i for i in items if not i.wildcards}
+    parts = []
+    for name in POTTS_SUMMARY:
+        item = summary.get(name)
+        if item is None:
+            continue
+        if name == "fits.tsv":
+            frame = read_tsv(item.path)
+            if "warning" in frame:
+                frame["warning"] = (
+                    frame["warning"].astype(object).where(frame["warning"].notna(), "")
+                )
+                n_warn = int((frame["warning"] != "").sum())
+                if n_warn:
+                    parts.append(
+                        f'<p class="lead">{n_warn} of {len(frame)} fits have N_eff / L below '
+                        "potts.min_neff_per_column: their couplings are mostly regularisation.</p>"
+                    )
+            parts.append(
+                f"<h4>fits</h4>{caption_html(item, config)}"
+                f"{table_html(frame, source=item.path, cell_class={'warning': _mark_class})}"
+            )
+        else:
+            parts.append(generic_item(item, config))
+    by_round: dict[str, dict[str, ReportItem]] = {}
+    for item in items:
+        if item.wildcards.get("model"):
+            by_round.setdefault(item.wildcards["model"], {})[item.name] = item
+    for model, files in by_round.items():
+        parts.append(f'<h3 id="potts-{html.escape(model)}">{html.escape(model)} vs base</h3>')
+        if "couplings.png" in files:
+            item = files["couplings.png"]
+            parts.append(figure_html(item.path, caption_html(item, config)))
+        if "sites.tsv" in files:
+            item = files["sites.tsv"]
+            frame = read_tsv(item.path).sort_values("field_shift", ascending=False)
+            body = caption_html(item, config) + table_html(
+                frame, max_rows=POTTS_TOP_SITES, source=item.path
+            )
+            parts.append(details(f"Sites whose fields moved most ({model})", body))
+    return "".join(parts)
+
+
 STAGE_RENDERERS = {
     "overview": overview_html,
     "sae": sae_metrics_html,
     "stability": stability_html,
     "kl": kl_html,
+    "potts": potts_html,
 }
 
 

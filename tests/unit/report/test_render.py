@@ -58,6 +58,16 @@ CONFIG = {
     },
     "kl": {"max_sequences": 5},
     "model_diff": section_defaults("model_diff"),
+    "potts": {
+        "enabled": True,
+        "family": None,
+        "columns": None,
+        "min_coverage": 0.8,
+        "identity": 0.8,
+        "bootstrap": 20,
+        "fdr": 0.05,
+        "min_neff_per_column": 1.0,
+    },
 }
 
 
@@ -304,6 +314,25 @@ def items(tmp_path_factory) -> list[ReportItem]:
             wildcards={"layer": "01"},
         )
     )
+    out.extend(_potts_items(root / "potts"))
+    return out
+
+
+def _potts_items(root: Path) -> list[ReportItem]:
+    def item(path: str, caption: str, **wildcards: str) -> ReportItem:
+        return ReportItem("potts", path, caption=str(CAPTIONS / caption), wildcards=wildcards)
+
+    fits = pd.DataFrame(
+        {"set": MODELS, "neff": [30.0, 80.0, 90.0], "warning": ["N_eff / L = 0.6 is below", "", ""]}
+    )
+    sites = pd.DataFrame({"site": [1, 2, 3], "field_shift": [0.1, 2.5, 0.3]})
+    out = [
+        item(_tsv(root / "fits.tsv", fits), "potts_fits.rst"),
+        item(_tsv(root / "changes.tsv", pd.DataFrame({"model": ["r1"]})), "potts_changes.rst"),
+        item(_png(root / "energy.png", "energies"), "potts_energy.rst"),
+        item(_png(root / "r1/couplings.png", "couplings"), "potts_couplings.rst", model="r1"),
+        item(_tsv(root / "r1/sites.tsv", sites), "potts_sites.rst", model="r1"),
+    ]
     return out
 
 
@@ -348,6 +377,7 @@ def test_report_holds_every_section_figure_and_caption(items, tmp_path):
     assert "fold_replica" in page and "Highest-KL sequences" in page
     assert "r0 → r1 → r2" in page and "GPT2LMHeadModel" in page and "abababababab" in page
     assert "Not part of this run" not in page
+    assert "r1 vs base" in page and "1 of 3 fits have N_eff / L below" in page
 
 
 def test_absent_stages_are_said_not_hidden(items, tmp_path):
