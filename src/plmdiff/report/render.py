@@ -33,6 +33,7 @@ from plmdiff.report.blocks import (
     figure_html,
     flat_scalars,
     generic_item,
+    mark_class,
     read_tsv,
     render_template,
     rst_to_html,
@@ -289,7 +290,7 @@ def potts_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> str:
                     )
             parts.append(
                 f"<h4>fits</h4>{caption_html(item, config)}"
-                f"{table_html(frame, source=item.path, cell_class={'warning': _mark_class})}"
+                f"{table_html(frame, source=item.path, cell_class={'warning': mark_class})}"
             )
         else:
             parts.append(generic_item(item, config))
