@@ -236,7 +236,16 @@ def test_user_config_replaces_demo_defaults(tiny_checkpoints, tmp_path):
 
 # ----------------------------------------------------------------------------- cluster readiness
 
-GPU_RULES = {"sample", "extract", "extract_tokens", "probes", "train_sae", "feature_stats", "kl", "potts_fit"}
+GPU_RULES = {
+    "sample",
+    "extract",
+    "extract_tokens",
+    "probes",
+    "train_sae",
+    "feature_stats",
+    "kl",
+    "potts_fit",
+}
 PROFILE = REPO / "profiles" / "slurm"
 
 
