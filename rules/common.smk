@@ -630,7 +630,6 @@ def all_targets():
             for layer in MODEL_DIFF_LAYERS
         ]
 
-
     if POTTS["enabled"]:
         targets.append(paths.potts_summary_file("changes.tsv"))
     targets.append(paths.report_index())

@@ -21,8 +21,7 @@ rule feature_stats:
             ]
         ),
         folds=lambda wildcards: [
-            paths.sae_fold_table(m)
-            for m in STUDY.embedded_models(wildcards.embedder)
+            paths.sae_fold_table(m) for m in STUDY.embedded_models(wildcards.embedder)
         ],
         tokens=lambda wildcards: [
             part
