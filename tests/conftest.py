@@ -121,8 +121,9 @@ def local_slurm(tmp_path_factory):
 def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of every job a `snakemake -n` output lists ("rule X:" blocks)."""
     jobs: list[tuple[str, dict[str, str]]] = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", "\n" + output):
-        head = re.match(r"(?:local)?rule (\w+):", block)
+    # A group's jobs (SLURM groups, rules/common.smk) are printed indented under "Group job".
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", "\n" + output):
+        head = re.match(r"\s*(?:local)?rule (\w+):", block)
         if not head:
             continue
         found = re.search(r"^\s+wildcards: (.+)$", block, re.M)
