@@ -164,11 +164,11 @@ def test_sae_layer_outside_token_layers_stops_dag_build(tiny_checkpoints, tmp_pa
 def _planned_inputs(out: str) -> list[tuple[str, dict[str, str], list[str]]]:
     """(rule, wildcards, input files) of every job of a `-n` output."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        head = re.match(r"(?:local)?rule (\w+):", block)
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", out):
+        head = re.match(r"\s*(?:local)?rule (\w+):", block)
         if not head:
             continue
-        block = block.split("\n[")[0]
+        block = re.split(r"\n\s*\[", block)[0]
         found = re.search(r"^\s+wildcards: (.+)$", block, re.M)
         wildcards = dict(w.split("=", 1) for w in found.group(1).split(", ")) if found else {}
         inputs = re.search(r"^\s+input: (.+)$", block, re.M)
