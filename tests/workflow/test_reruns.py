@@ -209,11 +209,13 @@ def planned_jobs(work: Path, *targets: str) -> list[tuple[str, dict[str, str]]]:
     after = ["--", *targets] if targets else []  # --rerun-triggers takes values up to "--"
     out = run_snakemake(work, work / "config.yaml", "-n", *TRIGGERS, *after).stdout
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        head = re.match(r"(?:local)?rule (\w+):", block)
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", out):
+        head = re.match(r"\s*(?:local)?rule (\w+):", block)
         if not head:
             continue
-        line = re.search(r"^\s+wildcards: (.*)$", block.split("\n[")[0], flags=re.MULTILINE)
+        line = re.search(
+            r"^\s+wildcards: (.*)$", re.split(r"\n\s*\[", block)[0], flags=re.MULTILINE
+        )
         values = dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
         jobs.append((head.group(1), values))
     return jobs
@@ -400,8 +402,8 @@ def test_a_normal_user_deletes_an_sae_and_only_it_is_retrained(tiny_run, tmp_pat
 
 def _resources(text: str, rule: str) -> list[dict[str, str]]:
     found = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
-        if re.match(rf"(?:local)?rule {rule}:", block):
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", text):
+        if re.match(rf"\s*(?:local)?rule {rule}:", block):
             line = re.search(r"^\s+resources: (.*)$", block, flags=re.MULTILINE)
             found.append(dict(item.split("=", 1) for item in line.group(1).split(", ")))
     return found
