@@ -122,10 +122,6 @@ def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of every job a `snakemake -n` output lists ("rule X:" blocks; the jobs
     of a group job, which a dry run prints under "Group job ...", are indented)."""
     jobs: list[tuple[str, dict[str, str]]] = []
-<<<<<<< ours
-    # A group's jobs (SLURM groups, rules/common.smk) are printed indented under "Group job".
-=======
->>>>>>> theirs
     for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", "\n" + output):
         head = re.match(r"\s*(?:local)?rule (\w+):", block)
         if not head:

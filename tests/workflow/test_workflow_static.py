@@ -171,10 +171,6 @@ def test_sae_layer_outside_token_layers_stops_dag_build(tiny_checkpoints, tmp_pa
 def _planned_inputs(out: str) -> list[tuple[str, dict[str, str], list[str]]]:
     """(rule, wildcards, input files) of every job of a `-n` output."""
     jobs = []
-<<<<<<< ours
-    # A group's jobs are printed indented under "Group job ...".
-=======
->>>>>>> theirs
     for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", out):
         head = re.match(r"\s*(?:local)?rule (\w+):", block)
         if not head:
