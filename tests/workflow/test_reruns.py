@@ -303,6 +303,8 @@ def test_adding_a_token_layer_runs_only_that_layers_jobs(tiny_run, tmp_path, wit
             for rule in ("train_sae", "feature_stats")
             for s in TINY_SCHEMES
         ]
+        # The null fine-tune of the new layer calibrates its direction cut (no feature stats).
+        expected += [("train_sae", {**new, "scheme": "null_ft"})]
         expected += [("diff", {**new, "family": f}) for f in TINY_FAMILIES]
     assert _job_set(planned_jobs(work)) == _job_set(expected)
 
