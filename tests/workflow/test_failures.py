@@ -73,8 +73,9 @@ def test_sigkill_mid_write_leaves_no_finished_looking_output(tiny_run, tmp_path)
     """Kill a whole run (Snakemake and its job) while extraction writes its Parquet parts."""
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     embedder, model = _embedder(config), config["models"][1]["name"]
-    parts_dir = f"results/activations/{embedder}/{model}"
-    target = f"{parts_dir}.pooled.parquet"
+    # The pooled parts (rule extract); the token parts (extract_tokens) are another rule's.
+    parts_dir = f"results/activations/{embedder}/{model}/pooled"
+    target = f"results/activations/{embedder}/{model}.pooled.parquet"
     work = copy_run(tiny_run, tmp_path / "work", drop=[parts_dir, target])
     configfile = work / "config.yaml"
 
