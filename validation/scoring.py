@@ -249,7 +249,7 @@ def score_analysis(
         qualifying_best_rank=int(ranks[ok].min()) if ok.any() else 0,
         first_changed_rank_in_target=bool(met.any()),
         n_occurrences=match.n_occurrences,
-        best_posterior_log2_fold_change=float(row["posterior_log2_fold_change"]),
+        best_posterior_log2_fold_change=float(row.get("posterior_log2_fold_change", np.nan)),
     )
 
 
