@@ -119,7 +119,7 @@ def import_run(tmp_path_factory) -> Path:
     write_study_fasta(workdir, list(checkpoints))
     targets = [f"results/saes/r0/layer_01/{s}/fold_0.metrics.json" for s in ("base", "ft_r1")]
     # Upstream stages are left out: this test starts from FASTA files it wrote itself.
-    rules = ("check_checkpoint", "extract", "cluster_sequences", "sae_folds", "train_sae")
+    rules = ("check_checkpoint", "extract", "extract_tokens", "sae_folds", "train_sae")
     run_snakemake(workdir, configfile, "--cores", "2", "--allowed-rules", *rules, "--", *targets)
     return workdir
 
