@@ -130,6 +130,11 @@ class Suite:
 
 
 SHAPE = ModelShape(n_layer=2, n_embd=48, n_head=4, n_positions=128)
+# SAE latents per model dimension: the study authors' ZymCTRL SAEs have 15,360 latents on 1,280
+# dimensions (12x, anchors). At 2.7x (128 latents) no latent of the CI study was specific enough
+# to the motif (>= 5x enriched) on one machine and just so on another; at 12x one is (measured:
+# 6.8-7.5x, VALIDATION.md "Dictionary size").
+SAE_EXPANSION = 12
 
 # Motifs built from the family's rarest residues (W 1.1%, C 1.6%, Y 2.0%, M 2.1%), so that a
 # feature for them cannot be a feature the base model already had for common residues.
@@ -187,9 +192,9 @@ def full_suite() -> Suite:
         rounds_from_base=True,
         n_sequences=160,
         kfold=3,
-        sae_tokens=40000,
+        sae_tokens=80000,
         finetune_tokens=10000,
-        d_sae=256,
+        d_sae=SAE_EXPANSION * SHAPE.n_embd,
         k=8,
         layer=2,
         probe_permutations=5,
@@ -221,9 +226,9 @@ def ci_suite() -> Suite:
         rounds_from_base=True,
         n_sequences=120,
         kfold=3,
-        sae_tokens=30000,
+        sae_tokens=60000,
         finetune_tokens=8000,
-        d_sae=128,
+        d_sae=SAE_EXPANSION * SHAPE.n_embd,
         k=6,
         layer=2,
         probe_permutations=3,

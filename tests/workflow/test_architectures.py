@@ -43,6 +43,9 @@ OVERRIDES = {
         "eval_sequences": 4,
     },
     "kl": {"max_sequences": 8},
+    # Potts reads residue strings only, never the model: tests/workflow/test_potts_workflow.py
+    # covers it, and here it would cost a minute per architecture.
+    "potts": {"enabled": False},
 }
 
 
