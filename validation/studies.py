@@ -224,7 +224,10 @@ def ci_suite() -> Suite:
         round_steps=ROUND_STEPS,
         round_lr=CI_ROUND_LR,
         rounds_from_base=True,
-        n_sequences=120,
+        # 200 samples per model (a real study has ~1,000): each of the 3 fold replicas holds ~65
+        # of every model's sequences; at 120 (40 per replica) the motif latent's change was called
+        # in 1 of 3 replicas in some runs (VALIDATION.md, "Dictionary size and samples").
+        n_sequences=200,
         kfold=3,
         sae_tokens=60000,
         finetune_tokens=8000,

@@ -205,12 +205,6 @@ def test_planted_motif_is_learned_and_its_feature_scored(ci_scores):
 
 @pytest.mark.workflow
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 open: at CI size the motif latent is found (coverage 1.0, >= 5x, rank 2) and "
-    "called, but its change is called in 1 of 3 fold replicas only (each holds a third of the "
-    "held-out sequences), so it is not stable; strict: the day it passes, this mark must go",
-)
 def test_planted_motif_meets_the_issue_target(ci_scores):
     """The issue's target: in at least one analysis a feature that fires in >= 50% of the
     motif's occurrences, >= 5x enriched on motif positions, ranks in the top 5, called changed
