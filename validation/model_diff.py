@@ -9,14 +9,17 @@ no checkpoint was trained on, with the motif at positions no round saw it (its o
 study gets the same kind of FASTA (same motif and rate): its rounds never saw the motif, so a
 round-only latent for it would be a false call.
 
-The scores (r2 vs r0 and every other round vs the base): the stage's round-heavy latents (decoder
-norm ratio below 0.5 - shared_width: round-only and round-leaning mixed; not flagged by latent
-scaling), ranked by held-out activation mass as the stage ranks its round-only list
-(plmdiff.model_diff.scaling.top_round_only); each latent's coverage, precision and enrichment on
-the motif's occurrences in the held-out shared tokens (validation.scoring.match_features, the
-crosscoder encoding the paired tokens as the stage's evaluation does). Targets: on a motif study
-a round-heavy latent among the top 5 with coverage >= 0.5 and enrichment >= 5 (MOTIF_TARGET); on
-a null study, no round-only latent that survives latent scaling (zero).
+The scores (every round vs the base; the verdict reads the last): two ranked lists, both by
+held-out activation mass (fires x mean activation), each latent with its coverage, precision and
+enrichment on the motif's occurrences in the held-out shared tokens (validation.scoring's
+match_features, the crosscoder encoding the paired tokens as the stage's evaluation does):
+- round-only: the stage's own list (plmdiff.model_diff.scaling.top_round_only, round_only.tsv):
+  round-only latents that latent scaling scored and did not flag;
+- round-heavy: every latent with a decoder norm ratio below 0.5 - shared_width that latent
+  scaling did not flag (round-only and round-leaning mixed ones).
+Targets: on a motif study a latent meeting coverage >= 0.5 and enrichment >= 5 (MOTIF_TARGET)
+among the top 5 of either list (the issue: "a round-only (or round-heavy) latent among the top
+5"); on a null study, no round-only latent that survives latent scaling (zero).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from plmdiff.config.sections import section_defaults
 from plmdiff.core.fasta import SequenceEntry, read_fasta, write_fasta
 from plmdiff.model_diff.crosscoder import load_crosscoder
 from plmdiff.model_diff.paired import split_ids
+from plmdiff.model_diff.scaling import top_round_only
 from validation import scoring
 from validation.studies import Study, plant_motif
 
@@ -117,6 +121,13 @@ def round_heavy(latents: pd.DataFrame, model: str, shared_width: float) -> pd.Da
     return keep
 
 
+def stage_round_only(latents: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The stage's ranked round-only list of `model` (top_round_only, every latent), rank from 1."""
+    ranked = top_round_only(latents[latents["model"] == model], len(latents))
+    ranked["rank"] = np.arange(1, len(ranked) + 1)
+    return ranked
+
+
 def surviving_round_only(latents: pd.DataFrame, model: str) -> int:
     """Round-only latents that latent scaling scored and did not flag (the null's count)."""
     rows = latents[latents["model"] == model]
@@ -131,7 +142,7 @@ def surviving_round_only(latents: pd.DataFrame, model: str) -> int:
 
 @dataclass(frozen=True)
 class RoundScore:
-    """One round against the base: its round-only latents, and the round-heavy latents ranked."""
+    """One round against the base: its round-only latents, and both ranked lists."""
 
     model: str
     round_only: int
@@ -139,11 +150,15 @@ class RoundScore:
     round_only_surviving: int
     round_heavy: int
     n_occurrences: int
-    # Ranked round-heavy latents (the first LISTED): latent, class, ratio, mass, match scores.
-    ranked: list[dict[str, Any]]
+    # The first LISTED of each ranked list: latent, class, ratio, mass, match scores, meets.
+    ranked_round_only: list[dict[str, Any]]
+    ranked: list[dict[str, Any]]  # round-heavy
     # The best-matching latent of the whole dictionary (coverage x precision), any class.
     best: dict[str, Any]
-    # A round-heavy latent meeting the target's coverage and enrichment in its top.
+    # A latent meeting the target's coverage and enrichment in the top of the round-only list,
+    # of the round-heavy list, of either.
+    target_met_round_only: bool
+    target_met_round_heavy: bool
     target_met: bool
 
 
@@ -158,6 +173,7 @@ def score_round(
     indexed by latent; None when nothing is planted)."""
     rows = latents[latents["model"] == model]
     ranked = round_heavy(latents, model, shared_width)
+    stage = stage_round_only(latents, model)
     round_only = rows["class"] == ROUND_ONLY
 
     def matched(latent: int) -> dict[str, float]:
@@ -177,19 +193,24 @@ def score_round(
             and match.precision[latent] >= target.min_precision
         )
 
-    listed = [
-        {
-            "rank": int(r["rank"]),
-            "latent": int(r["latent"]),
-            "class": str(r["class"]),
-            "norm_ratio": float(r["norm_ratio"]),
-            "mass": float(r["mass"]),
-            "fires": int(r["fires"]),
-            **matched(int(r["latent"])),
-            "meets": meets(int(r["latent"])),
-        }
-        for _, r in ranked.head(LISTED).iterrows()
-    ]
+    def listed(table: pd.DataFrame) -> list[dict[str, Any]]:
+        return [
+            {
+                "rank": int(r["rank"]),
+                "latent": int(r["latent"]),
+                "class": str(r["class"]),
+                "norm_ratio": float(r["norm_ratio"]),
+                "mass": float(r["mass"]),
+                "fires": int(r["fires"]),
+                **matched(int(r["latent"])),
+                "meets": meets(int(r["latent"])),
+            }
+            for _, r in table.head(LISTED).iterrows()
+        ]
+
+    def in_top(table: pd.DataFrame) -> bool:
+        return any(meets(int(j)) for j in table.head(target.top)["latent"])
+
     best: dict[str, Any] = {}
     if match is not None and len(rows):
         j = int(np.argmax(match.coverage * match.precision))
@@ -201,9 +222,9 @@ def score_round(
             "norm_ratio": float(row["norm_ratio"]),
             "artifact": bool(row["artifact"]),
             "round_heavy_rank": int(ranked["rank"].iloc[in_ranked[0]]) if len(in_ranked) else 0,
+            "round_only_rank": int(stage.loc[stage["latent"] == j, "rank"].sum()),
             **matched(j),
         }
-    top = ranked.head(target.top)["latent"].astype(int)
     return RoundScore(
         model=model,
         round_only=int(round_only.sum()),
@@ -211,9 +232,12 @@ def score_round(
         round_only_surviving=surviving_round_only(latents, model),
         round_heavy=len(ranked),
         n_occurrences=match.n_occurrences if match is not None else 0,
-        ranked=listed,
+        ranked_round_only=listed(stage),
+        ranked=listed(ranked),
         best=best,
-        target_met=any(meets(j) for j in top),
+        target_met_round_only=in_top(stage),
+        target_met_round_heavy=in_top(ranked),
+        target_met=in_top(stage) or in_top(ranked),
     )
 
 
@@ -268,27 +292,35 @@ def score_study(workdir: Path, layer: int, models: Sequence[str], planted: str) 
 
 
 def markdown(studies: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """summary.md's model diffing table: per study and round, the round-only counts and the
-    ranked round-heavy latents' match to the motif; then each study's verdict."""
+    """summary.md's model diffing table: per study and round, the round-only counts and the top
+    5 of both ranked lists with their match to the motif; then each study's verdict."""
+
+    def top(listed: list[dict[str, Any]]) -> str:
+        return (
+            "; ".join(
+                f"{x['latent']} ({x['class']}) {x.get('coverage', float('nan')):.2f} / "
+                f"{x.get('enrichment', float('nan')):.1f}"
+                for x in listed[:5]
+            )
+            or "-"
+        )
+
     lines = [
         "| study | round | round-only (scored / surviving) | round-heavy | occurrences | "
-        "top 5 round-heavy: latent (class) coverage / enrichment | best match: latent (class, "
-        "round-heavy rank) coverage / precision / enrichment | target met |",
-        "|---|---|---|---|---|---|---|---|",
+        "top 5 round-only: latent (class) coverage / enrichment | top 5 round-heavy | "
+        "best match: latent (class, round-only rank, round-heavy rank) coverage / precision / "
+        "enrichment | target met (round-only / round-heavy) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in studies.items():
         md = s.get("model_diff")
         if not md:
             continue
         for r in md["rounds"]:
-            top = "; ".join(
-                f"{x['latent']} ({x['class']}) {x.get('coverage', float('nan')):.2f} / "
-                f"{x.get('enrichment', float('nan')):.1f}"
-                for x in r["ranked"][:5]
-            )
             b = r["best"]
             best = (
-                f"{b['latent']} ({b['class']}, {b['round_heavy_rank'] or '-'}) "
+                f"{b['latent']} ({b['class']}, {b['round_only_rank'] or '-'}, "
+                f"{b['round_heavy_rank'] or '-'}) "
                 f"{b['coverage']:.2f} / {b['precision']:.2f} / {b['enrichment']:.1f}"
                 if b
                 else "-"
@@ -296,12 +328,17 @@ def markdown(studies: Mapping[str, Mapping[str, Any]]) -> list[str]:
             lines.append(
                 f"| {name} | {r['model']} | {r['round_only']} ({r['round_only_scored']} / "
                 f"{r['round_only_surviving']}) | {r['round_heavy']} | {r['n_occurrences']} | "
-                f"{top or '-'} | {best} | {'yes' if r['target_met'] else 'no'} |"
+                f"{top(r['ranked_round_only'])} | {top(r['ranked'])} | {best} | "
+                f"{_yes(r['target_met_round_only'])} / {_yes(r['target_met_round_heavy'])} |"
             )
     verdicts = [
-        f"- {name} ({s['kind']}): target met: {'yes' if s['verdict']['model_diff']['met'] else 'no'}"
+        f"- {name} ({s['kind']}): target met: {_yes(s['verdict']['model_diff']['met'])}"
         f" ({s['verdict']['model_diff']['round_only_surviving']} surviving round-only latents)"
         for name, s in studies.items()
         if s.get("model_diff")
     ]
     return [*lines, "", *verdicts] if verdicts else []
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

@@ -46,15 +46,18 @@ def length_effect(probes: Sequence[Mapping[str, Any]], n_stable: int) -> dict[st
 
 
 def model_diff_verdict(kind: str, scores: Mapping[str, Any]) -> dict[str, Any]:
-    """Model diffing (validation.model_diff). Motif: in the last round, a round-heavy latent in
-    the top 5 covers >= half of the motif's occurrences, >= 5x enriched. Null: no round-only
-    latent of any round survives latent scaling."""
+    """Model diffing (validation.model_diff). Motif: in the last round, a latent among the top 5
+    of the stage's round-only list or of the round-heavy list covers >= half of the motif's
+    occurrences, >= 5x enriched. Null: no round-only latent of any round survives latent
+    scaling."""
     rounds = scores["rounds"]
     surviving = sum(int(r["round_only_surviving"]) for r in rounds)
     if kind == "motif":
         last = rounds[-1]
         return {
             "met": bool(last["target_met"]),
+            "met_round_only": bool(last["target_met_round_only"]),
+            "met_round_heavy": bool(last["target_met_round_heavy"]),
             "round": last["model"],
             "round_only_surviving": surviving,
         }

@@ -148,8 +148,11 @@ def test_a_round_only_motif_latent_meets_the_target(workdir):
     assert motif["precision"] == pytest.approx(1.0)
     assert motif["enrichment"] >= 5 and motif["meets"]
     assert not r1["ranked"][0]["meets"]
-    assert r1["best"]["latent"] == 0 and r1["best"]["round_heavy_rank"] == 2
-    assert r1["target_met"] and r1["round_only_surviving"] == 2
+    assert [x["latent"] for x in r1["ranked_round_only"]] == [2, 0]
+    assert r1["best"]["latent"] == 0
+    assert r1["best"]["round_heavy_rank"] == r1["best"]["round_only_rank"] == 2
+    assert r1["target_met_round_only"] and r1["target_met_round_heavy"] and r1["target_met"]
+    assert r1["round_only_surviving"] == 2
     assert model_diff_verdict("motif", scores)["met"]
 
 
@@ -163,9 +166,24 @@ def test_the_motif_latent_does_not_count_when_shared_or_flagged(workdir):
         scores = model_diff.score_study(root, LAYER, MODELS, MOTIF)
         (r1,) = scores["rounds"]
         assert [x["latent"] for x in r1["ranked"]] == [2]
+        assert [x["latent"] for x in r1["ranked_round_only"]] == [2]
         assert r1["best"]["latent"] == 0 and r1["best"]["round_heavy_rank"] == 0
+        assert r1["best"]["round_only_rank"] == 0
         assert not r1["target_met"]
         assert not model_diff_verdict("motif", scores)["met"]
+
+
+def motif_match(n_latents: int) -> model_diff.scoring.FeatureMatch:
+    """Latent 0 fires on the motif's 3 tokens of 40 (13x enriched), the others elsewhere."""
+    n = 40
+    occurrence = np.full(n, -1)
+    occurrence[:3] = 0
+    codes = np.zeros((n, n_latents))
+    codes[:3, 0] = 1.0
+    codes[5:, 1:] = 1.0
+    return model_diff.scoring.match_features(
+        codes, model_diff.scoring.TokenSet(np.zeros((n, 0)), occurrence, 1)
+    )
 
 
 def test_a_motif_latent_below_the_top_5_misses_the_target():
@@ -173,19 +191,22 @@ def test_a_motif_latent_below_the_top_5_misses_the_target():
         {"latent": j, "class": "round_only", "norm_ratio": 0.0, "fires": 100 + j, "nu_error": 0.0}
         for j in range(1, 6)
     ]
-    latents = latent_rows("r1", rows)
-    n = 40
-    occurrence = np.full(n, -1)
-    occurrence[:3] = 0
-    codes = np.zeros((n, 6))
-    codes[:3, 0] = 1.0  # latent 0 fires on the motif (13x enriched), the others elsewhere
-    codes[5:, 1:] = 1.0
-    match = model_diff.scoring.match_features(
-        codes, model_diff.scoring.TokenSet(np.zeros((n, 0)), occurrence, 1)
-    )
-    score = model_diff.score_round(latents, "r1", match, shared_width=0.1)
+    score = model_diff.score_round(latent_rows("r1", rows), "r1", motif_match(6), 0.1)
     assert [x["latent"] for x in score.ranked][:5] == [5, 4, 3, 2, 1]
+    assert [x["latent"] for x in score.ranked_round_only][:5] == [5, 4, 3, 2, 1]
     assert score.ranked[5]["meets"] and not score.target_met
+
+
+def test_either_list_meets_the_target():
+    # Five round-leaning mixed latents outweigh the motif latent among the round-heavy ones; the
+    # stage's round-only list holds only the motif latent.
+    rows = [MOTIF_LATENT] + [
+        {"latent": j, "class": "mixed", "norm_ratio": 0.3, "fires": 100 + j} for j in range(1, 6)
+    ]
+    score = model_diff.score_round(latent_rows("r1", rows), "r1", motif_match(6), 0.1)
+    assert [x["latent"] for x in score.ranked_round_only] == [0]
+    assert not score.target_met_round_heavy
+    assert score.target_met_round_only and score.target_met
 
 
 def test_null_counts_only_round_only_latents_that_survive_latent_scaling():
