@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from validation import model_diff
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
@@ -112,6 +114,11 @@ def targets_table(scores: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def model_diff_section(studies: Mapping[str, Any]) -> list[str]:
+    lines = model_diff.markdown(studies)
+    return ["## Model diffing (crosscoder, r vs r0)", "", *lines, ""] if lines else []
+
+
 def summary_markdown(scores: Mapping[str, Any]) -> str:
     studies = scores["studies"]
     run = scores.get("run")
@@ -140,5 +147,6 @@ def summary_markdown(scores: Mapping[str, Any]) -> str:
             "",
             *analyses_table(studies),
             "",
+            *model_diff_section(studies),
         ]
     )

@@ -31,7 +31,7 @@ from plmdiff.config import paths
 from plmdiff.config.schema import BASE_EMBEDDER
 from plmdiff.models.lm_training import LMTrainingConfig
 from plmdiff.testing.checkpoints import family_sequences
-from validation import scoring
+from validation import model_diff, scoring
 from validation.checkpoints import PROMPT_FORMAT, build_base, build_rounds
 from validation.report import summary_markdown
 from validation.studies import SUITES, Study, Suite
@@ -101,7 +101,7 @@ def targets(study: Study, suite: Suite) -> list[str]:
         out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
         out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
         out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
-    return out
+    return out + model_diff.targets(study, suite.layer)
 
 
 def training_configs(study: Study, suite: Suite) -> tuple[LMTrainingConfig, LMTrainingConfig]:
@@ -197,8 +197,14 @@ def prepare(study: Study, suite: Suite, root: Path) -> tuple[Path, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     cpu = own_cpu_seconds()
     checkpoints = build(study, suite, root, workdir)
+    config = study_config(study, suite, checkpoints)
+    shared = model_diff.write_shared_family(
+        study, family_sequences(), model_diff.SETTINGS["max_sequences"], workdir
+    )
+    if shared is not None:
+        config["model_diff"] = model_diff.config_section(study, shared)
     configfile = workdir / "config.yaml"
-    configfile.write_text(yaml.safe_dump(study_config(study, suite, checkpoints), sort_keys=False))
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     return configfile, own_cpu_seconds() - cpu
 
 
@@ -317,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
             "sae_fit": result.sae_fit,
             "analyses": result.analyses,
         }
+        if study.model_diff is not None:
+            studies[study.name]["model_diff"] = model_diff.score_study(
+                root / study.name, suite.layer, MODELS, study.model_diff[0]
+            )
         studies[study.name]["verdict"] = study_verdict(studies[study.name])
     scores = {
         "suite": suite.name,

@@ -70,6 +70,9 @@ class Study:
     # Steps of each round's training, when not the suite's (a composition or length shift is
     # learned in far fewer steps than a motif).
     round_steps: int | None = None
+    # Model diffing (validation.model_diff): (motif, share) planted in the shared family FASTA
+    # every checkpoint embeds; None leaves the model_diff stage off.
+    model_diff: tuple[str, float] | None = None
 
     def round_data(self, family: Sequence[str]) -> list[list[str] | None]:
         """Fine-tuning sequences of every round (None: a copy of the base checkpoint)."""
@@ -159,7 +162,15 @@ def full_suite() -> Suite:
     """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, and NULL_SEEDS
     null studies (no training: their cost is the workflow's alone)."""
     studies = (
-        Study("motif_strong_gpt2", "motif", "gpt2", (0.4, 0.8), seed=1, motif=MOTIF_GPT2),
+        Study(
+            "motif_strong_gpt2",
+            "motif",
+            "gpt2",
+            (0.4, 0.8),
+            seed=1,
+            motif=MOTIF_GPT2,
+            model_diff=(MOTIF_GPT2, 0.8),  # the last round's rate
+        ),
         Study(
             "motif_moderate_gpt2",
             "motif",
@@ -180,7 +191,18 @@ def full_suite() -> Suite:
             round_steps=SHIFT_STEPS,
         ),
         Study("length_gpt2", "length", "gpt2", (48, 34), seed=5, round_steps=SHIFT_STEPS),
-        *(Study(f"null_gpt2_s{i}", "null", "gpt2", (0, 0), seed=10 + i) for i in range(NULL_SEEDS)),
+        *(
+            Study(
+                f"null_gpt2_s{i}",
+                "null",
+                "gpt2",
+                (0, 0),
+                seed=10 + i,
+                # One null seed runs model diffing, on the strong motif study's shared set (time).
+                model_diff=(MOTIF_GPT2, 0.8) if i == 0 else None,
+            )
+            for i in range(NULL_SEEDS)
+        ),
     )
     return Suite(
         name="full",

@@ -6,6 +6,8 @@
 - length: reported as a length effect, not as features (`length_effect`);
 - null: no stable changed feature in any analysis; over the suite, the realised false discovery
   proportion of the null studies (`null_fdp`).
+
+Studies that run model diffing get a separate `model_diff` verdict (`model_diff_verdict`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,35 @@ def length_effect(probes: Sequence[Mapping[str, Any]], n_stable: int) -> dict[st
     }
 
 
+def model_diff_verdict(kind: str, scores: Mapping[str, Any]) -> dict[str, Any]:
+    """Model diffing (validation.model_diff). Motif: in the last round, a latent among the top 5
+    of the stage's round-only list or of the round-heavy list covers >= half of the motif's
+    occurrences, >= 5x enriched. Null: no round-only latent of any round survives latent
+    scaling."""
+    rounds = scores["rounds"]
+    surviving = sum(int(r["round_only_surviving"]) for r in rounds)
+    if kind == "motif":
+        last = rounds[-1]
+        return {
+            "met": bool(last["target_met"]),
+            "met_round_only": bool(last["target_met_round_only"]),
+            "met_round_heavy": bool(last["target_met_round_heavy"]),
+            "round": last["model"],
+            "round_only_surviving": surviving,
+        }
+    return {"met": surviving == 0, "round_only_surviving": surviving}
+
+
 def study_verdict(study: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether one study meets its kind's target, and the evidence for it (with the model
+    diffing verdict under `model_diff` where the study ran it)."""
+    verdict = kind_verdict(study)
+    if study.get("model_diff"):
+        verdict["model_diff"] = model_diff_verdict(study["kind"], study["model_diff"])
+    return verdict
+
+
+def kind_verdict(study: Mapping[str, Any]) -> dict[str, Any]:
     """Whether one study meets its kind's target, and the evidence for it."""
     kind = study["kind"]
     n_stable = stable_calls(study)

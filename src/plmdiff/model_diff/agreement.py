@@ -7,8 +7,9 @@
 
 A direction matches another view when its largest cosine to that view's directions reaches
 match_cosine. The SAE diff works on standardised tokens (sae.normalisation unit_norm), the
-others on raw activations divided by one scale; a per-token standardisation removes the
-component along the all-ones vector, so its cosines are a slight underestimate.
+others on raw activations (the crosscoder's directions taken back to raw units); a per-token
+standardisation removes the component along the all-ones vector, so its cosines are a slight
+underestimate.
 """
 
 from __future__ import annotations

@@ -15,8 +15,11 @@ history, one job per layer instead of one per (layer, round), and with two model
 the (base, fine-tuned) crosscoder of Minder et al. Classes compare each round with the base.
 
 With M = 1 the same module is a BatchTopK SAE; plmdiff.model_diff.diff_sae trains it on
-h_round - h_base. Activations are divided by one scale shared by every model (their RMS over
-the first batches), so a change of norm between models stays visible.
+h_round - h_base. Each model's activations are divided by their own scale (their RMS over the
+first batches; per model as in Lindsey et al. 2024 and Minder et al. 2025): with one shared
+scale a round whose activations grew (3.6x after the validation suite's fine-tuning) decodes
+every latent with larger norms into the round, and the norm-ratio classes call nearly every
+latent round-heavy. A change of norm is the profile's to show (||h_round - h_base||, raw).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ DECAY_SHARE = 0.2
 class BatchTopKCrosscoder(nn.Module):
     """A BatchTopK crosscoder over `n_models` activation spaces of width `d_model`."""
 
-    scale: torch.Tensor  # buffers: one input scale, the data mean, the inference threshold
+    scale: torch.Tensor  # buffers: input scale per model [M], the data mean, inference threshold
     mean: torch.Tensor
     threshold: torch.Tensor
 
@@ -66,14 +69,15 @@ class BatchTopKCrosscoder(nn.Module):
         self.W_enc = nn.Parameter(dec.permute(1, 2, 0).clone())  # [M, d, F]
         self.b_enc = nn.Parameter(torch.zeros(d_dict))
         self.b_dec = nn.Parameter(torch.zeros(n_models, d_model))
-        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("scale", torch.ones(n_models))
         self.register_buffer("mean", torch.zeros(n_models, d_model))
         self.register_buffer("threshold", torch.full((), -1.0))
 
     # -------------------------------------------------------------- forward
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x / self.scale
+        """Raw x [B, M, d] divided by each model's scale."""
+        return x / self.scale[:, None]
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU(encoder) of normalised x [B, M, d] -> [B, F]."""
@@ -110,9 +114,9 @@ class BatchTopKCrosscoder(nn.Module):
     def initialise(self, batches: list[torch.Tensor]) -> None:
         """Scale, data mean and decoder bias from the first batches (raw activations)."""
         x = torch.cat(batches).float()
-        rms = x.pow(2).sum(-1).mean().sqrt() / math.sqrt(self.d_model)
+        rms = x.pow(2).sum(-1).mean(0).sqrt() / math.sqrt(self.d_model)  # [M]
         self.scale.copy_(rms.clamp(min=1e-8))
-        mean = (x / self.scale).mean(0)
+        mean = self.normalise(x).mean(0)
         self.mean.copy_(mean)
         self.b_dec.copy_(mean)
 

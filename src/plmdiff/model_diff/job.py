@@ -354,7 +354,8 @@ def run_agreement(
             & table["nu_error"].notna()
             & ~table["artifact"].astype(bool)
         ]["latent"].to_numpy(dtype=np.int64)
-        dec = cc.W_dec.detach().cpu().numpy()
+        # In raw units: each model's decoder times its input scale (crosscoder.normalise).
+        dec = (cc.W_dec * cc.scale[None, :, None]).detach().cpu().numpy()
         cc_dirs = dec[genuine, r] - dec[genuine, 0]
         sae = load_crosscoder(diff_saes[model_name])
         fires = np.asarray(read_json(diff_sae_metrics[model_name])["fires"])
