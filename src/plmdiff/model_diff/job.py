@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plmdiff.activations.extraction import ExtractionSettings, ExtractionSummary, extract_part
+from plmdiff.activations.extraction import ExtractionSettings, ExtractionSummary
+from plmdiff.activations.job import extract
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import derive_seed, read_json, resolve_device, write_json
@@ -49,8 +50,6 @@ from plmdiff.model_diff.scaling import (
     top_round_only,
 )
 from plmdiff.model_diff.settings import ModelDiffSettings
-from plmdiff.models.checkpoints import CheckpointRecord
-from plmdiff.models.text import PromptFormat
 from plmdiff.sae.training import load_sae
 
 log = logging.getLogger(__name__)
@@ -87,26 +86,24 @@ def model_diff_extract(
 ) -> ExtractionSummary:
     """Rule model_diff_extract: `model`'s checkpoint embeds part `part` of the shared sequences
     at model_diff's layers (the activations stage's extraction and format)."""
-    if threads:
-        torch.set_num_threads(threads)
-    settings = paired_extraction_settings(
-        ExtractionSettings.from_section(activations_section),
-        layers,
-        int(model_diff_section["shards"]),
-    )
-    return extract_part(
+    return extract(
         fasta_path=fasta_path,
-        record=CheckpointRecord.read(record_path),
+        record_path=record_path,
         checkpoint_dir=checkpoint_dir,
         embedder=model,
         model="shared",
         part=part,
-        fmt=PromptFormat.from_section(prompt_section),
-        settings=settings,
+        prompt_section=prompt_section,
+        settings=paired_extraction_settings(
+            ExtractionSettings.from_section(activations_section),
+            layers,
+            int(model_diff_section["shards"]),
+        ),
         pooled_path=pooled_path,
         token_paths=dict(zip(sorted(int(x) for x in layers), token_paths, strict=True)),
-        device=resolve_device(device),
+        device=device,
         allow_pickle=allow_pickle,
+        threads=threads,
     )
 
 
