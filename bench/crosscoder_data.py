@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from data_bench import Size, add_arguments, compare_sides, run_sizes, speeds
+from data_bench import Size, add_arguments, compare_sides, run_sizes, speeds, timed
 
 from plmdiff.activations.writers import TokenWriter
 from plmdiff.model_diff.crosscoder import BatchTopKCrosscoder, train_crosscoder
@@ -75,19 +75,18 @@ def write_paired(root: Path, d_model: int, n_tokens: int, parts: int) -> PairedL
 
 def train_once(size: Size, source: Iterator[torch.Tensor], steps: int, device: str) -> float:
     model = BatchTopKCrosscoder(len(MODELS), size.d_model, size.expansion * size.d_model, size.k)
-    start = time.perf_counter()
-    train_crosscoder(
-        model,
-        source,
-        tokens=steps * size.batch_size,
-        lr=2e-4,
-        aux_penalty=1 / 32,
-        dead_tokens=10**6,
-        device=device,
+    return timed(
+        device,
+        lambda: train_crosscoder(
+            model,
+            source,
+            tokens=steps * size.batch_size,
+            lr=2e-4,
+            aux_penalty=1 / 32,
+            dead_tokens=10**6,
+            device=device,
+        ),
     )
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,17 @@ class Size:
 
 # Seconds to train `steps` steps of `size` from a source of batches.
 TrainOnce = Callable[[Size, Iterator[torch.Tensor], int, str], float]
+
+
+def timed(device: str, run: Callable[[], object]) -> float:
+    """Seconds `run` takes; on a GPU only once the work queued before and by it has finished."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def memory_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from data_bench import Size, add_arguments, compare_sides, run_sizes, speeds
+from data_bench import Size, add_arguments, compare_sides, run_sizes, speeds, timed
 
 
 def _demo_size() -> Size:
@@ -104,21 +104,18 @@ def train_once(size: Size, source: Iterator[torch.Tensor], steps: int, device: s
         lr=4e-4,
     )
     sae = build_training_sae(settings, size.d_model, seed=0)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    train(
-        sae,
-        sae_batches(source, standardize=True, device=device),
-        tokens=steps * size.batch_size,
-        batch_size=size.batch_size,
-        lr=settings.lr,
-        dead_window_steps=settings.dead_window_steps,
-        device=device,
+    return timed(
+        device,
+        lambda: train(
+            sae,
+            sae_batches(source, standardize=True, device=device),
+            tokens=steps * size.batch_size,
+            batch_size=size.batch_size,
+            lr=settings.lr,
+            dead_window_steps=settings.dead_window_steps,
+            device=device,
+        ),
     )
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
