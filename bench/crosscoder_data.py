@@ -20,15 +20,13 @@ Prints tokens/s of both and the ratio parquet / memory (target >= 0.9) for the d
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from data_bench import Size, add_arguments, compare_sides, run_sizes, speeds, timed
 
 from plmdiff.activations.writers import TokenWriter
 from plmdiff.model_diff.crosscoder import BatchTopKCrosscoder, train_crosscoder
@@ -36,16 +34,6 @@ from plmdiff.model_diff.paired import PairedLayer, iter_paired, iter_paired_rows
 
 RESIDUES_PER_SEQUENCE = 300
 MODELS = ("base", "round")
-
-
-@dataclass(frozen=True)
-class Size:
-    name: str
-    d_model: int
-    expansion: int
-    k: int
-    batch_size: int
-    steps: int
 
 
 DEMO = Size("demo width", 64, 16, 32, 2048, 60)
@@ -85,29 +73,20 @@ def write_paired(root: Path, d_model: int, n_tokens: int, parts: int) -> PairedL
     return PairedLayer.open(dirs)
 
 
-def memory_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x) - batch_size + 1, batch_size):
-            yield x[perm[i : i + batch_size]]
-
-
 def train_once(size: Size, source: Iterator[torch.Tensor], steps: int, device: str) -> float:
     model = BatchTopKCrosscoder(len(MODELS), size.d_model, size.expansion * size.d_model, size.k)
-    start = time.perf_counter()
-    train_crosscoder(
-        model,
-        source,
-        tokens=steps * size.batch_size,
-        lr=2e-4,
-        aux_penalty=1 / 32,
-        dead_tokens=10**6,
-        device=device,
+    return timed(
+        device,
+        lambda: train_crosscoder(
+            model,
+            source,
+            tokens=steps * size.batch_size,
+            lr=2e-4,
+            aux_penalty=1 / 32,
+            dead_tokens=10**6,
+            device=device,
+        ),
     )
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
@@ -116,7 +95,6 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
     write_s = time.perf_counter() - t0
     in_memory = torch.from_numpy(np.concatenate([r.act for r in iter_paired_rows(layer)]))
     steps = args.steps or size.steps
-    tokens = steps * size.batch_size
 
     def parquet() -> Iterator[torch.Tensor]:
         return iter_paired(
@@ -127,17 +105,6 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
             loop=True,
         )
 
-    train_once(
-        size, memory_batches(in_memory, size.batch_size, 0), max(5, steps // 10), args.device
-    )
-    runs: dict[str, list[float]] = {"parquet": [], "memory": []}
-    for _ in range(args.repeats):
-        for name in ("parquet", "memory"):
-            source = (
-                parquet() if name == "parquet" else memory_batches(in_memory, size.batch_size, 1)
-            )
-            runs[name].append(train_once(size, source, steps, args.device))
-    seconds = {name: float(np.median(times)) for name, times in runs.items()}
     result = {
         "size": size.name,
         "d_model": size.d_model,
@@ -146,16 +113,11 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
         "steps": steps,
         "paired_tokens_on_disk": len(in_memory),
         "write_s": round(write_s, 2),
-        "memory_tokens_per_s": round(tokens / seconds["memory"]),
-        "parquet_tokens_per_s": round(tokens / seconds["parquet"]),
-        "ratio_parquet_over_memory": round(seconds["memory"] / seconds["parquet"], 3),
-        "seconds": {name: [round(t, 2) for t in times] for name, times in runs.items()},
+        **compare_sides(size, train_once, parquet, in_memory, steps, args),
     }
     print(
         f"{size.name}: 2 x {size.d_model} -> {result['d_dict']}, batch {size.batch_size}, "
-        f"{steps} steps on {args.device}: memory {result['memory_tokens_per_s']:,} tokens/s, "
-        f"parquet {result['parquet_tokens_per_s']:,} tokens/s, "
-        f"ratio {result['ratio_parquet_over_memory']:.3f} (target >= 0.9)",
+        f"{steps} steps on {args.device}: {speeds(result)}",
         flush=True,
     )
     return result
@@ -163,20 +125,9 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--tokens", type=int, default=300_000, help="paired tokens per size")
-    parser.add_argument("--parts", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--shuffle-buffer", type=int, default=262_144)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
+    add_arguments(parser, 300_000, "paired tokens per size")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sizes = [DEMO, WIDE] + ([ZYMCTRL] if args.device.startswith("cuda") else [])
-    with tempfile.TemporaryDirectory(prefix="bench_crosscoder_") as tmp:
-        results = [bench_size(size, Path(tmp), args) for size in sizes]
-    print(json.dumps(results, indent=2))
+    run_sizes(args, [DEMO, WIDE], [ZYMCTRL], "bench_crosscoder_", bench_size)
 
 
 if __name__ == "__main__":

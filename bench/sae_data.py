@@ -23,25 +23,13 @@ times each, and each side's median time counts.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-@dataclass(frozen=True)
-class Size:
-    name: str
-    d_model: int
-    expansion: int
-    k: int
-    batch_size: int
-    steps: int
+from data_bench import Size, add_arguments, compare_sides, run_sizes, speeds, timed
 
 
 def _demo_size() -> Size:
@@ -96,14 +84,6 @@ def write_shards(root: Path, d_model: int, n_tokens: int, parts: int, seed: int 
     return layer_dir
 
 
-def memory_batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x) - batch_size + 1, batch_size):
-            yield x[perm[i : i + batch_size]]
-
-
 def load_all(layer_dir: Path) -> torch.Tensor:
     from plmdiff.activations.readers import iter_token_batches
 
@@ -124,21 +104,18 @@ def train_once(size: Size, source: Iterator[torch.Tensor], steps: int, device: s
         lr=4e-4,
     )
     sae = build_training_sae(settings, size.d_model, seed=0)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    train(
-        sae,
-        sae_batches(source, standardize=True, device=device),
-        tokens=steps * size.batch_size,
-        batch_size=size.batch_size,
-        lr=settings.lr,
-        dead_window_steps=settings.dead_window_steps,
-        device=device,
+    return timed(
+        device,
+        lambda: train(
+            sae,
+            sae_batches(source, standardize=True, device=device),
+            tokens=steps * size.batch_size,
+            batch_size=size.batch_size,
+            lr=settings.lr,
+            dead_window_steps=settings.dead_window_steps,
+            device=device,
+        ),
     )
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
@@ -149,7 +126,6 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
     write_s = time.perf_counter() - t0
     in_memory = load_all(layer_dir)
     steps = args.steps or size.steps
-    tokens = steps * size.batch_size
 
     def parquet() -> Iterator[torch.Tensor]:
         return iter_tokens(
@@ -160,20 +136,6 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
             loop=True,
         )
 
-    # Warm-up (torch kernels, allocator, sae-lens imports), not timed.
-    train_once(
-        size, memory_batches(in_memory, size.batch_size, 0), max(5, steps // 10), args.device
-    )
-    # Alternate the two sides and keep each side's median, so that a burst of load from other
-    # processes does not decide the ratio.
-    runs: dict[str, list[float]] = {"parquet": [], "memory": []}
-    for _ in range(args.repeats):
-        for name in args.order:
-            source = (
-                parquet() if name == "parquet" else memory_batches(in_memory, size.batch_size, 1)
-            )
-            runs[name].append(train_once(size, source, steps, args.device))
-    seconds = {name: float(np.median(times)) for name, times in runs.items()}
     result = {
         "size": size.name,
         "d_model": size.d_model,
@@ -182,16 +144,11 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
         "steps": steps,
         "tokens_on_disk": len(in_memory),
         "shard_write_s": round(write_s, 2),
-        "memory_tokens_per_s": round(tokens / seconds["memory"]),
-        "parquet_tokens_per_s": round(tokens / seconds["parquet"]),
-        "ratio_parquet_over_memory": round(seconds["memory"] / seconds["parquet"], 3),
-        "seconds": {name: [round(t, 2) for t in times] for name, times in runs.items()},
+        **compare_sides(size, train_once, parquet, in_memory, steps, args, args.order),
     }
     print(
         f"{size.name}: {size.d_model} -> {result['d_sae']}, batch {size.batch_size}, "
-        f"{steps} steps on {args.device}: memory {result['memory_tokens_per_s']:,} tokens/s, "
-        f"parquet {result['parquet_tokens_per_s']:,} tokens/s, "
-        f"ratio {result['ratio_parquet_over_memory']:.3f} (target >= 0.9)",
+        f"{steps} steps on {args.device}: {speeds(result)}",
         flush=True,
     )
     return result
@@ -199,23 +156,12 @@ def bench_size(size: Size, root: Path, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--tokens", type=int, default=400_000, help="tokens written per size")
-    parser.add_argument("--parts", type=int, default=4, help="token part files per size")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--shuffle-buffer", type=int, default=262_144)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_arguments(parser, 400_000, "tokens written per size")
     parser.add_argument(
         "--order", nargs=2, default=["parquet", "memory"], choices=["parquet", "memory"]
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sizes = [DEMO, WIDE] + ([ZYMCTRL] if args.device.startswith("cuda") else [])
-    with tempfile.TemporaryDirectory(prefix="bench_sae_data_") as tmp:
-        results = [bench_size(size, Path(tmp), args) for size in sizes]
-    print(json.dumps(results, indent=2))
+    run_sizes(args, [DEMO, WIDE], [ZYMCTRL], "bench_sae_data_", bench_size)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Rule extract: the pooled part of one part of a model's FASTA (plmdiff.activations.job.extract)."""
 
+from plmdiff.activations.extraction import ExtractionSettings
 from plmdiff.activations.job import extract
 from plmdiff.core.runtime import setup_logging
 
@@ -13,7 +14,9 @@ extract(
     part=int(snakemake.wildcards.part),
     prompt_section=snakemake.params.prompt,
     # Result-defining keys from params (the rerun triggers), batching keys from the config.
-    activations_section={**snakemake.config["activations"], **snakemake.params.activations},
+    settings=ExtractionSettings.from_section(
+        {**snakemake.config["activations"], **snakemake.params.activations}
+    ),
     pooled_path=snakemake.output.pooled,
     device=snakemake.config["device"],
     allow_pickle=snakemake.config["allow_pickle"],

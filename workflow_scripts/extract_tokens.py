@@ -1,22 +1,24 @@
 """Rule extract_tokens: one token layer of one part of a model's FASTA
-(plmdiff.activations.job.extract_tokens)."""
+(plmdiff.activations.job.extract)."""
 
-from plmdiff.activations.job import extract_tokens
+from plmdiff.activations.extraction import ExtractionSettings
+from plmdiff.activations.job import extract
 from plmdiff.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
-extract_tokens(
+extract(
     fasta_path=snakemake.input.fasta,
     record_path=snakemake.input.record,
     checkpoint_dir=snakemake.params.checkpoint,
     embedder=snakemake.wildcards.embedder,
     model=snakemake.wildcards.model,
     part=int(snakemake.wildcards.part),
-    layer=int(snakemake.wildcards.layer),
     prompt_section=snakemake.params.prompt,
     # Result-defining keys from params (the rerun triggers), batching keys from the config.
-    activations_section={**snakemake.config["activations"], **snakemake.params.activations},
-    token_path=snakemake.output.tokens,
+    settings=ExtractionSettings.from_section(
+        {**snakemake.config["activations"], **snakemake.params.activations}
+    ),
+    token_paths={int(snakemake.wildcards.layer): snakemake.output.tokens},
     device=snakemake.config["device"],
     allow_pickle=snakemake.config["allow_pickle"],
     threads=snakemake.threads,

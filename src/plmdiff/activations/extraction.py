@@ -1,7 +1,7 @@
 """Residual-stream extraction: embed FASTA sequences with a checkpoint, pool, and store as Parquet.
 
-The logic of the `extract` and `extract_tokens` rules (entry functions:
-plmdiff.activations.job.extract, .extract_tokens). For each sequence of one part of a model's FASTA:
+The logic of the `extract` and `extract_tokens` rules (entry function:
+plmdiff.activations.job.extract). For each sequence of one part of a model's FASTA:
 
 - pooled, every stored layer: `last` = the last residue-bearing token, `mean` = the mean over
   residues, each residue contributing the vector of the token that holds it (a token of k

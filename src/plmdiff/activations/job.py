@@ -1,4 +1,5 @@
-"""The activations stage's rule entry functions: `extract`, `extract_tokens`, `gather_pooled`.
+"""The activations stage's rule entry functions: `extract` (rules extract, extract_tokens),
+`gather_pooled`.
 
 Each takes what its rule script unpacks from `snakemake` (paths, wildcards, validated config
 sections) and runs the stage's logic (plmdiff.activations.extraction, .writers); the output
@@ -30,81 +31,20 @@ def extract(
     model: str,
     part: int,
     prompt_section: Mapping[str, Any],
-    activations_section: Mapping[str, Any],
-    pooled_path: str | os.PathLike,
+    settings: ExtractionSettings,
+    pooled_path: str | os.PathLike | None = None,
+    token_paths: Mapping[int, str | os.PathLike] | None = None,
     device: str,
     allow_pickle: bool,
     threads: int | None,
 ) -> ExtractionSummary:
-    """Rule `extract`: the pooled part `part` of a model's FASTA (every layer of
-    activations.layers)."""
-    return _extract_part(
-        fasta_path=fasta_path,
-        record_path=record_path,
-        checkpoint_dir=checkpoint_dir,
-        embedder=embedder,
-        model=model,
-        part=part,
-        prompt_section=prompt_section,
-        activations_section=activations_section,
-        pooled_path=pooled_path,
-        token_paths={},
-        device=device,
-        allow_pickle=allow_pickle,
-        threads=threads,
-    )
+    """Part `part` of a FASTA through one checkpoint: the pooled part (`pooled_path`, every
+    layer of settings.layers) and the token part of each layer of `token_paths`; the forward
+    pass stops at the last layer needed.
 
-
-def extract_tokens(
-    *,
-    fasta_path: str | os.PathLike,
-    record_path: str | os.PathLike,
-    checkpoint_dir: str | os.PathLike,
-    embedder: str,
-    model: str,
-    part: int,
-    layer: int,
-    prompt_section: Mapping[str, Any],
-    activations_section: Mapping[str, Any],
-    token_path: str | os.PathLike,
-    device: str,
-    allow_pickle: bool,
-    threads: int | None,
-) -> ExtractionSummary:
-    """Rule `extract_tokens`: the token part `part` of one layer; the forward pass stops there."""
-    return _extract_part(
-        fasta_path=fasta_path,
-        record_path=record_path,
-        checkpoint_dir=checkpoint_dir,
-        embedder=embedder,
-        model=model,
-        part=part,
-        prompt_section=prompt_section,
-        activations_section=activations_section,
-        pooled_path=None,
-        token_paths={int(layer): token_path},
-        device=device,
-        allow_pickle=allow_pickle,
-        threads=threads,
-    )
-
-
-def _extract_part(
-    *,
-    fasta_path: str | os.PathLike,
-    record_path: str | os.PathLike,
-    checkpoint_dir: str | os.PathLike,
-    embedder: str,
-    model: str,
-    part: int,
-    prompt_section: Mapping[str, Any],
-    activations_section: Mapping[str, Any],
-    pooled_path: str | os.PathLike | None,
-    token_paths: Mapping[int, str | os.PathLike],
-    device: str,
-    allow_pickle: bool,
-    threads: int | None,
-) -> ExtractionSummary:
+    Rule `extract` writes the pooled part, rule `extract_tokens` one token layer, and
+    model_diff_extract both at model_diff's layers.
+    """
     import torch
 
     if threads:
@@ -117,9 +57,9 @@ def _extract_part(
         model=model,
         part=part,
         fmt=PromptFormat.from_section(prompt_section),
-        settings=ExtractionSettings.from_section(activations_section),
+        settings=settings,
         pooled_path=pooled_path,
-        token_paths=token_paths,
+        token_paths=token_paths or {},
         device=resolve_device(device),
         allow_pickle=allow_pickle,
     )

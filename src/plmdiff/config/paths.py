@@ -139,16 +139,32 @@ def pooled(embedder: str, model: str) -> str:
     return f"{activations_dir(embedder)}/{model}.pooled.parquet"
 
 
+# One layout of a model's activation parts, under the activations stage's embedder directory and
+# under model_diff's (the paired parts): the builders below are its only spelling.
+
+
+def _pooled_part(root: str, model: str, part: str) -> str:
+    return f"{root}/{model}/pooled/part-{part}.parquet"
+
+
+def _layer_dir(root: str, model: str, layer: str) -> str:
+    return f"{root}/{model}/layer_{layer}"
+
+
+def _token_part(root: str, model: str, layer: str, part: str) -> str:
+    return f"{_layer_dir(root, model, layer)}/part-{part}.parquet"
+
+
 def pooled_part(embedder: str, model: str, part: str) -> str:
-    return f"{activations_dir(embedder)}/{model}/pooled/part-{part}.parquet"
+    return _pooled_part(activations_dir(embedder), model, part)
 
 
 def token_layer_dir(embedder: str, model: str, layer: str) -> str:
-    return f"{activations_dir(embedder)}/{model}/layer_{layer}"
+    return _layer_dir(activations_dir(embedder), model, layer)
 
 
 def token_part(embedder: str, model: str, layer: str, part: str) -> str:
-    return f"{token_layer_dir(embedder, model, layer)}/part-{part}.parquet"
+    return _token_part(activations_dir(embedder), model, layer, part)
 
 
 # ----------------------------------------------------------------------------- probes, sanity
@@ -260,16 +276,20 @@ def model_diff_sequences() -> str:
     return f"{model_diff_dir()}/sequences.fasta"
 
 
+def _paired_root() -> str:
+    return f"{model_diff_dir()}/activations"
+
+
 def paired_pooled_part(model: str, part: str) -> str:
-    return f"{model_diff_dir()}/activations/{model}/pooled/part-{part}.parquet"
+    return _pooled_part(_paired_root(), model, part)
 
 
 def paired_layer_dir(model: str, layer: str) -> str:
-    return f"{model_diff_dir()}/activations/{model}/layer_{layer}"
+    return _layer_dir(_paired_root(), model, layer)
 
 
 def paired_token_part(model: str, layer: str, part: str) -> str:
-    return f"{paired_layer_dir(model, layer)}/part-{part}.parquet"
+    return _token_part(_paired_root(), model, layer, part)
 
 
 def model_diff_profile(ext: str) -> str:

@@ -41,6 +41,13 @@ def _special(tokenizer: Any, fmt: PromptFormat) -> SpecialIds:
     return SpecialIds.from_record({"special_tokens": special_token_ids(tokenizer, fmt)})
 
 
+def _dpo_job(
+    dpo: Mapping[str, Any], prompt: Mapping[str, Any], device: str
+) -> tuple[DPOSettings, PromptFormat, Any]:
+    """The settings, prompt format and device of a job over DPO rounds."""
+    return DPOSettings.from_section(dpo), PromptFormat.from_section(prompt), resolve_device(device)
+
+
 def reward_spec(base_report: str | os.PathLike, settings: DPOSettings) -> RewardSpec:
     """The reward's reference values: the family's, recorded by demo_train_base."""
     report = BaseModelReport.from_json(read_json(base_report))
@@ -96,9 +103,7 @@ def run_dpo_round(
     device: str,
 ) -> None:
     """Rule demo_dpo_round: checkpoint `iteration` from `iteration - 1`, base as reference."""
-    settings = DPOSettings.from_section(dpo)
-    fmt = PromptFormat.from_section(prompt)
-    torch_device = resolve_device(device)
+    settings, fmt, torch_device = _dpo_job(dpo, prompt, device)
     seed_everything(demo_seed(settings.seed, "round", iteration))
     tokenizer = load_tokenizer(previous_dir)
     policy = load_model(previous_dir, device=torch_device)
@@ -132,9 +137,7 @@ def run_summary(
     device: str,
 ) -> None:
     """Rule demo_summary: the same fresh draws from every checkpoint, scored and compared."""
-    settings = DPOSettings.from_section(dpo)
-    fmt = PromptFormat.from_section(prompt)
-    torch_device = resolve_device(device)
+    settings, fmt, torch_device = _dpo_job(dpo, prompt, device)
     spec = reward_spec(base_report, settings)
     sampling_settings = _sampling_settings(sampling)
     rounds = []

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plmdiff.activations.extraction import ExtractionSettings, ExtractionSummary, extract_part
+from plmdiff.activations.extraction import ExtractionSettings, ExtractionSummary
+from plmdiff.activations.job import extract
 from plmdiff.core.errors import DataError
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import derive_seed, read_json, resolve_device, write_json
@@ -24,6 +25,7 @@ from plmdiff.core.tables import write_parquet, write_table
 from plmdiff.model_diff.agreement import agreement_summary, max_cosine
 from plmdiff.model_diff.crosscoder import (
     BatchTopKCrosscoder,
+    TrainingLog,
     load_crosscoder,
     save_crosscoder,
     train_crosscoder,
@@ -49,8 +51,6 @@ from plmdiff.model_diff.scaling import (
     top_round_only,
 )
 from plmdiff.model_diff.settings import ModelDiffSettings
-from plmdiff.models.checkpoints import CheckpointRecord
-from plmdiff.models.text import PromptFormat
 from plmdiff.sae.training import load_sae
 
 log = logging.getLogger(__name__)
@@ -87,26 +87,24 @@ def model_diff_extract(
 ) -> ExtractionSummary:
     """Rule model_diff_extract: `model`'s checkpoint embeds part `part` of the shared sequences
     at model_diff's layers (the activations stage's extraction and format)."""
-    if threads:
-        torch.set_num_threads(threads)
-    settings = paired_extraction_settings(
-        ExtractionSettings.from_section(activations_section),
-        layers,
-        int(model_diff_section["shards"]),
-    )
-    return extract_part(
+    return extract(
         fasta_path=fasta_path,
-        record=CheckpointRecord.read(record_path),
+        record_path=record_path,
         checkpoint_dir=checkpoint_dir,
         embedder=model,
         model="shared",
         part=part,
-        fmt=PromptFormat.from_section(prompt_section),
-        settings=settings,
+        prompt_section=prompt_section,
+        settings=paired_extraction_settings(
+            ExtractionSettings.from_section(activations_section),
+            layers,
+            int(model_diff_section["shards"]),
+        ),
         pooled_path=pooled_path,
         token_paths=dict(zip(sorted(int(x) for x in layers), token_paths, strict=True)),
-        device=resolve_device(device),
+        device=device,
         allow_pickle=allow_pickle,
+        threads=threads,
     )
 
 
@@ -146,6 +144,61 @@ def _split(fasta: str | os.PathLike, cfg: ModelDiffSettings) -> tuple[list[str],
     return train, held
 
 
+def _layer_job(
+    layer_dirs: Mapping[str, str | os.PathLike],
+    sequences: str | os.PathLike,
+    section: Mapping[str, Any],
+    device: str,
+    threads: int | None,
+) -> tuple[ModelDiffSettings, Any, PairedLayer, list[str], list[str]]:
+    """What a per-layer training job starts from: settings, device, the aligned paired layer
+    and the (train, held-out) sequence IDs."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = ModelDiffSettings.from_section(section)
+    dev = resolve_device(device)
+    paired = open_layer(layer_dirs)
+    train, held = _split(sequences, cfg)
+    return cfg, dev, paired, train, held
+
+
+def _train_dictionary(
+    paired: PairedLayer,
+    cfg: ModelDiffSettings,
+    device: Any,
+    train: Sequence[str],
+    seed: int,
+    *,
+    n_sources: int,
+    expansion: int,
+    k: int,
+    differences: bool,
+) -> tuple[BatchTopKCrosscoder, TrainingLog]:
+    """A BatchTopK dictionary over `n_sources` activation sources of `paired`, trained on the
+    `train` sequences: the models' activations side by side, or with `differences` their
+    difference to the base (one source)."""
+    torch.manual_seed(seed)
+    model = BatchTopKCrosscoder(n_sources, paired.d_model, expansion * paired.d_model, k, seed=seed)
+    batches = iter_paired(
+        paired,
+        cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=seed,
+        seq_ids=train,
+        loop=True,
+    )
+    log_ = train_crosscoder(
+        model,
+        difference_batches(batches, 1) if differences else batches,
+        tokens=cfg.training_tokens,
+        lr=cfg.lr,
+        aux_penalty=cfg.aux_penalty,
+        dead_tokens=cfg.dead_tokens,
+        device=device,
+    )
+    return model, log_
+
+
 def run_crosscoder(
     *,
     layer: int,
@@ -161,33 +214,17 @@ def run_crosscoder(
 
     outputs: weights, latents (Parquet, every latent), classes (TSV), top (TSV), examples (TSV),
     metrics (JSON), curves (TSV), figures (PNG, SVG)."""
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = ModelDiffSettings.from_section(section)
-    dev = resolve_device(device)
-    paired = open_layer(layer_dirs)
-    train, held = _split(sequences, cfg)
-    seed = derive_seed(cfg.seed, "crosscoder", layer)
-    torch.manual_seed(seed)
-    model = BatchTopKCrosscoder(
-        len(paired.models), paired.d_model, cfg.expansion * paired.d_model, cfg.k, seed=seed
-    )
-    batches = iter_paired(
+    cfg, dev, paired, train, held = _layer_job(layer_dirs, sequences, section, device, threads)
+    model, log_ = _train_dictionary(
         paired,
-        cfg.batch_size,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=seed,
-        seq_ids=train,
-        loop=True,
-    )
-    log_ = train_crosscoder(
-        model,
-        batches,
-        tokens=cfg.training_tokens,
-        lr=cfg.lr,
-        aux_penalty=cfg.aux_penalty,
-        dead_tokens=cfg.dead_tokens,
-        device=dev,
+        cfg,
+        dev,
+        train,
+        derive_seed(cfg.seed, "crosscoder", layer),
+        n_sources=len(paired.models),
+        expansion=cfg.expansion,
+        k=cfg.k,
+        differences=False,
     )
     log.info(
         "crosscoder layer %d: %d steps, %.0f tokens/s", layer, log_.steps, log_.tokens_per_second
@@ -253,37 +290,21 @@ def run_diff_saes(
     metrics: Mapping[str, str | os.PathLike],
 ) -> dict[str, dict[str, Any]]:
     """Rule diff_sae: one BatchTopK SAE per round on h_round - h_base at this layer."""
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = ModelDiffSettings.from_section(section)
-    dev = resolve_device(device)
-    paired = open_layer(layer_dirs)
-    train, held = _split(sequences, cfg)
+    cfg, dev, paired, train, held = _layer_job(layer_dirs, sequences, section, device, threads)
     base = paired.models[0]
     out = {}
     for model_name in weights:
         pair = paired.select([base, model_name])
-        seed = derive_seed(cfg.seed, "diff_sae", layer, model_name)
-        torch.manual_seed(seed)
-        sae = BatchTopKCrosscoder(
-            1, pair.d_model, cfg.diff_expansion * pair.d_model, cfg.diff_k, seed=seed
-        )
-        batches = iter_paired(
+        sae, log_ = _train_dictionary(
             pair,
-            cfg.batch_size,
-            shuffle_buffer=cfg.shuffle_buffer,
-            seed=seed,
-            seq_ids=train,
-            loop=True,
-        )
-        log_ = train_crosscoder(
-            sae,
-            difference_batches(batches, 1),
-            tokens=cfg.training_tokens,
-            lr=cfg.lr,
-            aux_penalty=cfg.aux_penalty,
-            dead_tokens=cfg.dead_tokens,
-            device=dev,
+            cfg,
+            dev,
+            train,
+            derive_seed(cfg.seed, "diff_sae", layer, model_name),
+            n_sources=1,
+            expansion=cfg.diff_expansion,
+            k=cfg.diff_k,
+            differences=True,
         )
         sae.eval()
         save_crosscoder(sae, weights[model_name])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from plmdiff.core.runtime import atomic_path
-from plmdiff.models.text import END, EOS, PAD, SEP, START
+from plmdiff.models.text import END, EOS, PAD, SEP, START, SpecialIds
 
 # ZymCTRL's special tokens and their ids in its published vocabulary.
 SPECIAL_TOKENS = {PAD: 0, EOS: 1, SEP: 2, START: 3, END: 4, "[UNK]": 5}
@@ -50,13 +50,18 @@ def gpt2_config(
     n_head: int,
     n_positions: int = 1024,
     vocab_size: int = 458,
+    special: SpecialIds | None = None,
     **extra: Any,
 ) -> Any:
-    """A GPT-2 config with ZymCTRL's vocabulary and special-token ids."""
+    """A GPT-2 config with ZymCTRL's vocabulary and special-token ids, or another tokenizer's
+    (`vocab_size`, `special`)."""
     from transformers import GPT2Config
 
     if n_embd % n_head:
         raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+    ids = special or SpecialIds(
+        pad=SPECIAL_TOKENS[PAD], eos=SPECIAL_TOKENS[EOS], bos=SPECIAL_TOKENS[EOS]
+    )
     return GPT2Config(
         n_layer=n_layer,
         n_embd=n_embd,
@@ -64,9 +69,9 @@ def gpt2_config(
         n_positions=n_positions,
         vocab_size=vocab_size,
         activation_function="gelu_new",
-        bos_token_id=SPECIAL_TOKENS[EOS],
-        eos_token_id=SPECIAL_TOKENS[EOS],
-        pad_token_id=SPECIAL_TOKENS[PAD],
+        bos_token_id=ids.bos,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.pad,
         **extra,
     )
 

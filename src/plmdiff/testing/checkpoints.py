@@ -131,6 +131,16 @@ class _TokenIds(TypedDict):
     pad_token_id: int
 
 
+class _Dimensions(TypedDict):
+    """A decoder's sizes, as the keyword arguments of a non-GPT-2 transformers config."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    max_position_embeddings: int
+
+
 def decoder_config(
     family: Family,
     special: SpecialIds,
@@ -152,39 +162,31 @@ def decoder_config(
     if n_embd % n_head or (family in LLAMA_STYLE and n_head % 2):
         raise ValueError(f"n_head={n_head} must divide n_embd={n_embd} (and be even for {family})")
     ids = _TokenIds(bos_token_id=special.bos, eos_token_id=special.eos, pad_token_id=special.pad)
+    # LLaMA-style, GPT-NeoX and OPT configs spell the dimensions the same way.
+    dims = _Dimensions(
+        vocab_size=vocab_size,
+        hidden_size=n_embd,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        max_position_embeddings=n_positions,
+    )
     if family in LLAMA_STYLE:
         return AutoConfig.for_model(
             family,
-            vocab_size=vocab_size,
-            hidden_size=n_embd,
             intermediate_size=2 * n_embd,
-            num_hidden_layers=n_layer,
-            num_attention_heads=n_head,
             num_key_value_heads=n_head // 2,
-            max_position_embeddings=n_positions,
             tie_word_embeddings=False,
+            **dims,
             **ids,
         )
     if family == "gpt_neox":
-        return GPTNeoXConfig(
-            vocab_size=vocab_size,
-            hidden_size=n_embd,
-            intermediate_size=2 * n_embd,
-            num_hidden_layers=n_layer,
-            num_attention_heads=n_head,
-            max_position_embeddings=n_positions,
-            **ids,
-        )
+        return GPTNeoXConfig(intermediate_size=2 * n_embd, **dims, **ids)
     if family == "opt":
         return OPTConfig(
-            vocab_size=vocab_size,
-            hidden_size=n_embd,
             word_embed_proj_dim=n_embd,
             ffn_dim=2 * n_embd,
-            num_hidden_layers=n_layer,
-            num_attention_heads=n_head,
-            max_position_embeddings=n_positions,
             do_layer_norm_before=True,
+            **dims,
             **ids,
         )
     raise ValueError(f"unknown decoder family '{family}'; known: {', '.join(FAMILIES)}")
@@ -272,20 +274,15 @@ def make_tiny_bpe_checkpoint(
 ) -> Path:
     """A tiny GPT-2 with the family's BPE tokenizer for `prompt.format: plain`, trained briefly
     (ProtGPT2's layout: a GPT-2 over BPE tokens of amino-acid strings)."""
-    from transformers import GPT2Config
-
     tokenizer = bpe_tokenizer()
     special = special_ids_of(tokenizer)
-    config = GPT2Config(
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
+    config = gpt2_config(
+        n_layer,
+        n_embd,
+        n_head,
         n_positions=n_positions,
         vocab_size=len(tokenizer.get_vocab()),
-        activation_function="gelu_new",
-        bos_token_id=special.bos,
-        eos_token_id=special.eos,
-        pad_token_id=special.pad,
+        special=special,
     )
     model = new_decoder(config, seed=seed)
     _train_briefly(

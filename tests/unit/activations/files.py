@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from plmdiff.activations.extraction import ExtractionSettings, ExtractionSummary, extract_part
 from plmdiff.activations.format import pooled_column
 from plmdiff.activations.writers import PooledWriter, TokenWriter
+from plmdiff.config.sections import section_defaults
+from plmdiff.core.fasta import SequenceEntry, write_fasta
+from plmdiff.models.checkpoints import CheckpointRecord
+from plmdiff.models.text import PromptFormat
 
 META = {"embedder": "r0", "embedder_fingerprint": "abc123", "model": "r1"}
 
@@ -87,3 +94,43 @@ def pooled_part(path, rng, n, fingerprint, part):
         w.write(ids, "r1", lengths, vectors)
         w.close({"n_sequences": n, "n_tokens": int(lengths.sum()), "n_truncated": 0})
     return ids, vectors
+
+
+def extraction_settings(**section) -> ExtractionSettings:
+    """Settings from the schema's `activations` defaults with `section`'s keys changed."""
+    return ExtractionSettings.from_section({**section_defaults("activations"), **section})
+
+
+def extract_files(
+    tmp: Path,
+    checkpoint: Path,
+    record: CheckpointRecord,
+    entries: list[SequenceEntry],
+    *,
+    fmt: PromptFormat,
+    model: str,
+    settings: ExtractionSettings,
+    part: int = 0,
+) -> tuple[Path, dict[int, Path], ExtractionSummary]:
+    """`entries` through extract_part (embedder r0) as the rules lay out one part: the pooled
+    part and one token part per layer of settings.token_layers."""
+    fasta = tmp / "in.fasta"
+    write_fasta(fasta, entries)
+    pooled_path = tmp / "pooled" / f"part-{part:05d}.parquet"
+    token_paths = {
+        layer: tmp / f"layer_{layer:02d}" / f"part-{part:05d}.parquet"
+        for layer in settings.token_layers
+    }
+    summary = extract_part(
+        fasta_path=fasta,
+        record=record,
+        checkpoint_dir=checkpoint,
+        embedder="r0",
+        model=model,
+        part=part,
+        fmt=fmt,
+        settings=settings,
+        pooled_path=pooled_path,
+        token_paths=token_paths,
+    )
+    return pooled_path, token_paths, summary

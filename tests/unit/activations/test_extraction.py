@@ -46,6 +46,7 @@ from plmdiff.testing.checkpoints import (
     make_tiny_checkpoint,
     make_tiny_plain_checkpoint,
 )
+from tests.unit.activations.files import extract_files, extraction_settings
 
 N_LAYER = 4
 LAYERS = (0, 2, N_LAYER)  # embeddings, middle, last (before ln_f)
@@ -81,11 +82,6 @@ def sequences() -> list[SequenceEntry]:
     ]
 
 
-def extraction_settings(**section) -> ExtractionSettings:
-    """Settings from the schema's `activations` defaults with `section`'s keys changed."""
-    return ExtractionSettings.from_section({**section_defaults("activations"), **section})
-
-
 def test_settings_from_config():
     s = extraction_settings(layers=[3, 0], token_layers=[2, 1], pooling=["mean", "last"])
     assert (s.layers, s.token_layers, s.poolings) == ((0, 3), (1, 2), ("last", "mean"))
@@ -102,25 +98,10 @@ def test_settings_from_config():
 
 
 def run_extract(tmp, checkpoint, record, entries, *, fmt=ZYMCTRL_FORMAT, part=0, **settings):
-    fasta = tmp / "in.fasta"
-    write_fasta(fasta, entries)
     s = extraction_settings(**{"token_layers": (1, N_LAYER), "batch_tokens": 300, **settings})
-    token_paths = {
-        layer: tmp / f"layer_{layer:02d}" / f"part-{part:05d}.parquet" for layer in s.token_layers
-    }
-    summary = extract_part(
-        fasta_path=fasta,
-        record=record,
-        checkpoint_dir=checkpoint,
-        embedder="r0",
-        model="r1",
-        part=part,
-        fmt=fmt,
-        settings=s,
-        pooled_path=tmp / "pooled" / f"part-{part:05d}.parquet",
-        token_paths=token_paths,
+    return extract_files(
+        tmp, checkpoint, record, entries, fmt=fmt, model="r1", settings=s, part=part
     )
-    return tmp / "pooled" / f"part-{part:05d}.parquet", token_paths, summary
 
 
 def reference(checkpoint, entries, fmt=ZYMCTRL_FORMAT, ids=ZYMCTRL_IDS, suffix=True):

@@ -10,10 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from plmdiff.activations.extraction import ExtractionSettings, extract_part
 from plmdiff.activations.readers import iter_token_batches, load_pooled
-from plmdiff.config.sections import section_defaults
-from plmdiff.core.fasta import SequenceEntry, write_fasta
+from plmdiff.core.fasta import SequenceEntry
 from plmdiff.models.checkpoints import (
     CheckpointRecord,
     inspect_checkpoint,
@@ -22,6 +20,7 @@ from plmdiff.models.checkpoints import (
 )
 from plmdiff.models.text import encode_sequences
 from plmdiff.testing.checkpoints import PLAIN_FORMAT, family_sequences, make_tiny_bpe_checkpoint
+from tests.unit.activations.files import extract_files, extraction_settings
 
 N_LAYER = 2
 N_POSITIONS = 64
@@ -52,30 +51,13 @@ def entries() -> list[SequenceEntry]:
 
 
 def run_extract(tmp: Path, checkpoint: Path, record, entries, **settings) -> tuple[Path, Path]:
-    fasta = tmp / "in.fasta"
-    write_fasta(fasta, entries)
-    section = {
-        **section_defaults("activations"),
-        "token_layers": [1],
-        "dtype": "float32",
-        "batch_tokens": 120,
-        "shards": 1,
-        **settings,
-    }
-    token_path = tmp / "layer_01" / "part-00000.parquet"
-    extract_part(
-        fasta_path=fasta,
-        record=record,
-        checkpoint_dir=checkpoint,
-        embedder="r0",
-        model="r0",
-        part=0,
-        fmt=PLAIN_FORMAT,
-        settings=ExtractionSettings.from_section(section),
-        pooled_path=tmp / "pooled.parquet",
-        token_paths={1: token_path},
+    s = extraction_settings(
+        **{"token_layers": [1], "dtype": "float32", "batch_tokens": 120, "shards": 1, **settings}
     )
-    return tmp / "pooled.parquet", token_path
+    pooled_path, token_paths, _ = extract_files(
+        tmp, checkpoint, record, entries, fmt=PLAIN_FORMAT, model="r0", settings=s
+    )
+    return pooled_path, token_paths[1]
 
 
 def reference(checkpoint: Path, record, entries) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:

@@ -1,10 +1,11 @@
-"""plmdiff.activations.job: the `extract`, `extract_tokens` and `gather_pooled` entry functions."""
+"""plmdiff.activations.job: the `extract` and `gather_pooled` entry functions."""
 
 from __future__ import annotations
 
 import pytest
 
-from plmdiff.activations.job import extract, extract_tokens, gather_pooled
+from plmdiff.activations.extraction import ExtractionSettings
+from plmdiff.activations.job import extract, gather_pooled
 from plmdiff.activations.readers import load_pooled, read_metadata, token_files
 from plmdiff.config.sections import section_defaults
 from plmdiff.core.errors import DataError
@@ -38,22 +39,23 @@ def run(inputs, out, part, token_layers=(1,), **section):
         model="r1",
         part=part,
         prompt_section=PROMPT,
-        activations_section={
-            **section_defaults("activations"),
-            "token_layers": list(token_layers),
-            "shards": 2,
-            **section,
-        },
+        settings=ExtractionSettings.from_section(
+            {
+                **section_defaults("activations"),
+                "token_layers": list(token_layers),
+                "shards": 2,
+                **section,
+            }
+        ),
         device="cpu",
         allow_pickle=False,
         threads=1,
     )
     summary = extract(**common, pooled_path=out / f"pooled.part-{part}.parquet")
     for layer in token_layers:
-        tokens = extract_tokens(
+        tokens = extract(
             **common,
-            layer=layer,
-            token_path=out / f"layer_{layer:02d}" / f"part-{part:05d}.parquet",
+            token_paths={layer: out / f"layer_{layer:02d}" / f"part-{part:05d}.parquet"},
         )
         assert tokens.n_sequences == summary.n_sequences
     return summary
@@ -79,17 +81,16 @@ def test_pooled_job_writes_no_token_files(inputs, tmp_path):
 
 def test_token_layer_beyond_the_embedder_is_refused(inputs, tmp_path):
     with pytest.raises(DataError, match=r"activations\.token_layers: layer 7 does not exist"):
-        extract_tokens(
+        extract(
             fasta_path=inputs[1],
             record_path=inputs[2],
             checkpoint_dir=inputs[3],
             embedder="base",
             model="r1",
             part=0,
-            layer=7,
             prompt_section=PROMPT,
-            activations_section=section_defaults("activations"),
-            token_path=tmp_path / "layer_07" / "part-00000.parquet",
+            settings=ExtractionSettings.from_section(section_defaults("activations")),
+            token_paths={7: tmp_path / "layer_07" / "part-00000.parquet"},
             device="cpu",
             allow_pickle=False,
             threads=None,
