@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from validation import potts_scoring
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
@@ -140,5 +142,6 @@ def summary_markdown(scores: Mapping[str, Any]) -> str:
             "",
             *analyses_table(studies),
             "",
+            *potts_scoring.summary_lines(studies),
         ]
     )

@@ -31,11 +31,11 @@ from plmdiff.config import paths
 from plmdiff.config.schema import BASE_EMBEDDER
 from plmdiff.models.lm_training import LMTrainingConfig
 from plmdiff.testing.checkpoints import family_sequences
-from validation import scoring
+from validation import potts_scoring, scoring
 from validation.checkpoints import PROMPT_FORMAT, build_base, build_rounds
 from validation.report import summary_markdown
 from validation.studies import SUITES, Study, Suite
-from validation.verdicts import null_fdp, study_verdict
+from validation.verdicts import null_fdp, potts_verdict, study_verdict
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "validation" / "work"
@@ -85,6 +85,7 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
         "diff": {"top_n": 20, "top_examples": 3},
         "kl": {"max_sequences": 8},
         "device": "cpu",
+        **({"potts": potts_scoring.WORKFLOW_SECTION} if study.potts else {}),
     }
 
 
@@ -101,7 +102,7 @@ def targets(study: Study, suite: Suite) -> list[str]:
         out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
         out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
         out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
-    return out
+    return out + (potts_scoring.targets(MODELS[0], MODELS[-1]) if study.potts else [])
 
 
 def training_configs(study: Study, suite: Suite) -> tuple[LMTrainingConfig, LMTrainingConfig]:
@@ -317,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             "sae_fit": result.sae_fit,
             "analyses": result.analyses,
         }
+        if study.potts:
+            potts = potts_scoring.score_study(root / study.name, study.motif, MODELS[0], MODELS[-1])
+            studies[study.name]["potts"] = {**potts, "verdict": potts_verdict(potts)}
         studies[study.name]["verdict"] = study_verdict(studies[study.name])
     scores = {
         "suite": suite.name,
