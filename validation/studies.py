@@ -161,8 +161,9 @@ NULL_SEEDS = 10
 
 
 def full_suite() -> Suite:
-    """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, and NULL_SEEDS
-    null studies (no training: their cost is the workflow's alone)."""
+    """Planted motifs (strong, moderate, at a fixed site with the Potts stage; GPT-2 and LLaMA),
+    composition, length, and NULL_SEEDS null studies (no training: their cost is the
+    workflow's alone)."""
     studies = (
         Study("motif_strong_gpt2", "motif", "gpt2", (0.4, 0.8), seed=1, motif=MOTIF_GPT2),
         Study(
