@@ -14,6 +14,8 @@ if POTTS["enabled"]:
             info=paths.potts_profile("json"),
         log:
             "logs/potts/profile.log",
+        benchmark:
+            "benchmarks/potts_profile/profile.tsv"
         conda:
             "../envs/torch.yaml"
         threads: 1
@@ -35,6 +37,8 @@ if POTTS["enabled"]:
             coverage=paths.potts_coverage("{potts_set}"),
         log:
             "logs/potts/align/{potts_set}.log",
+        benchmark:
+            "benchmarks/potts_align/{potts_set}.tsv"
         conda:
             "../envs/torch.yaml"
         threads: 1
@@ -92,6 +96,8 @@ if POTTS["enabled"]:
             svg=paths.potts_compare_file("{model}", "couplings.svg"),
         log:
             "logs/potts/compare/{model}.log",
+        benchmark:
+            "benchmarks/potts_compare/{model}.tsv"
         wildcard_constraints:
             model=wc.alternatives(ROUNDS),
         conda:
@@ -148,6 +154,8 @@ if POTTS["enabled"]:
             svg=paths.potts_summary_file("energy.svg"),
         log:
             "logs/potts/summary.log",
+        benchmark:
+            "benchmarks/potts_summary/summary.tsv"
         localrule: True
         conda:
             "../envs/torch.yaml"

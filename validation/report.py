@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from validation import model_diff
+from validation import model_diff, potts_scoring
 
 
 def _fmt(value: Any) -> str:
@@ -148,5 +148,6 @@ def summary_markdown(scores: Mapping[str, Any]) -> str:
             *analyses_table(studies),
             "",
             *model_diff_section(studies),
+            *potts_scoring.summary_lines(studies),
         ]
     )

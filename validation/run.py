@@ -31,11 +31,11 @@ from plmdiff.config import paths
 from plmdiff.config.schema import BASE_EMBEDDER
 from plmdiff.models.lm_training import LMTrainingConfig
 from plmdiff.testing.checkpoints import family_sequences
-from validation import model_diff, scoring
+from validation import model_diff, potts_scoring, scoring
 from validation.checkpoints import PROMPT_FORMAT, build_base, build_rounds
 from validation.report import summary_markdown
 from validation.studies import SUITES, Study, Suite
-from validation.verdicts import null_fdp, study_verdict
+from validation.verdicts import null_fdp, potts_verdict, study_verdict
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "validation" / "work"
@@ -85,6 +85,7 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
         "diff": {"top_n": 20, "top_examples": 3},
         "kl": {"max_sequences": 8},
         "device": "cpu",
+        **({"potts": potts_scoring.WORKFLOW_SECTION} if study.potts else {}),
     }
 
 
@@ -101,6 +102,7 @@ def targets(study: Study, suite: Suite) -> list[str]:
         out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
         out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
         out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
+    out += potts_scoring.targets(MODELS[0], MODELS[-1]) if study.potts else []
     return out + model_diff.targets(study, suite.layer)
 
 
@@ -327,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             studies[study.name]["model_diff"] = model_diff.score_study(
                 root / study.name, suite.layer, MODELS, study.model_diff[0]
             )
+        if study.potts:
+            potts = potts_scoring.score_study(root / study.name, study.motif, MODELS[0], MODELS[-1])
+            studies[study.name]["potts"] = {**potts, "verdict": potts_verdict(potts)}
         studies[study.name]["verdict"] = study_verdict(studies[study.name])
     scores = {
         "suite": suite.name,

@@ -1,8 +1,8 @@
 """Studies with a known answer: what each round is fine-tuned on, and what the diff should find.
 
 Every transform keeps the family's sequences and changes one thing, with a rate per round:
-- `plant_motif`: a motif overwrites a random window in a share of the sequences (the planted
-  positions are the motif's occurrences);
+- `plant_motif`: a motif overwrites a random window (or one fixed site) in a share of the
+  sequences (the planted positions are the motif's occurrences);
 - `enrich_class`: a share of residues is replaced by residues of one class (the planted
   positions are that class's residues);
 - `shorten`: sequences are cut shorter (nothing residue-level is planted: a length effect);
@@ -21,13 +21,16 @@ from validation.checkpoints import Architecture, ModelShape
 Kind = Literal["motif", "composition", "length", "null"]
 
 
-def plant_motif(sequences: Sequence[str], motif: str, share: float, seed: int) -> list[str]:
-    """Overwrite a random window of `share` of the sequences with `motif` (length kept)."""
+def plant_motif(
+    sequences: Sequence[str], motif: str, share: float, seed: int, start: int | None = None
+) -> list[str]:
+    """Overwrite a window of `share` of the sequences with `motif` (length kept): a random
+    window, or the one at 0-based residue `start` (a site, as in a real family)."""
     rng = random.Random(seed)
     out = []
     for seq in sequences:
         if len(seq) > len(motif) and rng.random() < share:
-            at = rng.randrange(0, len(seq) - len(motif) + 1)
+            at = rng.randrange(0, len(seq) - len(motif) + 1) if start is None else start
             seq = seq[:at] + motif + seq[at + len(motif) :]
         out.append(seq)
     return out
@@ -73,6 +76,10 @@ class Study:
     # Model diffing (validation.model_diff): (motif, share) planted in the shared family FASTA
     # every checkpoint embeds; None leaves the model_diff stage off.
     model_diff: tuple[str, float] | None = None
+    # The motif's 0-based residue in every planted sequence (None: a random window), and the
+    # Potts stage on (validation.potts_scoring: the motif's columns among the field shifts).
+    motif_start: int | None = None
+    potts: bool = False
 
     def round_data(self, family: Sequence[str]) -> list[list[str] | None]:
         """Fine-tuning sequences of every round (None: a copy of the base checkpoint)."""
@@ -81,7 +88,7 @@ class Study:
             return [None for _ in self.rates]
         if self.kind == "motif":
             return [
-                plant_motif(base, self.motif, r, self.seed * 100 + i)
+                plant_motif(base, self.motif, r, self.seed * 100 + i, self.motif_start)
                 for i, r in enumerate(self.rates, start=1)
             ]
         if self.kind == "composition":
@@ -143,6 +150,9 @@ SAE_EXPANSION = 12
 # feature for them cannot be a feature the base model already had for common residues.
 MOTIF_GPT2 = "WCYMW"
 MOTIF_LLAMA = "MCWFY"
+# The motif_site study's window (0-based residue of the 64 kept): mid-sequence, so that the
+# profile's match columns cover it on both sides.
+MOTIF_SITE = 30
 # The base lens (the base model embeds every round) and the self lens (each model its own).
 LENSES = ("base", "self")
 
@@ -159,8 +169,9 @@ NULL_SEEDS = 10
 
 
 def full_suite() -> Suite:
-    """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, and NULL_SEEDS
-    null studies (no training: their cost is the workflow's alone)."""
+    """Planted motifs (strong, moderate, at a fixed site with the Potts stage; GPT-2 and LLaMA),
+    composition, length, and NULL_SEEDS null studies (no training: their cost is the
+    workflow's alone)."""
     studies = (
         Study(
             "motif_strong_gpt2",
@@ -179,6 +190,16 @@ def full_suite() -> Suite:
             seed=2,
             motif=MOTIF_GPT2,
             embedders=LENSES,  # the one study seen through both lenses (time)
+        ),
+        Study(
+            "motif_site_gpt2",
+            "motif",
+            "gpt2",
+            (0.4, 0.8),
+            seed=6,
+            motif=MOTIF_GPT2,
+            motif_start=MOTIF_SITE,
+            potts=True,
         ),
         Study("motif_moderate_llama", "motif", "llama", (0.2, 0.4), seed=3, motif=MOTIF_LLAMA),
         Study(

@@ -5,7 +5,9 @@
 - composition: the same with a residue-class feature in the top 10 (scoring.CLASS_TARGET);
 - length: reported as a length effect, not as features (`length_effect`);
 - null: no stable changed feature in any analysis; over the suite, the realised false discovery
-  proportion of the null studies (`null_fdp`).
+  proportion of the null studies (`null_fdp`);
+- Potts (a motif study with the stage on): the motif's columns are the top-|motif| columns by
+  field shift (`potts_verdict`, validation.potts_scoring).
 
 Studies that run model diffing get a separate `model_diff` verdict (`model_diff_verdict`).
 """
@@ -87,6 +89,14 @@ def kind_verdict(study: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "length":
         return length_effect(study["probes"], n_stable)
     return {"met": n_stable == 0, "stable_changed_features": n_stable}
+
+
+def potts_verdict(potts: Mapping[str, Any]) -> dict[str, Any]:
+    """The motif's columns, located in the last round's alignment, are exactly the columns with
+    the largest field shifts (as many as the motif has residues)."""
+    k = len(potts["motif_columns"])
+    met = k > 0 and potts["motif_in_top"] == k
+    return {"met": met, "motif_in_top": potts.get("motif_in_top", 0), "motif_columns": k}
 
 
 def null_fdp(studies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
