@@ -153,6 +153,19 @@ MOTIF_LLAMA = "MCWFY"
 # The motif_site study's window (0-based residue of the 64 kept): mid-sequence, so that the
 # profile's match columns cover it on both sides.
 MOTIF_SITE = 30
+# Not in the full suite yet: the suite's base (200 steps) samples sequences that no profile
+# aligns (VALIDATION.md, "Potts"); it needs a base trained longer. `--only` cannot select it
+# either: `python -m validation.run` runs suites, so it is kept here, built, for that change.
+MOTIF_SITE_STUDY = Study(
+    "motif_site_gpt2",
+    "motif",
+    "gpt2",
+    (0.4, 0.8),
+    seed=6,
+    motif=MOTIF_GPT2,
+    motif_start=MOTIF_SITE,
+    potts=True,
+)
 # The base lens (the base model embeds every round) and the self lens (each model its own).
 LENSES = ("base", "self")
 
@@ -169,9 +182,8 @@ NULL_SEEDS = 10
 
 
 def full_suite() -> Suite:
-    """Planted motifs (strong, moderate, at a fixed site with the Potts stage; GPT-2 and LLaMA),
-    composition, length, and NULL_SEEDS null studies (no training: their cost is the
-    workflow's alone)."""
+    """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, and NULL_SEEDS
+    null studies (no training: their cost is the workflow's alone)."""
     studies = (
         Study(
             "motif_strong_gpt2",
@@ -190,16 +202,6 @@ def full_suite() -> Suite:
             seed=2,
             motif=MOTIF_GPT2,
             embedders=LENSES,  # the one study seen through both lenses (time)
-        ),
-        Study(
-            "motif_site_gpt2",
-            "motif",
-            "gpt2",
-            (0.4, 0.8),
-            seed=6,
-            motif=MOTIF_GPT2,
-            motif_start=MOTIF_SITE,
-            potts=True,
         ),
         Study("motif_moderate_llama", "motif", "llama", (0.2, 0.4), seed=3, motif=MOTIF_LLAMA),
         Study(
