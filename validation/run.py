@@ -109,7 +109,9 @@ def targets(study: Study, suite: Suite) -> list[str]:
 def training_configs(study: Study, suite: Suite) -> tuple[LMTrainingConfig, LMTrainingConfig]:
     """(base, round) training settings."""
     common = dict(batch_size=32, warmup_fraction=0.05, epochs=100)
-    base = LMTrainingConfig(**common, lr=2e-3, seed=0, max_steps=suite.base_steps)
+    base = LMTrainingConfig(
+        **common, lr=2e-3, seed=0, max_steps=study.base_steps or suite.base_steps
+    )
     rounds = LMTrainingConfig(
         **common,
         lr=suite.round_lr,
@@ -125,7 +127,7 @@ def build(study: Study, suite: Suite, root: Path, workdir: Path) -> list[Path]:
     shape = suite.shape
     # The base depends only on architecture, shape and steps: suites of one size share it.
     cache = (
-        root.parent / "bases" / f"{study.arch}_{shape.n_layer}x{shape.n_embd}_{suite.base_steps}"
+        root.parent / "bases" / f"{study.arch}_{shape.n_layer}x{shape.n_embd}_{base_cfg.max_steps}"
     )
     base = build_base(
         cache,
