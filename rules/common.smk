@@ -53,7 +53,7 @@ from plmdiff.config.schema import SELF_EMBEDDER  # noqa: E402
 from plmdiff.core.errors import PlmdiffError  # noqa: E402
 from plmdiff.core.fasta import resolve_fasta_sources  # noqa: E402
 from plmdiff.demo.settings import resolve_family_fasta  # noqa: E402
-from plmdiff.sae.imports import import_source_files, resolve_import_path  # noqa: E402
+from plmdiff.sae.sources import import_source_files, resolve_import_path  # noqa: E402
 
 try:
     _validated = wc.validate_workflow_config(

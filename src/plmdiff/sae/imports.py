@@ -32,11 +32,11 @@ from typing import Any
 import torch
 
 from plmdiff.core.errors import ConfigError, DataError
-from plmdiff.sae.training import SAE_FILES, load_sae
+from plmdiff.sae.sources import SAE_FILES, ZYM_CHECKPOINT
+from plmdiff.sae.training import load_sae
 
 log = logging.getLogger(__name__)
 
-ZYM_CHECKPOINT = "checkpoint_latest.pt"
 _HOOK_RE = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)$")
 _ZYM_TYPES = {
     "batchtopk": "batchtopk",
@@ -49,28 +49,6 @@ _ZYM_TYPES = {
     "jumprelu": "jumprelu",
     "jumprelusae": "jumprelu",
 }
-
-
-def resolve_import_path(template: str, layer: int) -> Path:
-    """sae.base.import with '{layer}' replaced: '{layer}' -> 5, '{layer:02d}' -> 05."""
-    try:
-        return Path(template.format(layer=int(layer)))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"sae.base.import = '{template}': only '{{layer}}' (or e.g. '{{layer:02d}}') may "
-            f"appear in braces ({exc})"
-        ) from None
-
-
-def import_source_files(path: str | os.PathLike) -> list[Path]:
-    """The files that define an import source (for Snakemake inputs): the path itself if it is
-    not a directory, else the sae-lens files or the Zym_SAEs checkpoint in it."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / ZYM_CHECKPOINT).is_file() and not (path / SAE_FILES[0]).is_file():
-            return [path / ZYM_CHECKPOINT]
-        return [path / name for name in SAE_FILES]
-    return [path]
 
 
 def load_zym_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch
 from plmdiff.config.sections import from_section
 from plmdiff.core.errors import ConfigError, DataError
 from plmdiff.core.runtime import atomic_path
+from plmdiff.sae.sources import SAE_FILES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ DECAY_SHARE = 0.2
 CURVE_POINTS = 200
 # Batches whose mean initialises the decoder bias of an SAE trained from scratch.
 B_DEC_INIT_BATCHES = 16
-SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 
 
 # ----------------------------------------------------------------------------- settings

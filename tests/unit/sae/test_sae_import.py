@@ -11,13 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from plmdiff.core.errors import ConfigError, DataError
-from plmdiff.sae.imports import (
-    import_sae,
-    import_source_files,
-    load_zym_checkpoint,
-    resolve_import_path,
-    zym_layer,
-)
+from plmdiff.sae.imports import import_sae, load_zym_checkpoint, zym_layer
+from plmdiff.sae.sources import import_source_files, resolve_import_path
 from plmdiff.sae.training import load_sae, save_sae
 
 D_IN, D_SAE = 24, 96

@@ -195,7 +195,7 @@ def test_null_fine_tune_trains_on_the_base_replicas_held_out_cluster_fold(study)
 
 
 def test_import_replaces_training_but_still_evaluates(study, tmp_path):
-    import plmdiff.sae.imports as sae_import
+    import plmdiff.sae.sources as sae_import
     from tests.unit.sae.test_sae_import import zym_checkpoint
 
     checkpoint = zym_checkpoint()
