@@ -5,6 +5,10 @@ CORES ?= 2
 # torch's build: auto (CUDA where nvidia-smi sees a GPU), cuda (for a cluster, whatever the
 # login node has), cpu. `make venv TORCH_BUILD=cuda` on a login node without GPUs.
 TORCH_BUILD ?= auto
+# Threads per demo job. The demo's jobs are small and spend much of their time starting Python
+# and loading torch on one core, so two one-thread jobs side by side beat one two-thread job
+# (measured: 17.5 min with each job on both cores, see BENCHMARKS.md "make demo").
+DEMO_MAX_THREADS ?= 1
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
@@ -15,7 +19,8 @@ venv:
 
 ## Runs the whole demo: builds its checkpoints (a small GPT-2 and 3 DPO rounds), then every stage and the report.
 demo: venv
-	snakemake --configfile config/demo.yaml --cores $(CORES) --printshellcmds --show-failed-logs
+	snakemake --configfile config/demo.yaml --cores $(CORES) --max-threads $(DEMO_MAX_THREADS) \
+		--printshellcmds --show-failed-logs
 	snakemake --configfile config/demo.yaml --report results/report/snakemake_report.html
 	@echo "demo: open results/report/index.html"
 

@@ -28,12 +28,13 @@ from pathlib import Path
 import yaml
 
 from plmdiff.config import paths
-from plmdiff.config.schema import BASE_EMBEDDER
+from plmdiff.config.schema import BASE_EMBEDDER, validate_config
 from plmdiff.models.lm_training import LMTrainingConfig
 from plmdiff.testing.checkpoints import family_sequences
 from validation import model_diff, potts_scoring, scoring
 from validation.checkpoints import PROMPT_FORMAT, build_base, build_rounds
 from validation.report import summary_markdown
+from validation.samples import sample_kept
 from validation.studies import SUITES, Study, Suite
 from validation.verdicts import null_fdp, potts_verdict, study_verdict
 
@@ -140,10 +141,26 @@ def build(study: Study, suite: Suite, root: Path, workdir: Path) -> list[Path]:
         workdir / "checkpoints",
         base,
         study.arch,
-        study.round_data(family),
+        study.round_data(family, null_finetune_data(study, suite, base, len(family))),
         round_cfg,
         from_base=suite.rounds_from_base,
     )
+
+
+# The name whose sampling stream (plmdiff.sampling.rng.model_seed) draws a null fine-tune's data:
+# not a model of the workflow, so the rounds are not trained on the very samples of r0 the
+# workflow analyses.
+FINETUNE_STREAM = "null_finetune_data"
+
+
+def null_finetune_data(study: Study, suite: Suite, base: Path, n: int) -> list[str]:
+    """The base's kept samples (the workflow's sampling and filter, n draws) that a
+    `null_finetune` study's rounds are fine-tuned on; nothing for any other study."""
+    if not study.null_finetune:
+        return []
+    config = study_config(study, suite, [base] * len(MODELS))
+    config["sampling"]["n_sequences"] = n
+    return sample_kept(base, FINETUNE_STREAM, validate_config(config))
 
 
 def run_workflow(workdir: Path, configfile: Path, wanted: list[str], cores: int) -> float:

@@ -6,7 +6,10 @@ Every transform keeps the family's sequences and changes one thing, with a rate 
 - `enrich_class`: a share of residues is replaced by residues of one class (the planted
   positions are that class's residues);
 - `shorten`: sequences are cut shorter (nothing residue-level is planted: a length effect);
-- null: every round is a copy of the base checkpoint, so rounds differ only by sampling seed.
+- null: every round is a copy of the base checkpoint, so rounds differ only by sampling seed;
+  or (`null_finetune`) every round is the base fine-tuned, with its own seed, on sequences the
+  base sampled itself: the models differ by a fine-tune that planted nothing, which is what a
+  model-diffing null needs (copies of the base make every latent shared by construction).
 """
 
 from __future__ import annotations
@@ -82,11 +85,25 @@ class Study:
     potts: bool = False
     # Steps of the base's training, when not the suite's (a base of its own, cached apart).
     base_steps: int | None = None
+    # A null whose rounds are the base fine-tuned on the base's own kept samples (not copies).
+    null_finetune: bool = False
 
-    def round_data(self, family: Sequence[str]) -> list[list[str] | None]:
-        """Fine-tuning sequences of every round (None: a copy of the base checkpoint)."""
+    def __post_init__(self) -> None:
+        if self.null_finetune and self.kind != "null":
+            raise ValueError(f"study {self.name}: null_finetune is for null studies only")
+
+    def round_data(
+        self, family: Sequence[str], base_samples: Sequence[str] = ()
+    ) -> list[list[str] | None]:
+        """Fine-tuning sequences of every round (None: a copy of the base checkpoint).
+        `base_samples` (the base's own kept samples) are what a `null_finetune` study's rounds
+        are fine-tuned on."""
         base = [s[: self.crop] for s in family]
         if self.kind == "null":
+            if self.null_finetune:
+                if not base_samples:
+                    raise ValueError(f"study {self.name}: null_finetune needs the base's samples")
+                return [list(base_samples) for _ in self.rates]
             return [None for _ in self.rates]
         if self.kind == "motif":
             return [
@@ -225,8 +242,14 @@ def full_suite() -> Suite:
                 "gpt2",
                 (0, 0),
                 seed=10 + i,
-                # One null seed runs model diffing, on the strong motif study's shared set (time).
+                # One null seed runs model diffing, on the strong motif study's shared set (time);
+                # its rounds are fine-tuned on the base's samples, so that model diffing compares
+                # models that differ (copies of the base would make its null vacuous), for the
+                # shift studies' 200 steps: ~5 passes over the samples, a change the size of a
+                # round's without the 800 steps' ~20 passes that would narrow what it samples.
                 model_diff=(MOTIF_GPT2, 0.8) if i == 0 else None,
+                null_finetune=i == 0,
+                round_steps=SHIFT_STEPS if i == 0 else None,
             )
             for i in range(NULL_SEEDS)
         ),
