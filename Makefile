@@ -52,7 +52,7 @@ dag: venv
 clean-demo:
 	rm -rf results/ logs/ benchmarks/
 
-.PHONY: validate validate-ci validate-calibrate
+.PHONY: validate validate-ci validate-calibrate validate-potts
 
 ## Runs the validation suite: small studies with a known answer through the workflow, scored (VALIDATION.md).
 validate: venv
@@ -61,6 +61,10 @@ validate: venv
 ## The CI-sized validation: one planted-motif and one null study (a few minutes).
 validate-ci: venv
 	python -m validation.run --suite ci --cores $(CORES)
+
+## The motif at a fixed site with the Potts stage (its own base of 1,000 steps; VALIDATION.md "Potts").
+validate-potts: venv
+	nice -n 5 python -m validation.run --suite potts --cores $(CORES)
 
 ## What the suite's rounds learned, cheaply: train and sample only (validation/work/full/calibration.md).
 validate-calibrate: venv

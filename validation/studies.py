@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from validation.checkpoints import Architecture, ModelShape
@@ -310,4 +310,10 @@ def ci_suite() -> Suite:
     )
 
 
-SUITES = {"full": full_suite, "ci": ci_suite}
+def potts_suite() -> Suite:
+    """The motif at a fixed site with the Potts stage, at the full suite's sizes: apart from
+    `full` while its base (1,000 steps) is measured (`make validate-potts`)."""
+    return replace(full_suite(), name="potts", studies=(MOTIF_SITE_STUDY,))
+
+
+SUITES = {"full": full_suite, "ci": ci_suite, "potts": potts_suite}

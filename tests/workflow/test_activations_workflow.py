@@ -14,7 +14,7 @@ from plmdiff.activations.loader import count_tokens
 from plmdiff.activations.readers import load_pooled, read_metadata, token_seq_ids
 from plmdiff.core.fasta import SequenceEntry, read_fasta, write_fasta
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
-from tests.conftest import dry_run_jobs, run_snakemake, tiny_config, write_config
+from tests.conftest import LOCAL_CORES, dry_run_jobs, run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -68,7 +68,7 @@ def extraction_run(checkpoints, tmp_path_factory):
         for part in range(2)
     ]
     # Other stages' rules are left out: this test starts from FASTA files it wrote itself.
-    run_snakemake(workdir, configfile, "--cores", "2", "--allowed-rules", *RULES, "--", *targets)
+    run_snakemake(workdir, configfile, *LOCAL_CORES, "--allowed-rules", *RULES, "--", *targets)
     return workdir, configfile, fastas, targets
 
 

@@ -18,7 +18,7 @@ import pytest
 from plmdiff.config import paths
 from plmdiff.core.fasta import read_fasta
 from plmdiff.testing.checkpoints import make_tiny_plain_checkpoint
-from tests.conftest import run_snakemake, tiny_config, write_config
+from tests.conftest import LOCAL_CORES, run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -67,7 +67,7 @@ def study(request, tmp_path_factory) -> tuple[str, Path]:
     }
     configfile = write_config(root / "config.yaml", tiny_config(checkpoints, **OVERRIDES))
     # 3 minutes on 2 idle cores; the timeout leaves room for a busy CI machine.
-    run_snakemake(root, configfile, "--cores", "2", timeout=1800)
+    run_snakemake(root, configfile, *LOCAL_CORES, timeout=1800)
     return family, root
 
 

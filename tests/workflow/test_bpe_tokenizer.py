@@ -20,7 +20,7 @@ from plmdiff.activations.readers import iter_token_batches
 from plmdiff.config import paths
 from plmdiff.core.fasta import read_fasta
 from plmdiff.testing.checkpoints import make_tiny_bpe_checkpoint
-from tests.conftest import run_snakemake, tiny_config, write_config
+from tests.conftest import LOCAL_CORES, run_snakemake, tiny_config, write_config
 from tests.workflow.test_architectures import MODELS, N_LAYERS, OVERRIDES, SAE_LAYER
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -41,7 +41,7 @@ def study(tmp_path_factory) -> Path:
         for i, model in enumerate(MODELS)
     }
     configfile = write_config(root / "config.yaml", tiny_config(checkpoints, **OVERRIDES))
-    run_snakemake(root, configfile, "--cores", "2", timeout=1800)
+    run_snakemake(root, configfile, *LOCAL_CORES, timeout=1800)
     return root
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from plmdiff.demo.summary import SUMMARY_COLUMNS
 from plmdiff.models.checkpoints import CheckpointRecord
-from tests.conftest import REPO, TINY_CONFIG, run_snakemake, write_config
+from tests.conftest import LOCAL_CORES, REPO, TINY_CONFIG, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -79,7 +79,7 @@ def tiny_demo_config() -> dict:
 def test_demo_rules_run_for_real(tmp_path):
     configfile = write_config(tmp_path / "demo_tiny.yaml", tiny_demo_config())
     targets = [f"results/checkpoints/{m}.json" for m in MODELS]
-    run_snakemake(tmp_path, configfile, "--cores", "2", *targets, "results/demo/dpo_summary.tsv")
+    run_snakemake(tmp_path, configfile, *LOCAL_CORES, *targets, "results/demo/dpo_summary.tsv")
     for i, model in enumerate(MODELS):
         record = CheckpointRecord.read(tmp_path / f"results/checkpoints/{model}.json")
         assert record.n_layers == 2 and record.d_model == 32

@@ -30,7 +30,7 @@ from plmdiff.core.runtime import write_json
 from plmdiff.models.checkpoints import inspect_checkpoint
 from plmdiff.models.text import PromptFormat
 from plmdiff.testing.checkpoints import family_sequences
-from tests.conftest import REPO, run_snakemake, tiny_config
+from tests.conftest import LOCAL_CORES, REPO, run_snakemake, tiny_config
 from tests.slurm.cluster import TEST_PROFILE_OPTIONS
 from tests.slurm.workflow import (
     compare_files,
@@ -79,7 +79,7 @@ def test_sigkill_mid_write_leaves_no_finished_looking_output(tiny_run, tmp_path)
     work = copy_run(tiny_run, tmp_path / "work", drop=[parts_dir, target])
     configfile = work / "config.yaml"
 
-    proc = start_snakemake(work, configfile, "--cores", "2", target)
+    proc = start_snakemake(work, configfile, *LOCAL_CORES, target)
     try:
         # Kill the moment the first file of a part appears, whatever its name: a writer that
         # wrote under the final name would be caught with a partial file there.
@@ -112,7 +112,7 @@ def test_sigkill_mid_write_leaves_no_finished_looking_output(tiny_run, tmp_path)
 
     # The killed Snakemake left its lock behind, as after a crash: unlock, then rerun.
     run_snakemake(work, configfile, "--unlock")
-    run_snakemake(work, configfile, "--cores", "2", "--rerun-incomplete", target)
+    run_snakemake(work, configfile, *LOCAL_CORES, "--rerun-incomplete", target)
     wanted = sorted(
         str(p.relative_to(tiny_run))
         for p in [tiny_run / target, *(tiny_run / parts_dir).rglob("*.parquet")]

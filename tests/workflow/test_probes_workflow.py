@@ -14,7 +14,7 @@ from plmdiff.core.fasta import SequenceEntry, write_fasta
 from plmdiff.probes.clustering import mmseqs_binary
 from plmdiff.probes.probes import ACCURACY_COLUMNS, load_round_embeddings
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
-from tests.conftest import dry_run_jobs, run_snakemake, tiny_config, write_config
+from tests.conftest import LOCAL_CORES, dry_run_jobs, run_snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -66,7 +66,7 @@ def probes_run(tmp_path_factory):
     fastas = write_study_fasta(workdir)
     targets = [f"results/probes/r0/{p}/accuracy.tsv" for p in ("last", "mean")]
     targets.append("results/sanity/r0/variance.tsv")
-    run_snakemake(workdir, configfile, "--cores", "2", "--allowed-rules", *RULES, "--", *targets)
+    run_snakemake(workdir, configfile, *LOCAL_CORES, "--allowed-rules", *RULES, "--", *targets)
     return workdir, configfile, fastas, targets
 
 

@@ -15,7 +15,7 @@ import torch
 from plmdiff.core.fasta import SequenceEntry, write_fasta
 from plmdiff.sae.training import load_sae
 from plmdiff.testing.checkpoints import family_sequences, make_tiny_checkpoint
-from tests.conftest import run_snakemake, tiny_config, write_config
+from tests.conftest import LOCAL_CORES, run_snakemake, tiny_config, write_config
 from tests.unit.sae.test_sae_import import zym_checkpoint
 
 pytestmark = pytest.mark.workflow
@@ -120,7 +120,7 @@ def import_run(tmp_path_factory) -> Path:
     targets = [f"results/saes/r0/layer_01/{s}/fold_0.metrics.json" for s in ("base", "ft_r1")]
     # Upstream stages are left out: this test starts from FASTA files it wrote itself.
     rules = ("check_checkpoint", "extract", "extract_tokens", "sae_folds", "train_sae")
-    run_snakemake(workdir, configfile, "--cores", "2", "--allowed-rules", *rules, "--", *targets)
+    run_snakemake(workdir, configfile, *LOCAL_CORES, "--allowed-rules", *rules, "--", *targets)
     return workdir
 
 
