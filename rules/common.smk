@@ -49,7 +49,7 @@ from plmdiff.config.paths import (  # noqa: E402
     token_layer_dir,
     token_part,
 )
-from plmdiff.config.schema import SELF_EMBEDDER  # noqa: E402
+from plmdiff.config.schema import SELF_EMBEDDER, embeds_every_round  # noqa: E402
 from plmdiff.core.errors import PlmdiffError  # noqa: E402
 from plmdiff.core.fasta import resolve_fasta_sources  # noqa: E402
 from plmdiff.demo.settings import resolve_family_fasta  # noqa: E402
@@ -71,9 +71,8 @@ BASE = STUDY.base
 # The models compared with the base (KL of the base against itself is 0 by definition).
 ROUNDS = [m for m in MODELS if m != BASE]
 EMBEDDERS = STUDY.embedders
-# Probes and sanity checks compare rounds embedded by one model: with `self` each round's own
-# weights embed its own samples, and separating them would measure the models, not the rounds.
-ROUND_EMBEDDERS = [e for e in EMBEDDERS if e != SELF_EMBEDDER]
+# Probes and sanity checks compare rounds embedded by one model.
+ROUND_EMBEDDERS = [e for e in EMBEDDERS if embeds_every_round(e)]
 SAE_LAYERS = STUDY.sae_layers
 SAE_SCHEMES = STUDY.sae_schemes
 SAE_FAMILIES = STUDY.sae_families

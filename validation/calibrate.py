@@ -21,7 +21,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from plmdiff.config.schema import validate_config
 from validation.run import MODELS, WORK, build, study_config

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from plmdiff.config import paths
-from plmdiff.config.schema import BASE_EMBEDDER, validate_config
+from plmdiff.config.schema import BASE_EMBEDDER, embeds_every_round, validate_config
 from plmdiff.models.lm_training import LMTrainingConfig
 from plmdiff.testing.checkpoints import family_sequences
 from validation import model_diff, potts_scoring, scoring
@@ -101,7 +101,8 @@ def targets(study: Study, suite: Suite) -> list[str]:
     out = []
     for embedder in lens_dirs(study).values():
         out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
-        out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
+        if embeds_every_round(embedder):
+            out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
         out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
     out += potts_scoring.targets(MODELS[0], MODELS[-1]) if study.potts else []
     return out + model_diff.targets(study, suite.layer)

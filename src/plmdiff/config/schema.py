@@ -26,6 +26,13 @@ BASE_EMBEDDER = "base"
 SELF_EMBEDDER = "self"
 
 
+def embeds_every_round(embedder: str) -> bool:
+    """Whether one model embeds every round's samples for `embedder` (a model name or 'base'),
+    as probes and sanity checks need: with 'self' each round's own weights embed its own
+    samples, and separating them would measure the models, not the rounds."""
+    return embedder != SELF_EMBEDDER
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 

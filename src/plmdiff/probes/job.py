@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from plmdiff.config.schema import SELF_EMBEDDER
+from plmdiff.config.schema import SELF_EMBEDDER, embeds_every_round
 from plmdiff.core.errors import ConfigError
 from plmdiff.core.fasta import read_fasta
 from plmdiff.core.runtime import resolve_device
@@ -37,7 +37,7 @@ def check_round_embedder(embedder: str, stage: str) -> None:
     With `self`, each round's own weights embed its own samples: a probe then tells the models
     apart (1.000 at layer 0 in the planted study), not the rounds' sequences.
     """
-    if embedder == SELF_EMBEDDER:
+    if not embeds_every_round(embedder):
         raise ConfigError(
             f"{stage}: embedder '{SELF_EMBEDDER}' embeds each round with its own weights, so a "
             "round probe would separate the models, not the sequences; probes and sanity run "
