@@ -24,10 +24,26 @@ from typing import Any
 import pandas as pd
 
 from plmdiff.config import paths
+from plmdiff.core.fasta import SequenceEntry, write_fasta
 
 # The stage's settings in the study config (the schema's defaults otherwise): every profile
 # column, the default 20 bootstrap refits.
 WORKFLOW_SECTION: dict[str, Any] = {"enabled": True}
+FAMILY_NAME = "potts_family.fasta"
+
+
+def config_section(family: Path | None) -> dict[str, Any]:
+    """The study's potts section: the stage's defaults, and the natural family (`potts.family`)
+    when one is given."""
+    return {**WORKFLOW_SECTION, **({"family": str(family)} if family is not None else {})}
+
+
+def write_family(sequences: Sequence[str], crop: int, workdir: Path) -> Path:
+    """The natural family as the study's models were trained on it (the first `crop` residues of
+    every sequence, nothing planted): the profile and energy reference of `potts.family`."""
+    path = workdir / FAMILY_NAME
+    write_fasta(path, [SequenceEntry(f"family_{i}", s[:crop]) for i, s in enumerate(sequences)])
+    return path
 
 
 def targets(base: str, last: str) -> list[str]:

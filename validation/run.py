@@ -86,7 +86,7 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
         "diff": {"top_n": 20, "top_examples": 3},
         "kl": {"max_sequences": 8},
         "device": "cpu",
-        **({"potts": potts_scoring.WORKFLOW_SECTION} if study.potts else {}),
+        **({"potts": potts_scoring.config_section(None)} if study.potts else {}),
     }
 
 
@@ -225,6 +225,9 @@ def prepare(study: Study, suite: Suite, root: Path) -> tuple[Path, float]:
     )
     if shared is not None:
         config["model_diff"] = model_diff.config_section(study, shared)
+    if study.potts_family:
+        family = potts_scoring.write_family(family_sequences(), study.crop, workdir)
+        config["potts"] = potts_scoring.config_section(family)
     configfile = workdir / "config.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     return configfile, own_cpu_seconds() - cpu

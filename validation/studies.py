@@ -83,6 +83,9 @@ class Study:
     # Potts stage on (validation.potts_scoring: the motif's columns among the field shifts).
     motif_start: int | None = None
     potts: bool = False
+    # The Potts profile from the natural family (potts.family: the family's crops, nothing
+    # planted) rather than from the base model's samples.
+    potts_family: bool = False
     # Steps of the base's training, when not the suite's (a base of its own, cached apart).
     base_steps: int | None = None
     # A null whose rounds are the base fine-tuned on the base's own kept samples (not copies).

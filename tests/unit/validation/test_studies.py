@@ -8,7 +8,7 @@ import pytest
 
 from plmdiff.models.lm_training import LMTrainingConfig
 from validation.checkpoints import ModelShape, build_base, build_rounds
-from validation.run import null_finetune_data, training_configs
+from validation.run import null_finetune_data, targets, training_configs
 from validation.studies import MOTIF_SITE_STUDY, Study, ci_suite, full_suite
 
 
@@ -56,3 +56,14 @@ def test_a_fine_tuned_null_trains_on_what_the_base_samples(tmp_path):
     weights = [(p / "model.safetensors").read_bytes() for p in rounds]
     assert weights[0] == (base / "model.safetensors").read_bytes()
     assert weights[1] != weights[0] and weights[2] != weights[0] and weights[1] != weights[2]
+
+
+def test_every_lens_is_scored_but_only_round_embedders_are_probed():
+    """The self lens (each round embeds its own samples) has SAE diffs, no probes: the probes
+    stage refuses it, and a suite that asked for them failed its whole study."""
+    suite = full_suite()
+    study = next(s for s in suite.studies if "self" in s.embedders)
+    wanted = targets(study, suite)
+    assert any(t.startswith("results/diff/self/") for t in wanted)
+    assert not any(t.startswith("results/probes/self/") for t in wanted)
+    assert any(t.startswith("results/probes/r0/") for t in wanted)
