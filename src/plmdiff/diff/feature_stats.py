@@ -380,7 +380,7 @@ class _ModelAccumulator:
         )
         self.n_tokens = 0
         self.n_sequences = 0
-        # [bins, d_sae] firing tokens and [bins] tokens per position bin: dense, bounded by
+        # [bins, d_sae] firing tokens and [bins] tokens per position bin: dense, and small
         # (ZymCTRL: at most 1,024 positions x 15,360 features, 126 MB), grown as needed.
         self.position_bin = position_bin
         self.bin_fire = torch.zeros(0, f, dtype=torch.int64, device=device)
