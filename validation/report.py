@@ -52,6 +52,7 @@ ANALYSIS_COLUMNS = (
     "analysis",
     "n_changed",
     "n_stable_changed",
+    "n_length_effects",
     "n_occurrences",
     "best_feature",
     "best_rank",
@@ -92,7 +93,8 @@ def verdict_cell(study: Mapping[str, Any]) -> str:
         return (
             f"length baseline separates the rounds: {_fmt(v['length_separates'])}; "
             f"every layer explained by the baselines: {_fmt(v['layers_explained_by_baselines'])}; "
-            f"{v['stable_changed_features']} stable changed features"
+            f"{v['stable_changed_features']} stable changed features, "
+            f"{v.get('length_effects', 0)} length effects"
         )
     return f"{v['stable_changed_features']} stable changed features"
 

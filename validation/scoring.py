@@ -172,14 +172,25 @@ class AnalysisScore:
     # a qualifying feature in the target's top (5; 10 for a class), called and stable
     first_changed_rank_in_target: bool
     n_occurrences: int = 0  # planted occurrences in the held-out sequences scored
+    # frequency calls that do not hold at matched positions (plmdiff.diff.statistics)
+    n_length_effects: int = 0
     # The fold change the call reads (gamma-Poisson posterior, plmdiff.diff.evidence).
     best_posterior_log2_fold_change: float = np.nan
 
 
 def stable_changed(table: pd.DataFrame) -> np.ndarray:
-    """Changed and stable (the workflow's own `stable`: reappears and replicates its change)."""
+    """Changed and stable (the workflow's own `stable`: reappears and replicates its change),
+    and not a length effect (the diff already leaves those out of `changed`; said here so the
+    verdicts never count one)."""
     stable = table["stable"].astype("boolean").fillna(False).to_numpy(dtype=bool)
-    return table["changed"].to_numpy(dtype=bool) & stable
+    return table["changed"].to_numpy(dtype=bool) & stable & ~length_effects(table)
+
+
+def length_effects(table: pd.DataFrame) -> np.ndarray:
+    """The diff's length effects (none for diffs written before the column existed)."""
+    if "length_effect" not in table:
+        return np.zeros(len(table), dtype=bool)
+    return table["length_effect"].to_numpy(dtype=bool)
 
 
 def score_analysis(
@@ -201,6 +212,7 @@ def score_analysis(
         n_features=len(table),
         n_changed=int(table["changed"].sum()),
         n_stable_changed=int(sc.sum()),
+        n_length_effects=int(length_effects(table).sum()),
     )
     if match is None or target is None:
         return AnalysisScore(

@@ -31,18 +31,22 @@ def stable_calls(study: Mapping[str, Any]) -> int:
     return sum(int(a["n_stable_changed"]) for a in study["analyses"])
 
 
-def length_effect(probes: Sequence[Mapping[str, Any]], n_stable: int) -> dict[str, Any]:
+def length_effect(
+    probes: Sequence[Mapping[str, Any]], n_stable: int, n_length_effects: int = 0
+) -> dict[str, Any]:
     """A length shift is reported as a length effect when (1) the probes' length baseline tells
     the rounds apart (its balanced accuracy's bootstrap 95% CI lies above chance, in some
     pooling), (2) no layer's probe beats the best baseline (every layer's margin has a
     family-wise p >= ALPHA, in every pooling: the representation says nothing the baselines do
-    not) and (3) the diff calls no stable changed feature."""
+    not) and (3) the diff calls no stable changed feature (`n_stable`: changed, stable and not a
+    length effect; the length effects, `n_length_effects`, are reported beside it)."""
     separates = any(p["length_ci_low"] > p["chance"] for p in probes)
     explained = bool(probes) and all(p["min_baseline_margin_p_fwer"] >= ALPHA for p in probes)
     return {
         "length_separates": separates,
         "layers_explained_by_baselines": explained,
         "stable_changed_features": n_stable,
+        "length_effects": n_length_effects,
         "met": separates and explained and n_stable == 0,
     }
 
@@ -87,7 +91,8 @@ def kind_verdict(study: Mapping[str, Any]) -> dict[str, Any]:
         ]
         return {"met": bool(hits), "analyses": hits, "stable_changed_features": n_stable}
     if kind == "length":
-        return length_effect(study["probes"], n_stable)
+        n_length = sum(int(a.get("n_length_effects", 0)) for a in study["analyses"])
+        return length_effect(study["probes"], n_stable, n_length)
     return {"met": n_stable == 0, "stable_changed_features": n_stable}
 
 

@@ -228,6 +228,7 @@ FEATURE_STATS_SUFFIXES = {
     "sequences": ".seqs.parquet",
     "fires": ".fires.parquet",
     "top": ".top.parquet",
+    "positions": ".positions.parquet",
 }
 
 
@@ -236,7 +237,7 @@ def feature_stats(embedder: str, layer: str, scheme: str, fold: str | int) -> st
 
 
 def feature_stats_siblings(stats_path: str | os.PathLike) -> dict[str, Path]:
-    """The four files of one feature_stats job, from the path of its stats table."""
+    """The files of one feature_stats job, from the path of its stats table."""
     path = str(stats_path)
     suffix = FEATURE_STATS_SUFFIXES["stats"]
     if not path.endswith(suffix):
@@ -246,7 +247,7 @@ def feature_stats_siblings(stats_path: str | os.PathLike) -> dict[str, Path]:
 
 
 def feature_stats_files(embedder: str, layer: str, scheme: str, fold: str | int) -> dict[str, str]:
-    """The four files of one feature_stats job, as rule outputs."""
+    """The files of one feature_stats job, as rule outputs."""
     siblings = feature_stats_siblings(feature_stats(embedder, layer, scheme, fold))
     return {key: str(path) for key, path in siblings.items()}
 

@@ -70,6 +70,7 @@ def diff_family(
                         stats=fs.model_stats(model),
                         sequences=fs.model_sequences(model),
                         fires=fs.model_fires(model),
+                        positions=fs.model_positions(model),
                     )
                 )
             d_sae = stats[(an.reference, fold)].d_sae

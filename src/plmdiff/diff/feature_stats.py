@@ -20,7 +20,12 @@ Outputs (siblings of the rule's `fold_{f}.parquet`, see `FeatureStatsPaths`):
 - `fold_{f}.fires.parquet`: sparse seq_index, feature, n_fire (firing tokens of a sequence);
 - `fold_{f}.top.parquet`: feature, model, rank, seq_id, pos, pos_end (the residue span of the
   most active token), value, window_start, window_residues, window_acts (2W+1 residues, each
-  with the activation of the token that holds it; NaN outside the sequence, residues '-' there).
+  with the activation of the token that holds it; NaN outside the sequence, residues '-' there);
+- `fold_{f}.positions.parquet`: sparse model, bin, feature, n_fire (firing tokens whose first
+  residue lies in position bin `bin`, of `position_bin` residues); the metadata's
+  `position_tokens` holds, per model, the tokens of every bin. The diff compares firing rates
+  at matched positions with them (a feature that fires only at residues a shorter round does
+  not have is a length effect, not a change).
 
 Rows are model tokens (`n_tokens`, `frequency` count tokens); a token of a BPE tokenizer may hold
 several residues, and the windows of top examples are mapped back to residues through each
@@ -60,16 +65,17 @@ METADATA_KEY = b"plmdiff.diff.feature_stats"
 
 @dataclass(frozen=True)
 class FeatureStatsPaths:
-    """The four files of one feature_stats job (`plmdiff.config.paths.feature_stats_siblings`)."""
+    """The files of one feature_stats job (`plmdiff.config.paths.feature_stats_siblings`)."""
 
     stats: Path
     sequences: Path
     fires: Path
     top: Path
+    positions: Path
 
     @classmethod
     def of(cls, stats_path: str | os.PathLike) -> FeatureStatsPaths:
-        """The four files of one feature_stats job, named after its main output."""
+        """The files of one feature_stats job, named after its main output."""
         return cls(**feature_stats_siblings(stats_path))
 
     def files(self) -> dict[str, Path]:
@@ -84,6 +90,8 @@ class FeatureStats:
     fires: pd.DataFrame
     top: pd.DataFrame
     metadata: dict[str, Any]
+    # model, bin, feature, n_fire (sparse); the tokens per bin are in the metadata.
+    positions: pd.DataFrame | None = None
 
     @property
     def d_sae(self) -> int:
@@ -96,6 +104,8 @@ class FeatureStats:
         fires = self.fires.sort_values(["seq_index", "feature"], kind="stable")
         write_parquet(fires, paths.fires, metadata=meta, row_group_size=1 << 18)
         write_parquet(_top_to_arrow(self.top), paths.top, metadata=meta)
+        positions = self.positions if self.positions is not None else empty_positions()
+        write_parquet(positions, paths.positions, metadata=meta)
         # The main file last: Snakemake (and a reader) sees the job done only when all exist.
         write_parquet(self.stats, paths.stats, metadata=meta)
         return paths
@@ -116,6 +126,7 @@ class FeatureStats:
             fires=pq.read_table(paths.fires).to_pandas(),
             top=pq.read_table(paths.top).to_pandas(),
             metadata=json.loads(raw),
+            positions=pq.read_table(paths.positions).to_pandas(),
         )
 
     def model_sequences(self, model: str) -> pd.DataFrame:
@@ -132,6 +143,10 @@ class FeatureStats:
     def model_fires(self, model: str) -> pd.DataFrame:
         ids = self.model_sequences(model)["seq_index"]
         return self.fires[self.fires["seq_index"].isin(ids)].reset_index(drop=True)
+
+    def model_positions(self, model: str) -> PositionCounts | None:
+        positions = self.positions if self.positions is not None else empty_positions()
+        return position_counts(self.metadata, positions[positions["model"] == model], model)
 
     @classmethod
     def open(cls, stats_path: str | os.PathLike) -> StoredFeatureStats:
@@ -186,6 +201,44 @@ class StoredFeatureStats:
             self.paths.fires, filters=[("seq_index", ">=", lo), ("seq_index", "<=", hi)]
         ).to_pandas()
         return rows[rows["seq_index"].isin(ids)].reset_index(drop=True)
+
+    def model_positions(self, model: str) -> PositionCounts | None:
+        rows = pq.read_table(self.paths.positions, filters=[("model", "=", model)]).to_pandas()
+        return position_counts(self.metadata, rows, model)
+
+
+@dataclass(frozen=True)
+class PositionCounts:
+    """One model's tokens per position bin and sparse firing tokens per (bin, feature)."""
+
+    bin_width: int
+    tokens: np.ndarray  # [n_bins]
+    fires: pd.DataFrame  # bin, feature, n_fire
+
+
+def empty_positions() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "model": pd.Series([], dtype=str),
+            "bin": pd.Series([], dtype=np.int32),
+            "feature": pd.Series([], dtype=np.int32),
+            "n_fire": pd.Series([], dtype=np.int64),
+        }
+    )
+
+
+def position_counts(
+    metadata: Mapping[str, Any], rows: pd.DataFrame, model: str
+) -> PositionCounts | None:
+    """A model's position counts, or None for feature stats written before they existed."""
+    tokens = metadata.get("position_tokens", {}).get(model)
+    if tokens is None:
+        return None
+    return PositionCounts(
+        bin_width=int(metadata["position_bin"]),
+        tokens=np.asarray(tokens, dtype=np.int64),
+        fires=rows[["bin", "feature", "n_fire"]].reset_index(drop=True),
+    )
 
 
 def _top_to_arrow(top: pd.DataFrame) -> pa.Table:
@@ -304,7 +357,9 @@ def _chunk(parts: tuple[np.ndarray, ...], seen: set[str], source: str) -> Sequen
 class _ModelAccumulator:
     """Running per-feature statistics and top examples of one model, on the SAE's device."""
 
-    def __init__(self, d_sae: int, n_top: int, window: int, device: Any) -> None:
+    def __init__(
+        self, d_sae: int, n_top: int, window: int, device: Any, position_bin: int = 8
+    ) -> None:
         import torch
 
         self.torch = torch
@@ -325,6 +380,11 @@ class _ModelAccumulator:
         )
         self.n_tokens = 0
         self.n_sequences = 0
+        # [bins, d_sae] firing tokens and [bins] tokens per position bin: dense, and small
+        # (ZymCTRL: at most 1,024 positions x 15,360 features, 126 MB), grown as needed.
+        self.position_bin = position_bin
+        self.bin_fire = torch.zeros(0, f, dtype=torch.int64, device=device)
+        self.bin_tokens = torch.zeros(0, dtype=torch.int64, device=device)
 
     def add(self, acts: Any, chunk: SequenceChunk, seq_index: np.ndarray) -> list[np.ndarray]:
         """Fold one chunk's feature activations [rows, d_sae] in; returns its sparse fires."""
@@ -347,6 +407,7 @@ class _ModelAccumulator:
         self.max_act.scatter_reduce_(0, feats, vals, reduce="amax", include_self=True)
         self.n_tokens += n
         self.n_sequences += s
+        self._add_positions(chunk, rows, feats, f)
         nz = per_seq.nonzero()
         fires = [
             seq_index[nz[:, 0].cpu().numpy()],
@@ -363,6 +424,30 @@ class _ModelAccumulator:
         seq_max, arg_row = seq_max.view(s, f), arg_row.view(s, f)
         self._merge_top(acts, seq_max, arg_row, chunk, torch.as_tensor(seq_index, device=dev))
         return fires
+
+    def _add_positions(self, chunk: SequenceChunk, rows: Any, feats: Any, f: int) -> None:
+        torch = self.torch
+        bins = torch.as_tensor(chunk.pos // self.position_bin, device=self.device)
+        n_bins = int(bins.max().item()) + 1 if bins.numel() else 0
+        if n_bins > self.bin_tokens.shape[0]:
+            grow = n_bins - self.bin_tokens.shape[0]
+            self.bin_tokens = torch.cat([self.bin_tokens, self.bin_tokens.new_zeros(grow)])
+            self.bin_fire = torch.cat([self.bin_fire, self.bin_fire.new_zeros(grow, f)])
+        self.bin_tokens[:n_bins] += torch.bincount(bins, minlength=n_bins)
+        cell = bins[rows] * f + feats
+        self.bin_fire.view(-1)[: n_bins * f] += torch.bincount(cell, minlength=n_bins * f)
+
+    def position_frame(self, model: str) -> pd.DataFrame:
+        """Sparse model, bin, feature, n_fire of the position counts."""
+        nz = self.bin_fire.nonzero()
+        return pd.DataFrame(
+            {
+                "model": model,
+                "bin": nz[:, 0].cpu().numpy().astype(np.int32),
+                "feature": nz[:, 1].cpu().numpy().astype(np.int32),
+                "n_fire": self.bin_fire[nz[:, 0], nz[:, 1]].cpu().numpy().astype(np.int64),
+            }
+        )
 
     def _merge_top(self, acts, seq_max, arg_row, chunk, seq_index_t) -> None:
         torch = self.torch
@@ -440,7 +525,8 @@ def compute_feature_stats(
     else:
         cos = ratio = np.full(d_sae, np.nan)
 
-    stats, seq_frames, fires, tops = [], [], [], []
+    stats, seq_frames, fires, tops, positions = [], [], [], [], []
+    position_tokens: dict[str, list[int]] = {}
     fits: dict[str, dict[str, Any]] = {}
     n_seq_total = 0
     for model, dirs in token_dirs.items():
@@ -449,7 +535,9 @@ def compute_feature_stats(
             raise DataError(
                 f"no sequences of model '{model}' to encode (its held-out set is empty)"
             )
-        acc = _ModelAccumulator(d_sae, cfg.top_examples, cfg.example_window, device)
+        acc = _ModelAccumulator(
+            d_sae, cfg.top_examples, cfg.example_window, device, cfg.position_bin
+        )
         fit = FitAccumulator(d_sae, device)
         ids: list[str] = []
         residues: list[str] = []
@@ -493,6 +581,8 @@ def compute_feature_stats(
             )
         )
         fires.append(_fires_frame(model_fires))
+        positions.append(acc.position_frame(model))
+        position_tokens[model] = acc.bin_tokens.cpu().numpy().astype(int).tolist()
         stats.append(_stats_frame(acc, model, cos, ratio))
         tops.append(
             _top_frame(
@@ -508,6 +598,8 @@ def compute_feature_stats(
         "example_window": cfg.example_window,
         # Per model: the SAE's FVU, L0 and dead fraction on the tokens encoded here.
         "fit": fits,
+        "position_bin": cfg.position_bin,
+        "position_tokens": position_tokens,
     }
     return FeatureStats(
         stats=pd.concat(stats, ignore_index=True),
@@ -515,6 +607,7 @@ def compute_feature_stats(
         fires=pd.concat(fires, ignore_index=True),
         top=pd.concat(tops, ignore_index=True),
         metadata=meta,
+        positions=pd.concat(positions, ignore_index=True),
     )
 
 

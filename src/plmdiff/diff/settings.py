@@ -28,6 +28,7 @@ class DiffConfig:
     top_n: int
     top_examples: int
     pseudocount: float
+    length_effect_ratio: float
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> DiffConfig:
@@ -42,6 +43,7 @@ class FeatureStatsConfig:
     top_examples: int
     example_window: int
     held_out: bool
+    position_bin: int
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> FeatureStatsConfig:

@@ -16,6 +16,14 @@ q <= fdr, the trend and the posterior log2 fold change (last round vs base, gamm
 would favour rare features (3 -> 12 firings is log2 2 by chance); the posterior shrinks them.
 A fine-tuned SAE's feature changed in direction when its decoder moved beyond the null
 fine-tune's quantile (and the floor) and it fires in both the base and the last round.
+
+Rates per sequence cannot tell "a feature lost its positions" from "a feature changed": a latent
+that fires once near residue 60 of every 64-residue base sequence never fires in a round whose
+sequences are 34 long. `matched_log2_fold_change` compares the base and the last round at the
+same positions (direct standardisation of both rates to the last round's tokens per position
+bin, over the bins both cover); a frequency call whose matched change does not hold (opposite
+sign, or under `length_effect_ratio` of the raw log2 fold change) is a `length_effect`, listed
+apart and not counted as changed.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from plmdiff.diff.evidence import (
     posterior_log2_fold_change,
     sign_agreement,
 )
+from plmdiff.diff.feature_stats import PositionCounts
 from plmdiff.diff.settings import DiffConfig
 
 
@@ -116,6 +125,57 @@ def log2_fold_change(
     return np.log2(freq_b / freq_a)
 
 
+def matched_log2_fold_change(
+    base: PositionCounts, other: PositionCounts, d_sae: int, pseudocount: float
+) -> np.ndarray:
+    """log2 fold change of `other` over `base` at matched positions, per feature.
+
+    Direct standardisation to `other`'s token distribution over the position bins both models
+    hold tokens in: `other`'s observed firings there, O = sum_b fire_o[b], against the firings
+    the base would have on the same tokens, E = sum_b tokens_o[b] * fire_base[b] / tokens_base[b].
+    Both standardised rates share the denominator T = sum_b tokens_o[b], so with the raw fold
+    change's pseudocount, log2(((O + pc) / (T + pc)) / ((E + pc) / (T + pc))) = log2((O + pc) /
+    (E + pc)). Bins only one model covers (positions the shorter model's sequences lack) drop out.
+    """
+    if base.bin_width != other.bin_width:
+        raise DataError(
+            f"position bins differ between models ({base.bin_width} vs {other.bin_width} "
+            "residues): recompute the feature stats with one diff.position_bin"
+        )
+    n = max(len(base.tokens), len(other.tokens))
+    tb = np.zeros(n)
+    to = np.zeros(n)
+    tb[: len(base.tokens)] = base.tokens
+    to[: len(other.tokens)] = other.tokens
+    common = (tb > 0) & (to > 0)
+    scale = np.where(common, to / np.where(tb > 0, tb, 1.0), 0.0)
+    bf = base.fires
+    expected = np.bincount(
+        bf["feature"].to_numpy(dtype=np.int64),
+        weights=bf["n_fire"].to_numpy(dtype=float) * scale[bf["bin"].to_numpy(dtype=np.int64)],
+        minlength=d_sae,
+    )
+    of = other.fires
+    observed = np.bincount(
+        of["feature"].to_numpy(dtype=np.int64),
+        weights=of["n_fire"].to_numpy(dtype=float) * common[of["bin"].to_numpy(dtype=np.int64)],
+        minlength=d_sae,
+    )
+    return np.log2((observed + pseudocount) / (expected + pseudocount))
+
+
+def length_effect(raw: np.ndarray, matched: np.ndarray, ratio: float) -> np.ndarray:
+    """The change does not hold at matched positions: the matched log2 fold change has the
+    other sign than the raw one, or keeps less than `ratio` of it (NaN matched: never)."""
+    raw = np.asarray(raw, dtype=float)
+    matched = np.asarray(matched, dtype=float)
+    known = ~np.isnan(matched)
+    m = np.nan_to_num(matched)
+    flipped = np.sign(m) != np.sign(raw)
+    shrunk = np.abs(m) < ratio * np.abs(raw)
+    return known & (flipped | shrunk)
+
+
 @dataclass(frozen=True)
 class RoundEvidence:
     """What one SAE says about one model's held-out sequences (from feature_stats outputs).
@@ -130,6 +190,8 @@ class RoundEvidence:
     stats: pd.DataFrame
     sequences: pd.DataFrame
     fires: pd.DataFrame
+    # Tokens and firing tokens per position bin (None: feature stats written before them).
+    positions: PositionCounts | None = None
 
 
 def analyse_rounds(
@@ -182,6 +244,11 @@ def analyse_rounds(
     table["posterior_log2_fold_change"] = posterior.mean
     table["posterior_log2_fold_change_sd"] = posterior.sd
     table["posterior_abs_log2_fold_change_lower"] = posterior.lower_abs()
+    table["matched_log2_fold_change"] = np.nan
+    if base.positions is not None and last.positions is not None:
+        table["matched_log2_fold_change"] = matched_log2_fold_change(
+            base.positions, last.positions, d_sae, cfg.pseudocount
+        )
     x = np.concatenate(xs)
     result = sparse_spearman(
         x, np.concatenate(seqs), np.concatenate(feats), np.concatenate(rates), d_sae
@@ -213,7 +280,18 @@ def analyse_rounds(
         table["direction_cut"] = direction_cut(
             null_direction, cfg.direction_null_quantile, cfg.min_direction_change
         )
-    table["changed"] = frequency_call(table, cfg) | direction_call(table)
+    moved = direction_call(table)
+    # A direction change stands on the decoder, whatever the positions: it stays changed.
+    table["length_effect"] = (
+        frequency_call(table, cfg)
+        & ~moved
+        & length_effect(
+            table["log2_fold_change"].to_numpy(),
+            table["matched_log2_fold_change"].to_numpy(),
+            cfg.length_effect_ratio,
+        )
+    )
+    table["changed"] = (frequency_call(table, cfg) & ~table["length_effect"].to_numpy()) | moved
     return table
 
 
@@ -254,8 +332,11 @@ def direction_call(table: pd.DataFrame) -> np.ndarray:
 
 
 def change_kind(table: pd.DataFrame, cfg: DiffConfig) -> pd.Series:
-    """'up', 'down', 'direction' or '' per feature, for tables people read."""
+    """'up', 'down', 'direction' or '' per feature, for tables people read (a length effect
+    is '': it has its own column)."""
     freq = frequency_call(table, cfg)
+    if "length_effect" in table:
+        freq &= ~table["length_effect"].to_numpy(dtype=bool)
     lfc = table["posterior_log2_fold_change"].to_numpy()
     kind = np.where(freq & (lfc > 0), "up", np.where(freq & (lfc < 0), "down", ""))
     kind = np.where((kind == "") & direction_call(table), "direction", kind)

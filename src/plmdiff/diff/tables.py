@@ -39,6 +39,8 @@ def readable_features(features: pd.DataFrame, models: Sequence[str], top_n: int)
         "posterior_log2_fold_change_sd",
         "posterior_abs_log2_fold_change_lower",
         "log2_fold_change",
+        "matched_log2_fold_change",
+        "length_effect",
         "spearman_rho",
         *[f"freq_{m}" for m in models],
         "direction_change",

@@ -342,13 +342,33 @@ def analysis_counts(features: pd.DataFrame) -> pd.DataFrame:
                 "called": int(called.sum()),
                 "stable_called": int((called & stable).sum()),
                 "single_replica": bool(d["stable"].isna().all()),
+                # Diffs written before the position-matched comparison have no such column.
+                "length_effects": (
+                    int(d["length_effect"].astype(bool).sum()) if "length_effect" in d else None
+                ),
             }
         )
     return pd.DataFrame(rows)
 
 
+def length_sentence(c: Mapping[str, Any]) -> str:
+    """The frequency changes that do not hold at matched positions (plmdiff.diff.statistics),
+    said apart from the changed features ('' when none, or not computed)."""
+    n = c.get("length_effects")
+    if n is None or pd.isna(n) or not n:
+        return ""
+    return (
+        f" {int(n)} feature{'s' if n != 1 else ''} changed with the sequences' lengths "
+        "(length_effect in features.parquet; not counted as changed)."
+    )
+
+
 def counts_sentence(c: Mapping[str, Any]) -> str:
     """What an analysis called, and what it leads with because of it."""
+    return _counts_head(c) + length_sentence(c)
+
+
+def _counts_head(c: Mapping[str, Any]) -> str:
     head = (
         f"{c['called']} of {c['tested']} tested features called changed, "
         f"{c['stable_called']} of them stable"

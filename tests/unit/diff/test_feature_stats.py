@@ -44,6 +44,27 @@ def test_stats_count_what_the_dictionary_put_in(planted):
     assert np.isnan(st["dec_cos_to_base"]).all()
 
 
+def test_position_counts_add_up_to_the_totals(planted):
+    fs = planted["stats"][("base", 0)]
+    width = fs.metadata["position_bin"]
+    st = fs.stats.set_index(["model", "feature"])
+    for m in PLANT.models:
+        counts = fs.model_positions(m)
+        assert counts is not None and counts.bin_width == width
+        # tokens per bin: the held-out sequences' rows, binned by their first residue
+        ids = "', '".join(fs.model_sequences(m)["seq_id"])
+        path = planted["dirs"][m][0]
+        rows = duckdb.sql(
+            f"select pos // {width} as b, count(*) as n from '{path}/*.parquet' "
+            f"where seq_id in ('{ids}') group by b order by b"
+        ).df()
+        assert counts.tokens.tolist() == rows["n"].tolist()
+        assert counts.tokens.sum() == st.loc[(m, 0), "n_tokens"]
+        per = counts.fires.groupby("feature")["n_fire"].sum()
+        assert (per.reindex(st.xs(m).index, fill_value=0) == st.xs(m)["n_fire"]).all()
+        assert counts.fires["bin"].max() < len(counts.tokens)
+
+
 def test_top_examples_hold_the_maximum_and_its_window(planted):
     fs = planted["stats"][("base", 0)]
     top = fs.top[(fs.top.feature == PLANT.planted) & (fs.top.model == "r2")]
@@ -106,6 +127,11 @@ def test_stored_stats_answer_like_the_loaded_ones(planted):
         b = loaded.model_fires(m).sort_values(["seq_index", "feature"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(a, b)
     assert len(stored.top) == len(loaded.top)
+    for m in PLANT.models:
+        a, b = stored.model_positions(m), loaded.model_positions(m)
+        assert a is not None and b is not None
+        assert a.tokens.tolist() == b.tokens.tolist()
+        pd.testing.assert_frame_equal(a.fires, b.fires)
     with pytest.raises(DataError, match="hold no model 'r9'"):
         stored.model_stats("r9")
 

@@ -22,7 +22,7 @@ from plmdiff.diff.settings import DiffConfig
 from plmdiff.kl.divergence import kl_frame
 from plmdiff.kl.job import run_kl_summary
 from plmdiff.model_diff.figures import plot_profile
-from plmdiff.report.diffs import POSTERIOR, pct, verdict
+from plmdiff.report.diffs import POSTERIOR, analysis_counts, counts_sentence, pct, verdict
 from plmdiff.report.render import (
     SECTIONS,
     ReportItem,
@@ -662,3 +662,24 @@ def test_page_skeleton_and_style_are_package_data():
     assert "<title>a &lt;b&gt; title</title>" in page and css in page
     assert '<nav><a href="#x">x</a></nav>' in page and "<section>$1</section>" in page
     assert page.endswith("</html>\n")
+
+
+def test_counts_sentence_says_the_length_effects_apart():
+    features = pd.DataFrame(
+        {
+            "analysis": "base",
+            "tested": True,
+            "changed": [True, False, False, False],
+            "stable": pd.array([True] * 4, dtype="boolean"),
+            "length_effect": [False, True, True, False],
+        }
+    )
+    (c,) = analysis_counts(features).to_dict("records")
+    text = counts_sentence(c)
+    assert "1 of 4 tested features called changed, 1 of them stable" in text
+    assert text.endswith(
+        "2 features changed with the sequences' lengths "
+        "(length_effect in features.parquet; not counted as changed)."
+    )
+    (old,) = analysis_counts(features.drop(columns="length_effect")).to_dict("records")
+    assert "lengths" not in counts_sentence(old)
