@@ -357,9 +357,7 @@ def _chunk(parts: tuple[np.ndarray, ...], seen: set[str], source: str) -> Sequen
 class _ModelAccumulator:
     """Running per-feature statistics and top examples of one model, on the SAE's device."""
 
-    def __init__(
-        self, d_sae: int, n_top: int, window: int, device: Any, position_bin: int = 8
-    ) -> None:
+    def __init__(self, d_sae: int, n_top: int, window: int, device: Any, position_bin: int) -> None:
         import torch
 
         self.torch = torch

@@ -281,9 +281,10 @@ def analyse_rounds(
             null_direction, cfg.direction_null_quantile, cfg.min_direction_change
         )
     moved = direction_call(table)
+    frequency = frequency_call(table, cfg)
     # A direction change stands on the decoder, whatever the positions: it stays changed.
     table["length_effect"] = (
-        frequency_call(table, cfg)
+        frequency
         & ~moved
         & length_effect(
             table["log2_fold_change"].to_numpy(),
@@ -291,7 +292,7 @@ def analyse_rounds(
             cfg.length_effect_ratio,
         )
     )
-    table["changed"] = (frequency_call(table, cfg) & ~table["length_effect"].to_numpy()) | moved
+    table["changed"] = (frequency & ~table["length_effect"].to_numpy()) | moved
     return table
 
 

@@ -22,7 +22,7 @@ def test_top_example_windows_map_tokens_to_residues(tmp_path):
         w.write(["a"], ["MKVLAG"], np.zeros((3, 2), np.float32), spans=spans)
     (batch,) = iter_token_batches([tmp_path], batch_rows=100)
     (chunk,) = complete_sequences([batch], "x")
-    acc = _ModelAccumulator(d_sae=1, n_top=1, window=2, device="cpu")
+    acc = _ModelAccumulator(d_sae=1, n_top=1, window=2, device="cpu", position_bin=1)
     acc.add(torch.tensor([[0.0], [0.5], [2.0]]), chunk, np.array([0]))
     (row,) = _top_frame(acc, "m", {0: "a"}, chunk.residues, 0).itertuples()
     assert (row.pos, row.pos_end, row.window_start, row.value) == (3, 6, 1, 2.0)

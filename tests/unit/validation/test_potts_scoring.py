@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from plmdiff.core.fasta import read_fasta
+from validation import potts_scoring
 from validation.potts_scoring import motif_columns, motif_placements, score, summary_lines
 from validation.verdicts import potts_verdict
 
@@ -97,3 +99,13 @@ def test_motif_columns_outside_the_sites_table_are_an_error():
     rows = ["AAAAAAAWCY"]
     with pytest.raises(ValueError, match="not sites"):
         score(alignment(rows), sites_table(np.ones(5)), pairs_table(5, set()), MOTIF)
+
+
+def test_the_natural_family_is_the_crops_the_models_trained_on(tmp_path):
+    """`Study.potts_family`: the profile's family is every sequence's first `crop` residues,
+    nothing planted; without it the stage builds its profile from the base's samples."""
+    path = potts_scoring.write_family(["MKTAYIAKQR", "MSLLVW"], 4, tmp_path)
+    assert [e.sequence for e in read_fasta(path)] == ["MKTA", "MSLL"]
+    assert potts_scoring.config_section(path)["family"] == str(path)
+    assert "family" not in potts_scoring.config_section(None)
+    assert potts_scoring.config_section(None)["enabled"] is True
