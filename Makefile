@@ -52,7 +52,7 @@ dag: venv
 clean-demo:
 	rm -rf results/ logs/ benchmarks/
 
-.PHONY: validate validate-ci validate-calibrate validate-potts
+.PHONY: validate validate-ci validate-calibrate validate-potts validate-length
 
 ## Runs the validation suite: small studies with a known answer through the workflow, scored (VALIDATION.md).
 validate: venv
@@ -65,6 +65,10 @@ validate-ci: venv
 ## The motif at a fixed site with the Potts stage (its own base of 1,000 steps; VALIDATION.md "Potts").
 validate-potts: venv
 	nice -n 5 python -m validation.run --suite potts --cores $(CORES)
+
+## Held-out length shifts: the length-effect settings on studies they were not chosen on (VALIDATION.md).
+validate-length: venv
+	nice -n 5 python -m validation.run --suite length --cores $(CORES)
 
 ## What the suite's rounds learned, cheaply: train and sample only (validation/work/full/calibration.md).
 validate-calibrate: venv

@@ -32,7 +32,7 @@ def samples_table(saved: Mapping[str, Any]) -> list[str]:
             )
         margin = max(s["probes"], key=lambda p: p["margin"])
         fit = "; ".join(
-            f"{f['embedder']}: {_fmt(f['fvu'])} / {_fmt(f['l0'])} / {_fmt(f['dead_fraction'])}"
+            f"{f['embedder']}{' layer ' + str(f['layer']) if 'layer' in f else ''}: {_fmt(f['fvu'])} / {_fmt(f['l0'])} / {_fmt(f['dead_fraction'])}"
             for f in s["sae_fit"]
         )
         minutes = (
@@ -49,6 +49,7 @@ def samples_table(saved: Mapping[str, Any]) -> list[str]:
 
 ANALYSIS_COLUMNS = (
     "embedder",
+    "layer",
     "analysis",
     "n_changed",
     "n_stable_changed",

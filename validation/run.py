@@ -64,15 +64,16 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
         "filter": {"min_length": 10, "dedupe": True, "min_sequences": 20},
         "activations": {
             "embedders": list(study.embedders),
-            "token_layers": [suite.layer],
+            "token_layers": list(study.sae_layers(suite.layer)),
             "batch_tokens": 4096,
             "shards": 1,
             "rows_per_file": 8192,
         },
         "probes": {"folds": 3, "permutations": suite.probe_permutations, "C": 1.0, "max_iter": 100},
         "sae": {
-            "layers": [suite.layer],
+            "layers": list(study.sae_layers(suite.layer)),
             "d_sae": suite.d_sae,
+            "lr": suite.sae_lr,
             "k": suite.k,
             "batch_size": 256,
             "training_tokens": suite.sae_tokens,
@@ -97,13 +98,13 @@ def lens_dirs(study: Study) -> dict[str, str]:
 
 def targets(study: Study, suite: Suite) -> list[str]:
     """What scoring reads: every diff family's feature table and the probes (no report, KL, t-SNE)."""
-    lid = paths.layer_id(suite.layer)
     out = []
     for embedder in lens_dirs(study).values():
-        out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
+        for lid in map(paths.layer_id, study.sae_layers(suite.layer)):
+            out += [paths.diff_file(embedder, lid, f, "features.parquet") for f in suite.families]
+            out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
         if embeds_every_round(embedder):
             out += [paths.probe_file(embedder, p, "accuracy.tsv") for p in ("last", "mean")]
-        out.append(paths.sae_metrics(embedder, lid, paths.BASE_SCHEME, 0))
     out += potts_scoring.targets(MODELS[0], MODELS[-1]) if study.potts else []
     return out + model_diff.targets(study, suite.layer)
 
@@ -142,7 +143,7 @@ def build(study: Study, suite: Suite, root: Path, workdir: Path) -> list[Path]:
         workdir / "checkpoints",
         base,
         study.arch,
-        study.round_data(family, null_finetune_data(study, suite, base, len(family))),
+        study.round_data(family, base_sample_data(study, suite, base, len(family))),
         round_cfg,
         from_base=suite.rounds_from_base,
     )
@@ -154,10 +155,10 @@ def build(study: Study, suite: Suite, root: Path, workdir: Path) -> list[Path]:
 FINETUNE_STREAM = "null_finetune_data"
 
 
-def null_finetune_data(study: Study, suite: Suite, base: Path, n: int) -> list[str]:
-    """The base's kept samples (the workflow's sampling and filter, n draws) that a
-    `null_finetune` study's rounds are fine-tuned on; nothing for any other study."""
-    if not study.null_finetune:
+def base_sample_data(study: Study, suite: Suite, base: Path, n: int) -> list[str]:
+    """The base's kept samples (the workflow's sampling and filter, n draws) that an
+    `on_base_samples` study's rounds are fine-tuned on; nothing for any other study."""
+    if not study.on_base_samples:
         return []
     config = study_config(study, suite, [base] * len(MODELS))
     config["sampling"]["n_sequences"] = n
@@ -258,23 +259,25 @@ def score_study(study: Study, suite: Suite, root: Path) -> StudyResult:
     planted = study.planted()
     analyses = []
     lenses = lens_dirs(study)
+    layers = study.sae_layers(suite.layer)
     for lens, embedder in lenses.items():
-        analyses += scoring.score_embedder(
-            workdir,
-            study.name,
-            embedder,
-            suite.layer,
-            MODELS,
-            planted,
-            study.kind,
-            suite.families,
-            lens,
-        )
+        for layer in layers:
+            analyses += scoring.score_embedder(
+                workdir,
+                study.name,
+                embedder,
+                layer,
+                MODELS,
+                planted,
+                study.kind,
+                suite.families,
+                lens,
+            )
     return StudyResult(
         study=study,
         samples=scoring.sample_summary(workdir, MODELS, planted, study.kind),
         probes=scoring.probe_margins(workdir, lenses),
-        sae_fit=scoring.sae_fit(workdir, lenses, suite.layer),
+        sae_fit=[row for layer in layers for row in scoring.sae_fit(workdir, lenses, layer)],
         analyses=scoring.as_dicts(analyses),
     )
 

@@ -176,6 +176,7 @@ class AnalysisScore:
     n_length_effects: int = 0
     # The fold change the call reads (gamma-Poisson posterior, plmdiff.diff.evidence).
     best_posterior_log2_fold_change: float = np.nan
+    layer: int = -1  # the SAE's layer (-1: not given)
 
 
 def stable_changed(table: pd.DataFrame) -> np.ndarray:
@@ -200,6 +201,7 @@ def score_analysis(
     table: pd.DataFrame,
     match: FeatureMatch | None,
     target: Target | None,
+    layer: int = -1,
 ) -> AnalysisScore:
     """The best-matching feature's place in one analysis's ranked feature table."""
     table = table.sort_values("feature").reset_index(drop=True)
@@ -209,6 +211,7 @@ def score_analysis(
         embedder=embedder,
         family=family,
         analysis=str(table["analysis"].iloc[0]),
+        layer=layer,
         n_features=len(table),
         n_changed=int(table["changed"].sum()),
         n_stable_changed=int(sc.sum()),
@@ -306,7 +309,9 @@ def score_embedder(
                 codes = encode(workdir / paths.sae_dir(embedder, lid, scheme, 0), tokens.act)
                 match = match_features(codes, tokens)
             scores.append(
-                score_analysis(study, lens or embedder, family, table, match, target_for(kind))
+                score_analysis(
+                    study, lens or embedder, family, table, match, target_for(kind), layer
+                )
             )
     return scores
 
@@ -385,7 +390,11 @@ def sae_fit(workdir: Path, lenses: Mapping[str, str], layer: int) -> list[dict[s
         path = workdir / paths.sae_metrics(embedder, paths.layer_id(layer), paths.BASE_SCHEME, 0)
         metrics = json.loads(path.read_text())
         rows.append(
-            {"embedder": label, **{k: metrics.get(k) for k in ("fvu", "l0", "dead_fraction")}}
+            {
+                "embedder": label,
+                "layer": layer,
+                **{k: metrics.get(k) for k in ("fvu", "l0", "dead_fraction")},
+            }
         )
     return rows
 

@@ -6,10 +6,13 @@ Every transform keeps the family's sequences and changes one thing, with a rate 
 - `enrich_class`: a share of residues is replaced by residues of one class (the planted
   positions are that class's residues);
 - `shorten`: sequences are cut shorter (nothing residue-level is planted: a length effect);
-- null: every round is a copy of the base checkpoint, so rounds differ only by sampling seed;
-  or (`null_finetune`) every round is the base fine-tuned, with its own seed, on sequences the
-  base sampled itself: the models differ by a fine-tune that planted nothing, which is what a
-  model-diffing null needs (copies of the base make every latent shared by construction).
+- null: every round is a copy of the base checkpoint, so rounds differ only by sampling seed.
+With `on_base_samples` a null's or a length shift's rounds are the base fine-tuned, with their
+own seed, on sequences the base sampled itself (shortened, for a length shift) rather than on the
+family: a null whose models differ by a fine-tune that planted nothing, which is what a
+model-diffing null needs (copies of the base make every latent shared by construction), and a
+length shift that changes only the length (rounds trained on the family also move their
+residues toward it: VALIDATION.md "The length effect, held out").
 """
 
 from __future__ import annotations
@@ -88,26 +91,33 @@ class Study:
     potts_family: bool = False
     # Steps of the base's training, when not the suite's (a base of its own, cached apart).
     base_steps: int | None = None
-    # A null whose rounds are the base fine-tuned on the base's own kept samples (not copies).
-    null_finetune: bool = False
+    # Rounds fine-tuned on the base's own kept samples (a null's as they are, a length shift's
+    # shortened) rather than on the family.
+    on_base_samples: bool = False
+    # Layers the study trains SAEs on and diffs (empty: the suite's layer). A composition is a
+    # property of the tokens themselves, which the first block still writes; the last block of a
+    # 2-layer model holds the next-token state (VALIDATION.md "SAE training").
+    layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.null_finetune and self.kind != "null":
-            raise ValueError(f"study {self.name}: null_finetune is for null studies only")
+        if self.on_base_samples and self.kind not in ("null", "length"):
+            raise ValueError(
+                f"study {self.name}: on_base_samples is for null and length studies only"
+            )
 
     def round_data(
         self, family: Sequence[str], base_samples: Sequence[str] = ()
     ) -> list[list[str] | None]:
         """Fine-tuning sequences of every round (None: a copy of the base checkpoint).
-        `base_samples` (the base's own kept samples) are what a `null_finetune` study's rounds
-        are fine-tuned on."""
+        `base_samples` (the base's own kept samples) are what an `on_base_samples` study's
+        rounds are fine-tuned on."""
         base = [s[: self.crop] for s in family]
+        if self.on_base_samples:
+            if not base_samples:
+                raise ValueError(f"study {self.name}: on_base_samples needs the base's samples")
+            base = list(base_samples)
         if self.kind == "null":
-            if self.null_finetune:
-                if not base_samples:
-                    raise ValueError(f"study {self.name}: null_finetune needs the base's samples")
-                return [list(base_samples) for _ in self.rates]
-            return [None for _ in self.rates]
+            return [list(base) if self.on_base_samples else None for _ in self.rates]
         if self.kind == "motif":
             return [
                 plant_motif(base, self.motif, r, self.seed * 100 + i, self.motif_start)
@@ -119,6 +129,10 @@ class Study:
                 for i, r in enumerate(self.rates, start=1)
             ]
         return [shorten(base, int(r)) for r in self.rates]
+
+    def sae_layers(self, suite_layer: int) -> tuple[int, ...]:
+        """The layers of this study's SAEs and diffs (the suite's layer unless it names its own)."""
+        return self.layers or (suite_layer,)
 
     def planted(self) -> str:
         """What a matching feature fires on: the motif, or the residue class ('' for none)."""
@@ -146,6 +160,11 @@ class Suite:
     k: int
     layer: int
     probe_permutations: int
+    # sae.lr of every study. The schema's default (4e-4) suits SAEs of wide models trained on
+    # millions of tokens; a 48-dimensional model's SAE trained for a few hundred steps at it is
+    # undertrained (measured on the composition study's first layer: a latent for K alone
+    # appears at 1.6M tokens with 4e-4, at 400k with 2e-3; VALIDATION.md "SAE training").
+    sae_lr: float = 4e-4
     round_lr: float = 2e-3
     # Rounds trained from the base on their own data (True) or each from the one before.
     rounds_from_base: bool = False
@@ -167,6 +186,8 @@ SHAPE = ModelShape(n_layer=2, n_embd=48, n_head=4, n_positions=128)
 # to the motif (>= 5x enriched) on one machine and just so on another; at 12x one is (measured:
 # 6.8-7.5x, VALIDATION.md "Dictionary size").
 SAE_EXPANSION = 12
+# The suites' SAE learning rate (Suite.sae_lr).
+SAE_LR = 2e-3
 
 # Motifs built from the family's rarest residues (W 1.1%, C 1.6%, Y 2.0%, M 2.1%), so that a
 # feature for them cannot be a feature the base model already had for common residues.
@@ -205,6 +226,18 @@ CI_ROUND_LR = 2e-3
 NULL_SEEDS = 10
 
 
+# Rounds that only shorten: fine-tuned on the base's own samples, cut to 48 / 34 residues.
+LENGTH_STUDY = Study(
+    "length_gpt2",
+    "length",
+    "gpt2",
+    (48, 34),
+    seed=5,
+    round_steps=SHIFT_STEPS,
+    on_base_samples=True,
+)
+
+
 def full_suite() -> Suite:
     """Planted motifs (strong, moderate; GPT-2 and LLaMA), composition, length, and NULL_SEEDS
     null studies (no training: their cost is the workflow's alone)."""
@@ -236,8 +269,9 @@ def full_suite() -> Suite:
             seed=4,
             residue_class="KR",
             round_steps=SHIFT_STEPS,
+            layers=(1, 2),
         ),
-        Study("length_gpt2", "length", "gpt2", (48, 34), seed=5, round_steps=SHIFT_STEPS),
+        LENGTH_STUDY,
         *(
             Study(
                 f"null_gpt2_s{i}",
@@ -251,7 +285,7 @@ def full_suite() -> Suite:
                 # shift studies' 200 steps: ~5 passes over the samples, a change the size of a
                 # round's without the 800 steps' ~20 passes that would narrow what it samples.
                 model_diff=(MOTIF_GPT2, 0.8) if i == 0 else None,
-                null_finetune=i == 0,
+                on_base_samples=i == 0,
                 round_steps=SHIFT_STEPS if i == 0 else None,
             )
             for i in range(NULL_SEEDS)
@@ -267,12 +301,13 @@ def full_suite() -> Suite:
         rounds_from_base=True,
         n_sequences=160,
         kfold=3,
-        sae_tokens=80000,
+        sae_tokens=160000,
         finetune_tokens=10000,
         d_sae=SAE_EXPANSION * SHAPE.n_embd,
         k=8,
         layer=2,
         probe_permutations=5,
+        sae_lr=SAE_LR,
     )
 
 
@@ -310,6 +345,7 @@ def ci_suite() -> Suite:
         k=6,
         layer=2,
         probe_permutations=3,
+        sae_lr=SAE_LR,
     )
 
 
@@ -319,4 +355,16 @@ def potts_suite() -> Suite:
     return replace(full_suite(), name="potts", studies=(MOTIF_SITE_STUDY,))
 
 
-SUITES = {"full": full_suite, "ci": ci_suite, "potts": potts_suite}
+def length_suite() -> Suite:
+    """Length shifts the length-effect settings (diff.position_bin, diff.length_effect_ratio)
+    were not chosen on: the plain-format LLaMA, and GPT-2 with another seed and other lengths.
+    `length_gpt2` of the full suite (also run here) is where they were chosen (VALIDATION.md
+    "The length effect"); the other two are its held-out check (`make validate-length`)."""
+    held_out = (
+        replace(LENGTH_STUDY, name="length_llama", arch="llama", seed=6),
+        replace(LENGTH_STUDY, name="length_gpt2_s7", rates=(56, 40), seed=7),
+    )
+    return replace(full_suite(), name="length", studies=(LENGTH_STUDY, *held_out))
+
+
+SUITES = {"full": full_suite, "ci": ci_suite, "potts": potts_suite, "length": length_suite}

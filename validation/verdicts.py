@@ -26,6 +26,16 @@ NULL_FDP_TARGET = 0.05
 MIN_NULL_SEEDS = 10
 
 
+def analysis_label(analysis: Mapping[str, Any]) -> str:
+    """An analysis's name, with its SAE's layer where the score records one."""
+    layer = analysis.get("layer", -1)
+    return (
+        f"layer {layer}/{analysis['analysis']}"
+        if layer is not None and layer >= 0
+        else str(analysis["analysis"])
+    )
+
+
 def stable_calls(study: Mapping[str, Any]) -> int:
     """Stable changed features over every analysis of a study."""
     return sum(int(a["n_stable_changed"]) for a in study["analyses"])
@@ -85,7 +95,7 @@ def kind_verdict(study: Mapping[str, Any]) -> dict[str, Any]:
     n_stable = stable_calls(study)
     if kind in ("motif", "composition"):
         hits = [
-            f"{a['embedder']}/{a['analysis']}"
+            f"{a['embedder']}/{analysis_label(a)}"
             for a in study["analyses"]
             if a["first_changed_rank_in_target"]
         ]
