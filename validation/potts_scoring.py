@@ -42,8 +42,14 @@ def write_family(sequences: Sequence[str], crop: int, workdir: Path) -> Path:
     """The natural family as the study's models were trained on it (the first `crop` residues of
     every sequence, nothing planted): the profile and energy reference of `potts.family`."""
     path = workdir / FAMILY_NAME
-    write_fasta(path, [SequenceEntry(f"family_{i}", s[:crop]) for i, s in enumerate(sequences)])
+    ids = family_ids(len(sequences))
+    write_fasta(path, [SequenceEntry(i, s[:crop]) for i, s in zip(ids, sequences, strict=True)])
     return path
+
+
+def family_ids(n: int) -> list[str]:
+    """The family FASTA's record names."""
+    return [f"family_{i}" for i in range(n)]
 
 
 def targets(base: str, last: str) -> list[str]:
