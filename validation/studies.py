@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from pyhmmer import plan7
+
 from plmdiff.config.sections import section_defaults
 from plmdiff.potts.align import hmmalign_rows, match_columns
 from plmdiff.potts.job import unaligned_profile
@@ -106,13 +108,18 @@ def plant_at_column(
     return out
 
 
-def family_profile_rows(sequences: Sequence[str]) -> list[str]:
-    """The hmmalign rows of `sequences` against the profile the Potts stage builds from them as
-    `potts.family` (the study's potts settings): the columns the workflow reports in."""
+def family_profile(sequences: Sequence[str]) -> plan7.HMM:
+    """The profile the Potts stage builds from `sequences` as `potts.family` (the study's potts
+    settings): its match columns are the ones the workflow reports in."""
     section = {**section_defaults("potts"), **potts_scoring.config_section(None)}
     ids = potts_scoring.family_ids(len(sequences))
-    hmm = unaligned_profile(ids, sequences, PottsConfig.from_section(section))
-    return hmmalign_rows(hmm, ids, sequences)
+    return unaligned_profile(ids, sequences, PottsConfig.from_section(section))
+
+
+def family_profile_rows(sequences: Sequence[str]) -> list[str]:
+    """The hmmalign rows of `sequences` against their `family_profile`."""
+    ids = potts_scoring.family_ids(len(sequences))
+    return hmmalign_rows(family_profile(sequences), ids, sequences)
 
 
 def enrich_class(sequences: Sequence[str], residues: str, share: float, seed: int) -> list[str]:
