@@ -1,4 +1,4 @@
-"""The Potts stage on a planted motif at a fixed site: do the motif's columns carry the largest
+"""The Potts stage on a motif planted at a homologous site: do the motif's columns carry the largest
 field shifts of the last round against the base? (issue 17, item 4)
 
 Read only from the workflow's outputs: the last round's alignment to the family profile
@@ -173,7 +173,7 @@ def summary_lines(studies: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if not scored:
         return []
     lines = [
-        "## Potts (planted motif at a fixed site)",
+        "## Potts (motif planted at homologous columns)",
         "",
         "| study | target met | motif columns (share of placements) | field-shift ranks "
         "| motif in top-|motif| | rank AUC | significant pairs (motif / touching / all) | N_eff base / round |",

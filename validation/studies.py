@@ -278,8 +278,8 @@ MOTIF_LLAMA = "MCWFY"
 # length before it: the aligner put a motif planted at residue 31 in its modal columns in 35-44%
 # of occurrences), so the motif overwrites the residues aligned to these columns. Measured
 # (VALIDATION.md, "Potts"): mid-profile, 17 columns on the left and 28 on the right anchor the
-# alignment; 1,073 of the 1,252 crops (86%) are eligible, above the last round's 80%, while the
-# windows starting at columns 1-2 or 31-46 have fewer; planted at 80% and re-aligned, 99.9% of the
+# alignment; 1,073 of the 1,252 crops (86%) are eligible, above the last round's 80% (windows
+# starting at columns 1-2 or 31-46 have fewer); planted at 80% and re-aligned, 99.9% of the
 # motif's occurrences sit at these columns (the earlier run's modal placement, too).
 MOTIF_COLUMN = 18
 # Apart from the full suite (`potts_suite`): its base trains for 1,000 steps (~25 epochs of the
@@ -421,8 +421,8 @@ def ci_suite() -> Suite:
 
 
 def potts_suite() -> Suite:
-    """The motif at a fixed site with the Potts stage, at the full suite's sizes: apart from
-    `full` while its base (1,000 steps) is measured (`make validate-potts`)."""
+    """The motif at homologous profile columns with the Potts stage, at the full suite's sizes:
+    apart from `full` for its base of its own (1,000 steps; `make validate-potts`)."""
     return replace(full_suite(), name="potts", studies=(MOTIF_SITE_STUDY,))
 
 
