@@ -62,7 +62,7 @@ validate: venv
 validate-ci: venv
 	python -m validation.run --suite ci --cores $(CORES)
 
-## The motif at a fixed site with the Potts stage (its own base of 1,000 steps; VALIDATION.md "Potts").
+## The motif at homologous profile columns with the Potts stage (its own base of 1,000 steps; VALIDATION.md "Potts").
 validate-potts: venv
 	nice -n 5 python -m validation.run --suite potts --cores $(CORES)
 

@@ -1,4 +1,4 @@
-"""The Potts stage on a planted motif at a fixed site: do the motif's columns carry the largest
+"""The Potts stage on a motif planted at a homologous site: do the motif's columns carry the largest
 field shifts of the last round against the base? (issue 17, item 4)
 
 Read only from the workflow's outputs: the last round's alignment to the family profile
@@ -42,8 +42,14 @@ def write_family(sequences: Sequence[str], crop: int, workdir: Path) -> Path:
     """The natural family as the study's models were trained on it (the first `crop` residues of
     every sequence, nothing planted): the profile and energy reference of `potts.family`."""
     path = workdir / FAMILY_NAME
-    write_fasta(path, [SequenceEntry(f"family_{i}", s[:crop]) for i, s in enumerate(sequences)])
+    ids = family_ids(len(sequences))
+    write_fasta(path, [SequenceEntry(i, s[:crop]) for i, s in zip(ids, sequences, strict=True)])
     return path
+
+
+def family_ids(n: int) -> list[str]:
+    """The family FASTA's record names."""
+    return [f"family_{i}" for i in range(n)]
 
 
 def targets(base: str, last: str) -> list[str]:
@@ -167,7 +173,7 @@ def summary_lines(studies: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if not scored:
         return []
     lines = [
-        "## Potts (planted motif at a fixed site)",
+        "## Potts (motif planted at homologous columns)",
         "",
         "| study | target met | motif columns (share of placements) | field-shift ranks "
         "| motif in top-|motif| | rank AUC | significant pairs (motif / touching / all) | N_eff base / round |",

@@ -1,8 +1,9 @@
 """Studies with a known answer: what each round is fine-tuned on, and what the diff should find.
 
 Every transform keeps the family's sequences and changes one thing, with a rate per round:
-- `plant_motif`: a motif overwrites a random window (or one fixed site) in a share of the
-  sequences (the planted positions are the motif's occurrences);
+- `plant_motif`: a motif overwrites a random window (or one fixed residue) in a share of the
+  sequences (the planted positions are the motif's occurrences); `plant_at_column`: at a
+  homologous site, the residues aligned to given columns of the family's Potts profile;
 - `enrich_class`: a share of residues is replaced by residues of one class (the planted
   positions are that class's residues);
 - `shorten`: sequences are cut shorter (nothing residue-level is planted: a length effect);
@@ -22,6 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from pyhmmer import plan7
+
+from plmdiff.config.sections import section_defaults
+from plmdiff.potts.align import hmmalign_rows, match_columns
+from plmdiff.potts.job import unaligned_profile
+from plmdiff.potts.settings import PottsConfig
+from validation import potts_scoring
 from validation.checkpoints import Architecture, ModelShape
 
 Kind = Literal["motif", "composition", "length", "null"]
@@ -40,6 +48,81 @@ def plant_motif(
             seq = seq[:at] + motif + seq[at + len(motif) :]
         out.append(seq)
     return out
+
+
+def site_start(row: str, sequence: str, column: int, length: int) -> int | None:
+    """The 0-based residue of `sequence` aligned to profile match column `column` (1-based),
+    when its hmmalign row (plmdiff.potts.align.hmmalign_rows) has a residue in each of the
+    match columns column .. column + length - 1 and no insertion between them; else None."""
+    residues = "".join(ch for ch in row if ch.isalpha()).upper()
+    # hmmalign trims the unaligned ends: the row's residues are one stretch of the sequence.
+    at = sequence.upper().find(residues)
+    if not residues:
+        return None
+    if at < 0:
+        raise ValueError(f"the row {row!r} is not an alignment of {sequence!r}")
+    aligned: list[int | None] = []
+    for ch in row:
+        if ch.isupper():
+            aligned.append(at)
+        elif ch == "-":
+            aligned.append(None)
+        at += ch.isalpha()
+    window = aligned[column - 1 : column - 1 + length]
+    first = window[0] if len(window) == length else None
+    # Consecutive residues: no deletion in the window and no insertion between its columns.
+    return first if first is not None and window == list(range(first, first + length)) else None
+
+
+def plant_at_column(
+    sequences: Sequence[str],
+    rows: Sequence[str],
+    motif: str,
+    share: float,
+    seed: int,
+    column: int,
+    study: str,
+) -> list[str]:
+    """Overwrite, in round(share x all sequences) of them (a seeded choice among the eligible
+    ones, see `site_start`), the residues aligned to profile columns column .. column +
+    len(motif) - 1 with `motif`; `rows` are the sequences' hmmalign rows."""
+    width = len(match_columns(rows[0])) if rows else 0
+    last = column + len(motif) - 1
+    if not 1 <= column <= width - len(motif) + 1:
+        raise ValueError(
+            f"study {study}: motif column {column}: the profile has {width} match columns; "
+            f"accepted: 1 .. {width - len(motif) + 1} for a motif of {len(motif)}"
+        )
+    starts = [site_start(r, s, column, len(motif)) for r, s in zip(rows, sequences, strict=True)]
+    eligible = [i for i, at in enumerate(starts) if at is not None]
+    wanted = round(share * len(sequences))
+    if wanted > len(eligible):
+        raise ValueError(
+            f"study {study}: motif column {column}: {len(eligible)} of {len(sequences)} "
+            f"sequences have a residue at each of the profile columns {column}-{last} (no "
+            f"insertion between), {wanted} needed for a share of {share:g}; choose another "
+            "column or a lower share"
+        )
+    out = list(sequences)
+    for i in random.Random(seed).sample(eligible, wanted):
+        at = starts[i]
+        assert at is not None
+        out[i] = out[i][:at] + motif + out[i][at + len(motif) :]
+    return out
+
+
+def family_profile(sequences: Sequence[str]) -> plan7.HMM:
+    """The profile the Potts stage builds from `sequences` as `potts.family` (the study's potts
+    settings): its match columns are the ones the workflow reports in."""
+    section = {**section_defaults("potts"), **potts_scoring.config_section(None)}
+    ids = potts_scoring.family_ids(len(sequences))
+    return unaligned_profile(ids, sequences, PottsConfig.from_section(section))
+
+
+def family_profile_rows(sequences: Sequence[str]) -> list[str]:
+    """The hmmalign rows of `sequences` against their `family_profile`."""
+    ids = potts_scoring.family_ids(len(sequences))
+    return hmmalign_rows(family_profile(sequences), ids, sequences)
 
 
 def enrich_class(sequences: Sequence[str], residues: str, share: float, seed: int) -> list[str]:
@@ -82,9 +165,12 @@ class Study:
     # Model diffing (validation.model_diff): (motif, share) planted in the shared family FASTA
     # every checkpoint embeds; None leaves the model_diff stage off.
     model_diff: tuple[str, float] | None = None
-    # The motif's 0-based residue in every planted sequence (None: a random window), and the
-    # Potts stage on (validation.potts_scoring: the motif's columns among the field shifts).
+    # The motif's site (None for both: a random window): a 0-based residue of every planted
+    # sequence, or a homologous site, the residues aligned to the family profile's match
+    # columns motif_column .. (1-based, the Potts stage's numbering; `plant_at_column`).
     motif_start: int | None = None
+    motif_column: int | None = None
+    # The Potts stage on (validation.potts_scoring: the motif's columns among the field shifts).
     potts: bool = False
     # The Potts profile from the natural family (potts.family: the family's crops, nothing
     # planted) rather than from the base model's samples.
@@ -104,6 +190,13 @@ class Study:
             raise ValueError(
                 f"study {self.name}: on_base_samples is for null and length studies only"
             )
+        if self.motif_column is not None and (
+            self.motif_start is not None or not self.potts_family
+        ):
+            # The site's columns are those of the family profile: the one the workflow reports in.
+            raise ValueError(
+                f"study {self.name}: motif_column needs potts_family and no motif_start"
+            )
 
     def round_data(
         self, family: Sequence[str], base_samples: Sequence[str] = ()
@@ -118,6 +211,14 @@ class Study:
             base = list(base_samples)
         if self.kind == "null":
             return [list(base) if self.on_base_samples else None for _ in self.rates]
+        if self.kind == "motif" and self.motif_column is not None:
+            rows = family_profile_rows(base)
+            return [
+                plant_at_column(
+                    base, rows, self.motif, r, self.seed * 100 + i, self.motif_column, self.name
+                )
+                for i, r in enumerate(self.rates, start=1)
+            ]
         if self.kind == "motif":
             return [
                 plant_motif(base, self.motif, r, self.seed * 100 + i, self.motif_start)
@@ -193,13 +294,18 @@ SAE_LR = 2e-3
 # feature for them cannot be a feature the base model already had for common residues.
 MOTIF_GPT2 = "WCYMW"
 MOTIF_LLAMA = "MCWFY"
-# The motif_site study's window (0-based residue of the 64 kept): mid-sequence, so that the
-# profile's match columns cover it on both sides.
-MOTIF_SITE = 30
-# Not in the full suite yet: the suite's base (200 steps) samples sequences that no profile
-# aligns (VALIDATION.md, "Potts"), so this study trains a base of its own for longer (1,000
-# steps: ~25 epochs of the family, as long as its rounds' 200 + 800); whether its samples align
-# is not measured yet, and the study joins the suite when they do.
+# The motif_site study's site: profile columns 18-22 of the family's 50 (potts.family: the
+# crops the models train on). A fixed residue is not a fixed column (the family differs in
+# length before it: the aligner put a motif planted at residue 31 in its modal columns in 35-44%
+# of occurrences), so the motif overwrites the residues aligned to these columns. Measured
+# (VALIDATION.md, "Potts"): mid-profile, 17 columns on the left and 28 on the right anchor the
+# alignment; 1,073 of the 1,252 crops (86%) are eligible, above the last round's 80% (windows
+# starting at columns 1-2 or 31-46 have fewer); planted at 80% and re-aligned, 99.9% of the
+# motif's occurrences sit at these columns (the earlier run's modal placement, too).
+MOTIF_COLUMN = 18
+# Apart from the full suite (`potts_suite`): its base trains for 1,000 steps (~25 epochs of the
+# family, as long as its rounds' 200 + 800), as the suite's 200-step base samples sequences no
+# profile aligns.
 MOTIF_SITE_STUDY = Study(
     "motif_site_gpt2",
     "motif",
@@ -207,8 +313,9 @@ MOTIF_SITE_STUDY = Study(
     (0.4, 0.8),
     seed=6,
     motif=MOTIF_GPT2,
-    motif_start=MOTIF_SITE,
+    motif_column=MOTIF_COLUMN,
     potts=True,
+    potts_family=True,
     base_steps=1000,
 )
 # The base lens (the base model embeds every round) and the self lens (each model its own).
@@ -350,8 +457,8 @@ def ci_suite() -> Suite:
 
 
 def potts_suite() -> Suite:
-    """The motif at a fixed site with the Potts stage, at the full suite's sizes: apart from
-    `full` while its base (1,000 steps) is measured (`make validate-potts`)."""
+    """The motif at homologous profile columns with the Potts stage, at the full suite's sizes:
+    apart from `full` for its base of its own (1,000 steps; `make validate-potts`)."""
     return replace(full_suite(), name="potts", studies=(MOTIF_SITE_STUDY,))
 
 

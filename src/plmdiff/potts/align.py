@@ -154,13 +154,19 @@ def match_columns(row: str) -> str:
     return "".join(c for c in row if c == "-" or c.isupper())
 
 
-def align_to_profile(hmm: plan7.HMM, ids: Sequence[str], sequences: Sequence[str]) -> list[str]:
-    """Each sequence's match-column row (hmm.M characters, '-' for a deletion), in input order."""
+def hmmalign_rows(hmm: plan7.HMM, ids: Sequence[str], sequences: Sequence[str]) -> list[str]:
+    """Each sequence's hmmalign row, in input order: its aligned part only (unaligned ends
+    trimmed), match residues upper case, insertions lower case, '-' a deletion, '.' padding."""
     if not sequences:
         return []
     msa: Any = hmmer.hmmalign(hmm, _digital(ids, sequences), trim=True, cpus=1)
-    rows = {_text(n): match_columns(str(a)) for n, a in zip(msa.names, msa.alignment, strict=True)}
-    out = [rows[i] for i in ids]
+    rows = {_text(n): str(a) for n, a in zip(msa.names, msa.alignment, strict=True)}
+    return [rows[i] for i in ids]
+
+
+def align_to_profile(hmm: plan7.HMM, ids: Sequence[str], sequences: Sequence[str]) -> list[str]:
+    """Each sequence's match-column row (hmm.M characters, '-' for a deletion), in input order."""
+    out = [match_columns(r) for r in hmmalign_rows(hmm, ids, sequences)]
     bad = [i for i, r in zip(ids, out, strict=True) if len(r) != hmm.M]
     if bad:
         raise DataError(f"hmmalign returned rows of the wrong length for {bad[:3]}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pyhmmer import plan7
 from safetensors.numpy import load_file, save_file
 
 from plmdiff.config.paths import FAMILY_SET
@@ -43,24 +44,34 @@ def run_potts_profile(
 ) -> None:
     """The potts_profile rule: the family HMM every set is aligned to."""
     cfg = PottsConfig.from_section(potts_section)
-    seed = derive_seed(cfg.seed, "potts_profile")
     family = align.read_family(source) if from_family else None
     if family is not None and family.aligned is not None:
-        hmm = align.profile_from_alignment(family.ids, family.aligned, seed=seed)
+        hmm = align.profile_from_alignment(family.ids, family.aligned, seed=_profile_seed(cfg))
         how = "potts.family alignment"
     else:
         ids, seqs = (family.ids, family.sequences) if family else _sequences("base", source)
-        hmm = align.profile_from_sequences(
-            ids,
-            seqs,
-            iterations=cfg.profile_iterations,
-            max_sequences=cfg.profile_sequences,
-            seed=seed,
-        )
+        hmm = unaligned_profile(ids, seqs, cfg)
         how = "potts.family sequences" if family else "base model samples"
     align.write_profile(hmm, hmm_path)
     write_json(info_path, {"source": str(source), "built_from": how, "match_columns": hmm.M})
     log.info("profile: %d match columns from %s (%s)", hmm.M, how, source)
+
+
+def _profile_seed(cfg: PottsConfig) -> int:
+    return derive_seed(cfg.seed, "potts_profile")
+
+
+def unaligned_profile(ids: Sequence[str], sequences: Sequence[str], cfg: PottsConfig) -> plan7.HMM:
+    """The profile potts_profile builds from unaligned sequences (the base model's samples or
+    an unaligned potts.family): also what a planted site's columns are defined on
+    (validation.studies)."""
+    return align.profile_from_sequences(
+        ids,
+        sequences,
+        iterations=cfg.profile_iterations,
+        max_sequences=cfg.profile_sequences,
+        seed=_profile_seed(cfg),
+    )
 
 
 def run_potts_align(
