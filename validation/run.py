@@ -54,7 +54,7 @@ def study_config(study: Study, suite: Suite, checkpoints: list[Path]) -> dict:
         ],
         "prompt": {"format": fmt, "label": LABEL if fmt == "zymctrl" else ""},
         "sampling": {
-            "n_sequences": suite.n_sequences,
+            "n_sequences": study.n_sequences or suite.n_sequences,
             "shards": 1,
             "batch_size": 64,
             "max_length": study.crop + 24,

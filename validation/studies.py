@@ -184,6 +184,9 @@ class Study:
     # property of the tokens themselves, which the first block still writes; the last block of a
     # 2-layer model holds the next-token state (VALIDATION.md "SAE training").
     layers: tuple[int, ...] = ()
+    # Samples per model, when not the suite's (the Potts site study: a per-column field shift
+    # needs more rows than the SAE diff; VALIDATION.md "Potts").
+    n_sequences: int | None = None
 
     def __post_init__(self) -> None:
         if self.on_base_samples and self.kind not in ("null", "length"):
@@ -317,6 +320,9 @@ MOTIF_SITE_STUDY = Study(
     potts=True,
     potts_family=True,
     base_steps=1000,
+    # At the suite's 160 the motif's fifth column ranked 6th behind a background column (their
+    # intervals overlap); at 480 on the same checkpoints all five led (VALIDATION.md "Potts").
+    n_sequences=480,
 )
 # The base lens (the base model embeds every round) and the self lens (each model its own).
 LENSES = ("base", "self")

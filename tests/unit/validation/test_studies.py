@@ -102,6 +102,9 @@ def test_a_study_of_several_layers_extracts_trains_and_scores_each(tmp_path):
     wanted = targets(study, suite)
     for layer in ("layer_01", "layer_02"):
         assert any(f"/{layer}/base/features.parquet" in t for t in wanted)
+    assert config["sampling"]["n_sequences"] == suite.n_sequences
+    site = validate_config(study_config(MOTIF_SITE_STUDY, suite, [tmp_path / m for m in MODELS]))
+    assert site["sampling"]["n_sequences"] == MOTIF_SITE_STUDY.n_sequences != suite.n_sequences
     # A one-layer study asks for its one layer's diffs only.
     plain = targets(suite.studies[0], suite)
     assert not any("/layer_01/" in t for t in plain)
