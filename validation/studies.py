@@ -13,7 +13,7 @@ own seed, on sequences the base sampled itself (shortened, for a length shift) r
 family: a null whose models differ by a fine-tune that planted nothing, which is what a
 model-diffing null needs (copies of the base make every latent shared by construction), and a
 length shift that changes only the length (rounds trained on the family also move their
-residues toward it: VALIDATION.md "The length effect, held out").
+residues toward it: VALIDATION.md "Full suite with trained SAEs", the length study).
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def site_start(row: str, sequence: str, column: int, length: int) -> int | None:
     match columns column .. column + length - 1 and no insertion between them; else None."""
     residues = "".join(ch for ch in row if ch.isalpha()).upper()
     # hmmalign trims the unaligned ends: the row's residues are one stretch of the sequence.
-    at = sequence.upper().find(residues)
     if not residues:
         return None
+    at = sequence.upper().find(residues)
     if at < 0:
         raise ValueError(f"the row {row!r} is not an alignment of {sequence!r}")
     aligned: list[int | None] = []
