@@ -37,16 +37,25 @@ from plmdiff.report.blocks import (
     read_tsv,
     table_html,
 )
+from plmdiff.sae.checks import DEAD_FRACTION_FLAG
 
 DIFF_ROWS = 20
 EXAMPLE_FEATURES = 8
 DIFF_HIDDEN = ("p_value", "folds_present", "folds_changed")
-# Above this, most of an SAE's dictionary never fires: its features cover less of the layer
-# than its size says (issue 13: the demo's SAEs have 55-62%).
-DEAD_FRACTION_FLAG = 0.5
 # Columns the diff may add (posterior fold change); read when present, never required.
 POSTERIOR = "posterior_log2_fold_change"
 FIT_TABLE = "fit.tsv"
+# In the validation suite a mostly dead dictionary came from too few optimiser steps, not too
+# many latents: its SAEs were 80-97% dead at lr 4e-4 on 80k tokens and gave clean residue
+# latents at 2e-3 on 160k (VALIDATION.md "SAE training").
+DEAD_HINT = (
+    '<p class="flag-hint">A mostly dead dictionary covers less of the layer than its size says, '
+    "and its live latents tend to blend several concepts, so fewer changes are found. In "
+    "plmdiff's validation suite the cause was too few optimiser steps (VALIDATION.md, \"SAE "
+    'training"): raise <code>sae.training_tokens</code> or '
+    "<code>sae.lr</code> and compare the dead fraction and FVU of the new SAEs, or use fewer "
+    "latents (<code>sae.expansion</code> or <code>sae.d_sae</code>).</p>"
+)
 FIT_COLUMNS = ("model", "fvu", "l0", "dead_fraction")
 LENS_TEXT = {
     "base": "the base model embeds every round's samples, so a change is a change in the data",
@@ -318,6 +327,8 @@ def fit_html(
             "tokens:</p>"
             + table_html(rows, max_rows=100, cell_class={"dead_flag": dead_flag_class})
         )
+    if flagged:
+        parts.append(DEAD_HINT)
     flag = f' <span class="flag">over {DEAD_FRACTION_FLAG:.0%} dead latents</span>'
     return details(
         "Fit of the evaluating SAEs (FVU, L0, dead fraction)" + (flag if flagged else ""),

@@ -39,7 +39,8 @@ from plmdiff.report.blocks import (
     rst_to_html,
     table_html,
 )
-from plmdiff.report.diffs import dead_flag_class, dead_flags, diff_html
+from plmdiff.report.diffs import DEAD_HINT, dead_flag_class, dead_flags, diff_html
+from plmdiff.sae.checks import DEAD_FRACTION_FLAG
 
 __all__ = [
     "SECTIONS",
@@ -218,8 +219,8 @@ def sae_metrics_html(items: Sequence[ReportItem], config: Mapping[str, Any]) -> 
                 )
                 parts.append(
                     f'<p class="flag">{len(flagged)} of the {len(frame)} SAEs leave more than '
-                    f"half of their latents dead on their evaluation tokens: {html.escape(names)}. "
-                    "Their features cover less of the layer than their size says.</p>"
+                    f"{DEAD_FRACTION_FLAG:.0%} of their latents dead on their evaluation tokens: "
+                    f"{html.escape(names)}.</p>{DEAD_HINT}"
                 )
         parts.append(table_html(frame, max_rows=200, cell_class={"dead_flag": dead_flag_class}))
     curves = [i for i in items if i.suffix == ".png"]

@@ -598,15 +598,21 @@ def test_dead_latents_over_half_are_flagged(tmp_path):
     page = build_report(items, CONFIG, tmp_path / "i.html")
     sae = re.search(r'<section id="sae">(.*?)</section>', page, re.S).group(1)
     assert '<td class="flag">over 50% dead</td>' in sae and '<p class="flag">1 of the 1 SAEs' in sae
+    assert "more than 50% of their latents dead" in sae
     diff = _diff_section(page)
     assert '<td class="flag">over 50% dead</td>' in diff
     assert "<details open><summary>Fit of the evaluating SAEs" in diff
+    # each flag says what to try, once per section
+    hint = '<p class="flag-hint">'
+    assert sae.count(hint) == 1 and diff.count(hint) == 1 and "sae.training_tokens" in diff
     # the SAE stage's own flag, when it writes one, decides
     items[-1] = _sae_metrics(tmp_path / "b", "r0", 0.62, dead_fraction_flag=False)
     page = build_report(items, CONFIG, tmp_path / "i.html")
     assert "over 50% dead</td>" not in page
+    assert '<p class="flag-hint">' not in page
     items[-1] = _sae_metrics(tmp_path / "c", "r0", 0.3)
-    assert "over 50% dead</td>" not in build_report(items, CONFIG, tmp_path / "i.html")
+    page = build_report(items, CONFIG, tmp_path / "i.html")
+    assert "over 50% dead</td>" not in page and '<p class="flag-hint">' not in page
 
 
 def test_fit_table_is_shown_and_missing_columns_say_not_computed(tmp_path):
