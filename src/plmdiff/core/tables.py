@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 
 from plmdiff.core.runtime import atomic_path
 
+# Every Parquet file plmdiff writes (samples, activation shards, tables).
+PARQUET_COMPRESSION = "zstd"
+
 
 def write_table(
     frame: pd.DataFrame,
@@ -36,11 +39,11 @@ def write_parquet(
     metadata: dict[bytes, bytes] | None = None,
     row_group_size: int | None = None,
 ) -> None:
-    """Write `frame` as zstd Parquet without the pandas index; `metadata` joins the schema's."""
+    """Write `frame` as Parquet (PARQUET_COMPRESSION) without the pandas index; `metadata` joins the schema's."""
     table = (
         frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     )
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
+        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION, row_group_size=row_group_size)

@@ -37,6 +37,7 @@ from torch import nn
 
 from plmdiff.core.errors import DataError
 from plmdiff.core.runtime import atomic_path
+from plmdiff.sae.training import DECAY_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 INIT_BATCHES = 8
 # Momentum of the running inference threshold.
 THRESHOLD_MOMENTUM = 0.99
-# Share of the steps at the end over which the learning rate decays linearly to 0.
-DECAY_SHARE = 0.2
 
 
 class BatchTopKCrosscoder(nn.Module):
@@ -155,7 +154,8 @@ def train_crosscoder(
     prefetch: int = 4,
 ) -> TrainingLog:
     """Train on raw batches [B, M, d] (the first INIT_BATCHES also set scale and biases) for
-    `tokens` tokens; Adam, linear decay of the learning rate over the last DECAY_SHARE.
+    `tokens` tokens; Adam, linear decay of the learning rate over the last DECAY_SHARE (the
+    SAEs' share).
 
     Batches are drawn in a background thread (`prefetch` ahead, sae-lens's PrefetchingIterator
     as plmdiff.sae.training.train), so reading Parquet overlaps the steps."""

@@ -26,6 +26,7 @@ from plmdiff.core.errors import DataError
 from plmdiff.diff.analyses import family_analyses
 from plmdiff.diff.examples import html_window
 from plmdiff.diff.lead import LEAD_FEATURES, STABLE, lead_features
+from plmdiff.diff.tables import FIT_METRICS
 from plmdiff.report.blocks import (
     ReportItem,
     caption_html,
@@ -56,7 +57,8 @@ DEAD_HINT = (
     "<code>sae.lr</code> and compare the dead fraction and FVU of the new SAEs, or use fewer "
     "latents (<code>sae.expansion</code> or <code>sae.d_sae</code>).</p>"
 )
-FIT_COLUMNS = ("model", "fvu", "l0", "dead_fraction")
+# The fit table as the report shows it: per model, the diff's fit metrics but the token count.
+FIT_COLUMNS = ("model", *(m for m in FIT_METRICS if m != "n_tokens"))
 LENS_TEXT = {
     "base": "the base model embeds every round's samples, so a change is a change in the data",
     "self": "each model embeds its own samples, so a change is a change in the model's "

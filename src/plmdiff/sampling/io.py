@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from plmdiff.core.errors import ConfigError
 from plmdiff.core.fasta import sequence_id
 from plmdiff.core.runtime import atomic_path
+from plmdiff.core.tables import PARQUET_COMPRESSION
 from plmdiff.sampling.settings import Sample
 
 SHARD_SCHEMA_FIELDS = (
@@ -32,7 +33,6 @@ SHARD_SCHEMA_FIELDS = (
     ("length", "int32"),
     ("ppl", "float64"),
 )
-COMPRESSION = "zstd"
 
 
 def shard_indices(n_sequences: int, shards: int, shard: int) -> list[int]:
@@ -70,4 +70,4 @@ def samples_table(
 def write_samples(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a shard table atomically (a killed job leaves nothing under `path`)."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression=COMPRESSION)
+        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from plmdiff.config.schema import REPO_ROOT
 from plmdiff.core.fasta import read_fasta
 from plmdiff.models.lm_training import LMTrainingConfig, train_causal_lm
 from plmdiff.models.text import PromptFormat, SpecialIds
@@ -23,7 +24,6 @@ from plmdiff.models.zymctrl import (
     save_checkpoint,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 FAMILY_FASTA = REPO_ROOT / "resources" / "gamma_ca_4.2.1.1.fasta"
 ZYMCTRL_FORMAT = PromptFormat(format="zymctrl", label="4.2.1.1")
 PLAIN_FORMAT = PromptFormat(format="plain", label="")
