@@ -110,7 +110,7 @@ def targets_table(scores: Mapping[str, Any]) -> list[str]:
         lines += [
             "",
             f"Null studies: {f['seeds_with_stable_call']} of {f['seeds']} seeds call a stable "
-            f"changed feature ({f['stable_calls']} calls in all): realised false discovery "
+            f"changed feature ({f['stable_calls']} stable calls in all): realised false discovery "
             f"proportion {f['fdp']:.2f}, Clopper-Pearson 95% [{f['ci_low']:.2f}, "
             f"{f['ci_high']:.2f}]; target (>= 10 seeds, <= 0.05) met: {_fmt(f['met'])}.",
         ]
