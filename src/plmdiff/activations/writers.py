@@ -37,6 +37,13 @@ from plmdiff.activations.readers import open_parquet
 from plmdiff.core.errors import DataError
 from plmdiff.core.runtime import atomic_path
 
+# Pending batches merged into one table every this many appends. A pooled row group holds
+# thousands of batches of a few sequences each; kept apart, their small buffers fragment the
+# heap between the batches' large temporaries and the peak RSS grows with the part's size
+# (demo model, 10,000 sequences: +150 MB; merged: +33 MB, the data itself). Each row is
+# copied once more, which costs nothing next to the forward pass.
+MERGE_PENDING = 64
+
 
 class _ParquetSink:
     """One Parquet file written through a temporary sibling, in row groups of a fixed size."""
@@ -55,6 +62,7 @@ class _ParquetSink:
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._unmerged = 0
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.path))
         self._writer = pq.ParquetWriter(
@@ -72,8 +80,14 @@ class _ParquetSink:
             return
         self._pending.append(table.cast(self.schema.remove_metadata(), safe=False))
         self._pending_rows += table.num_rows
+        self._unmerged += 1
         if self._pending_rows >= self.row_group_rows:
             self._flush(final=False)
+        elif self._unmerged >= MERGE_PENDING:
+            recent = self._pending[-self._unmerged :]
+            del self._pending[-self._unmerged :]
+            self._pending.append(pa.concat_tables(recent).combine_chunks())
+            self._unmerged = 0
 
     def _flush(self, final: bool) -> None:
         if not self._pending:
@@ -87,6 +101,7 @@ class _ParquetSink:
         rest = table.slice(cut)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
+        self._unmerged = len(self._pending)
 
     def close(self, extra_metadata: Mapping[str, Any] | None = None) -> None:
         """Write what is pending, the footer, and rename the file to its final name."""

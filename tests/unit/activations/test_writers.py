@@ -15,7 +15,12 @@ from plmdiff.activations.readers import (
     read_metadata,
     token_files,
 )
-from plmdiff.activations.writers import PooledWriter, TokenWriter, gather_pooled_parts
+from plmdiff.activations.writers import (
+    MERGE_PENDING,
+    PooledWriter,
+    TokenWriter,
+    gather_pooled_parts,
+)
 from plmdiff.core.errors import DataError
 from tests.unit.activations.files import (
     META,
@@ -114,3 +119,40 @@ def test_gather_refuses_parts_of_different_checkpoints(tmp_path):
     ):
         gather_pooled_parts([tmp_path / "a.parquet", tmp_path / "b.parquet"], out)
     assert not out.exists() and not list(tmp_path.glob(".all*"))
+
+
+@pytest.mark.parametrize("row_group_rows", [None, 100])
+def test_many_small_batches_are_merged_while_pending_and_written_in_order(tmp_path, row_group_rows):
+    """A pooled row group gathers thousands of few-sequence batches: they are merged as they
+    wait (MERGE_PENDING), so a part's size does not grow the number of buffers held, and the
+    file holds every row once, in the order written, whether row groups flush between."""
+    rng = np.random.default_rng(3)
+    n = 5 * MERGE_PENDING + 7
+    ids, lengths, vectors = pooled_rows(rng, n, [0, 2], 8)
+    path = tmp_path / "pooled.parquet"
+    most_pending = 0
+    with PooledWriter(
+        path,
+        layers=[0, 2],
+        poolings=["last", "mean"],
+        d_model=8,
+        dtype="float32",
+        metadata=META,
+        row_group_rows=row_group_rows,
+    ) as writer:
+        for i in range(n):
+            writer.write(
+                ids[i : i + 1],
+                "r1",
+                lengths[i : i + 1],
+                {k: v[i : i + 1] for k, v in vectors.items()},
+            )
+            most_pending = max(most_pending, len(writer._sink._pending))
+    assert most_pending <= 2 * MERGE_PENDING
+    if row_group_rows is None:  # one row group for all: without merging it would hold n tables
+        assert most_pending < n // 2
+    for layer in (0, 2):
+        for pooling in ("last", "mean"):
+            m = load_pooled([path], layer, pooling)
+            assert list(m.seq_id) == ids
+            np.testing.assert_array_equal(m.X, vectors[f"{pooling}_{layer:02d}"])
