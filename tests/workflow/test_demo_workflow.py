@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from plmdiff.config.sections import section_defaults
 from plmdiff.demo.summary import SUMMARY_COLUMNS
 from plmdiff.models.checkpoints import CheckpointRecord
 from tests.conftest import LOCAL_CORES, REPO, TINY_CONFIG, run_snakemake, write_config
@@ -77,43 +79,55 @@ def tiny_demo_config() -> dict:
 
 @pytest.mark.slow
 def test_demo_rules_run_for_real(tmp_path):
-    configfile = write_config(tmp_path / "demo_tiny.yaml", tiny_demo_config())
+    # The run directory holds its own family (as a clone of the repository does), so that
+    # moving the directory below can show the demo's first input is not an absolute path.
+    run = tmp_path / "run"
+    family = section_defaults("demo")["family_fasta"]
+    (run / family).parent.mkdir(parents=True)
+    shutil.copy2(REPO / family, run / family)
+    configfile = write_config(run / "demo_tiny.yaml", tiny_demo_config())
     targets = [f"results/checkpoints/{m}.json" for m in MODELS]
-    run_snakemake(tmp_path, configfile, *LOCAL_CORES, *targets, "results/demo/dpo_summary.tsv")
+    run_snakemake(run, configfile, *LOCAL_CORES, *targets, "results/demo/dpo_summary.tsv")
     for i, model in enumerate(MODELS):
-        record = CheckpointRecord.read(tmp_path / f"results/checkpoints/{model}.json")
+        record = CheckpointRecord.read(run / f"results/checkpoints/{model}.json")
         assert record.n_layers == 2 and record.d_model == 32
-        directory = tmp_path / f"results/demo/checkpoints/output_iteration{i}"
+        directory = run / f"results/demo/checkpoints/output_iteration{i}"
         assert (directory / "model.safetensors").is_file()
         assert (directory / "tokenizer.json").is_file()
     fingerprints = {
-        CheckpointRecord.read(tmp_path / f"results/checkpoints/{m}.json").fingerprint
-        for m in MODELS
+        CheckpointRecord.read(run / f"results/checkpoints/{m}.json").fingerprint for m in MODELS
     }
     assert len(fingerprints) == len(MODELS), "a DPO round did not change the weights"
 
-    base = json.loads((tmp_path / "results/demo/base_model.json").read_text())
+    base = json.loads((run / "results/demo/base_model.json").read_text())
     assert base["holdout_perplexity"] > 1 and base["steps"] > 0
     assert base["samples"]["n_samples"] == 8
 
     for i in range(1, ROUNDS + 1):
-        samples = pd.read_csv(tmp_path / f"results/demo/round_{i}.samples.tsv", sep="\t")
+        samples = pd.read_csv(run / f"results/demo/round_{i}.samples.tsv", sep="\t")
         assert len(samples) == 16
         assert set(samples["pair_role"].fillna("")) <= {"chosen", "rejected", ""}
-        training = json.loads((tmp_path / f"results/demo/round_{i}.training.json").read_text())
+        training = json.loads((run / f"results/demo/round_{i}.training.json").read_text())
         assert training["pairs"] >= 1 and training["steps"] >= 1
 
-    summary = pd.read_csv(tmp_path / "results/demo/dpo_summary.tsv", sep="\t")
+    summary = pd.read_csv(run / "results/demo/dpo_summary.tsv", sep="\t")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert list(summary["iteration"]) == list(range(ROUNDS + 1))
     assert (summary["n_samples"] == 8).all()
-    assert (tmp_path / "results/demo/dpo_summary.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "results/demo/dpo_summary.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("demo/train_base.log", "demo/dpo_round_1.log", "demo/summary.log"):
-        assert (tmp_path / "logs" / name).stat().st_size > 0
+        assert (run / "logs" / name).stat().st_size > 0
 
-    # Nothing is stale: a second run has nothing to do.
-    proc = run_snakemake(tmp_path, configfile, "-n", *targets, "results/demo/dpo_summary.tsv")
+    # Nothing is stale: a second run has nothing to do, nor does the run moved elsewhere
+    # (modification times kept, as `cp -a` or `mv` keep them).
+    proc = run_snakemake(run, configfile, "-n", *targets, "results/demo/dpo_summary.tsv")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    proc = run_snakemake(
+        moved, moved / configfile.name, "-n", *targets, "results/demo/dpo_summary.tsv"
+    )
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
 
 
 def test_missing_family_fasta_is_one_line(tmp_path):

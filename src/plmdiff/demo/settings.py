@@ -84,12 +84,16 @@ def demo_seed(seed: int, what: str, iteration: int) -> int:
 
 def resolve_family_fasta(path: str | os.PathLike, cwd: Path, basedir: Path) -> Path:
     """demo.family_fasta: relative paths are looked up in the working directory, then in the
-    workflow's directory (where the shipped family lives), so `--directory elsewhere` works."""
+    workflow's directory (where the shipped family lives), so `--directory elsewhere` works.
+
+    Found in the working directory, the path stays relative: it is the demo's first input, and
+    an absolute one would make Snakemake rerun the whole demo once the run directory is moved
+    or copied ("set of input files has changed")."""
     path = Path(path)
     candidates = [path] if path.is_absolute() else [cwd / path, basedir / path]
     for candidate in candidates:
         if candidate.is_file():
-            return candidate
+            return path if candidate == cwd / path and not path.is_absolute() else candidate
     raise ConfigError(
         f"demo.family_fasta: '{path}' does not exist (looked in "
         f"{', '.join(str(c.parent) for c in candidates)}); give a FASTA of training sequences"

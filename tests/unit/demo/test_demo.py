@@ -243,7 +243,9 @@ def test_family_fasta_resolves_in_cwd_then_workflow_dir(tmp_path):
     assert resolve_family_fasta("resources/fam.fasta", cwd, basedir) == shipped
     local = cwd / "resources" / "fam.fasta"
     local.write_text(">b\nMKL\n")
-    assert resolve_family_fasta("resources/fam.fasta", cwd, basedir) == local
+    # relative to the working directory, so a moved run directory keeps the same input
+    assert resolve_family_fasta("resources/fam.fasta", cwd, basedir) == Path("resources/fam.fasta")
+    assert resolve_family_fasta(local, cwd, basedir) == local
     assert resolve_family_fasta(shipped, cwd, basedir) == shipped
     with pytest.raises(ConfigError, match=r"demo.family_fasta: 'nope.fasta' does not exist"):
         resolve_family_fasta("nope.fasta", cwd, basedir)
