@@ -28,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 
 from plmdiff.core.errors import DataError
-from plmdiff.core.tables import PARQUET_COMPRESSION
 
 # The pooled format has not changed since version 1; the token format gained `pos_end`.
 POOLED_FORMAT_VERSION = 1
@@ -43,7 +42,6 @@ POOLING_CONVENTION = (
     "last = last residue-bearing token (not <end>), mean = mean over residues, each residue "
     "contributing the vector of the token that holds it"
 )
-COMPRESSION = PARQUET_COMPRESSION
 TOKEN_PART_GLOB = "part-*.parquet"
 # Pooled rows are wide (layers x poolings x d_model); a row group of about this size keeps a
 # one-column read (load_pooled) cheap without making files of thousands of tiny groups.

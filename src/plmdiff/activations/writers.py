@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plmdiff.activations.format import (
-    COMPRESSION,
     LAYER_CONVENTION,
     POOLED_FORMAT_VERSION,
     POOLING_CONVENTION,
@@ -36,6 +35,7 @@ from plmdiff.activations.format import (
 from plmdiff.activations.readers import open_parquet
 from plmdiff.core.errors import DataError
 from plmdiff.core.runtime import atomic_path
+from plmdiff.core.tables import PARQUET_COMPRESSION
 
 # Pending batches merged into one table every this many appends. A pooled row group holds
 # thousands of batches of a few sequences each; kept apart, their small buffers fragment the
@@ -68,7 +68,7 @@ class _ParquetSink:
         self._writer = pq.ParquetWriter(
             tmp,
             self.schema,
-            compression=COMPRESSION,
+            compression=PARQUET_COMPRESSION,
             use_dictionary=list(dictionary_columns),
             # Statistics on the wide vector columns cost time and are useless for filtering.
             write_statistics=list(dictionary_columns),

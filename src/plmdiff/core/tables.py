@@ -39,7 +39,8 @@ def write_parquet(
     metadata: dict[bytes, bytes] | None = None,
     row_group_size: int | None = None,
 ) -> None:
-    """Write `frame` as Parquet (PARQUET_COMPRESSION) without the pandas index; `metadata` joins the schema's."""
+    """Write `frame` as Parquet (PARQUET_COMPRESSION) without the pandas index; `metadata`
+    joins the schema's."""
     table = (
         frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     )

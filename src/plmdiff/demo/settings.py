@@ -90,13 +90,16 @@ def resolve_family_fasta(path: str | os.PathLike, cwd: Path, basedir: Path) -> P
     an absolute one would make Snakemake rerun the whole demo once the run directory is moved
     or copied ("set of input files has changed")."""
     path = Path(path)
-    candidates = [path] if path.is_absolute() else [cwd / path, basedir / path]
-    for candidate in candidates:
+    if path.is_absolute():
+        candidates = [(path, path)]
+    else:  # (where to look, what to return)
+        candidates = [(cwd / path, path), (basedir / path, basedir / path)]
+    for candidate, found in candidates:
         if candidate.is_file():
-            return path if candidate == cwd / path and not path.is_absolute() else candidate
+            return found
     raise ConfigError(
         f"demo.family_fasta: '{path}' does not exist (looked in "
-        f"{', '.join(str(c.parent) for c in candidates)}); give a FASTA of training sequences"
+        f"{', '.join(str(c.parent) for c, _ in candidates)}); give a FASTA of training sequences"
     )
 
 
