@@ -100,6 +100,14 @@ def test_profile_avoids_the_plugin_traps():
     assert (PROFILE.parent / profile["slurm-partition-config"]).resolve() == PARTITIONS
 
 
+def test_profile_disk_default_reads_no_input_sizes():
+    """Snakemake's own disk_mb default is max(2*input.size_mb, 1000): every job's inputs
+    stat'ed, 1.3 s of the paper-scale dry run, for a resource the plugin never requests."""
+    defaults = yaml.safe_load(PROFILE.read_text())["default-resources"]
+    assert isinstance(defaults["disk_mb"], int)
+    assert not any("input" in str(value) for value in defaults.values()), defaults
+
+
 def test_partitions_separate_gpu_and_cpu_jobs():
     partitions = yaml.safe_load(PARTITIONS.read_text())["partitions"]
     gpus = {name: limits.get("max_gpu", 0) for name, limits in partitions.items()}
