@@ -302,7 +302,7 @@ def test_paper_scale_dag_has_few_full_gpu_jobs(paper_study_two_lenses):
     submitted to SLURM (the profile's groups: an extraction part's pooled and token jobs are one
     submission, an SAE family's training and feature statistics another; SAE replicas of a
     family share a job), and the dry run takes under 10 s of CPU (the best of up to three runs:
-    on these VMs one dry run's CPU time varies by 20% between identical runs, and interference
+    on these VMs identical dry runs vary by 20-40% in CPU time, and interference
     only ever adds)."""
     root, configfile = paper_study_two_lenses
     proc, cpu_seconds = _timed_dry_run(root, configfile)
